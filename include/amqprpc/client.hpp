@@ -1,0 +1,59 @@
+// The calling side: one connection, one I/O thread, many calls in flight.
+#pragma once
+
+#include <functional>
+#include <future>
+#include <memory>
+#include <string>
+
+#include "amqprpc/message.hpp"
+#include "amqprpc/options.hpp"
+#include "amqprpc/status.hpp"
+
+namespace amqprpc {
+
+class Client {
+ public:
+  // Connects, opens the reply path and starts the I/O thread. Fails with unavailable (cannot
+  // reach the broker), permission_denied (login or vhost refused) or invalid_argument.
+  static Result<std::unique_ptr<Client>> connect(ClientOptions options);
+
+  ~Client();  // fails calls still in flight with cancelled, closes the connection
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Sends body to queue and blocks until the matching reply or the deadline. Returns the reply
+  // body; throws RpcError carrying the status on any failure (error reply, timeout, no route,
+  // connection lost).
+  std::string call(const std::string& queue, std::string body, const CallOptions& options = {});
+
+  // The same, but never throws: the status of the returned Reply says what happened.
+  Reply try_call(const std::string& queue, std::string body, const CallOptions& options = {});
+
+  // Asynchronous forms. Safe from any thread. The callback runs on the client's I/O thread: keep
+  // it short and do not call blocking methods of this client from it.
+  std::future<Reply> async_call(const std::string& queue, std::string body,
+                                const CallOptions& options = {});
+  void async_call(const std::string& queue, std::string body, const CallOptions& options,
+                  std::function<void(Reply)> on_done);
+
+  // The queue replies come back on ("amq.rabbitmq.reply-to" or the exclusive queue's name).
+  std::string reply_queue() const;
+
+  struct Stats {
+    std::uint64_t calls = 0;          // calls started
+    std::uint64_t replies = 0;        // calls completed by a reply (ok or error reply)
+    std::uint64_t timeouts = 0;
+    std::uint64_t unroutable = 0;     // returned by the broker: no queue to take the request
+    std::uint64_t late_replies = 0;   // replies whose correlation id no call waits for
+  };
+  Stats stats() const;
+
+  class Impl;
+
+ private:
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace amqprpc

@@ -1,0 +1,83 @@
+// Everything that configures a connection, a client, a server or a single call.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "amqprpc/message.hpp"
+#include "amqprpc/status.hpp"
+
+namespace amqprpc {
+
+enum class LogLevel { debug, info, warning, error };
+// Where the library's log lines go. Unset: warnings and errors go to stderr.
+using Logger = std::function<void(LogLevel, std::string_view)>;
+
+struct TlsOptions {
+  bool enabled = false;  // amqps://
+  std::string ca_file;   // empty: the system's default trust store
+  std::string cert_file; // client certificate (optional)
+  std::string key_file;
+  bool verify_peer = true;
+  bool verify_hostname = true;
+};
+
+// Where and how to connect. Build it by hand or from an AMQP URI:
+//   amqp://user:pass@host:port/vhost?heartbeat=30&connection_timeout=5000
+struct ConnectionOptions {
+  std::string host = "localhost";
+  std::uint16_t port = 5672;
+  std::string vhost = "/";
+  std::string user = "guest";
+  std::string password = "guest";
+  std::chrono::seconds heartbeat{60};                  // 0 disables heartbeats
+  std::chrono::milliseconds connect_timeout{10'000};   // TCP connect + AMQP handshake
+  int frame_max = 131072;
+  TlsOptions tls;
+
+  // Parses an AMQP URI following RabbitMQ's URI spec: percent-decoding in every part, defaults
+  // (localhost, 5672 or 5671 for amqps, guest/guest, vhost "/"), IPv6 literals in brackets,
+  // query parameters heartbeat (s), connection_timeout (ms), frame_max, and for amqps cacertfile,
+  // certfile, keyfile, verify=verify_peer|verify_none, server_name_indication.
+  // An empty path ("amqp://host/") means vhost "/", as most clients read it.
+  // Errors are invalid_argument and name the part that is wrong.
+  static Result<ConnectionOptions> from_uri(std::string_view uri);
+
+  // The URI with the password masked, for logs and messages.
+  std::string to_string() const;
+};
+
+// How replies find their way back to a client.
+enum class ReplyMode {
+  direct_reply_to,  // RabbitMQ's amq.rabbitmq.reply-to pseudo-queue: no queue to declare
+  exclusive_queue,  // an exclusive, server-named reply queue, as the seed does
+};
+
+struct ClientOptions {
+  ConnectionOptions connection;
+  ReplyMode reply_mode = ReplyMode::direct_reply_to;
+  std::chrono::milliseconds default_timeout{30'000};  // for calls that set none
+  Logger logger;
+};
+
+struct CallOptions {
+  std::optional<std::chrono::milliseconds> timeout;  // default: ClientOptions::default_timeout
+  Headers headers;
+  std::string content_type;
+  std::optional<std::uint8_t> priority;
+};
+
+struct ServerOptions {
+  ConnectionOptions connection;
+  std::string queue = "rpc_queue";
+  bool durable = false;           // the seed declares a plain, non-durable queue
+  std::uint16_t prefetch = 16;    // unacked requests this server holds at once
+  std::size_t workers = 1;        // handler threads
+  Logger logger;
+};
+
+}  // namespace amqprpc

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Install the Debian 12 packages amqp-rpc needs, only those that are missing.
+#
+#   scripts/deps.sh                 # install everything the project needs
+#   scripts/deps.sh PKG...          # install only these packages (if missing)
+#   source scripts/deps.sh          # defines amqprpc_deps_install / amqprpc_deps_missing
+#   amqprpc_deps_install [PKG...]
+#
+# Runs `apt-get update` at most once per call, and only if something is missing.
+# Must run as root when something is missing. The rabbitmq-server package is never
+# allowed to start a system broker: if /usr/sbin/policy-rc.d does not exist, a
+# temporary one that exits 101 is put in place for the duration of the install.
+
+AMQPRPC_DEPS_PACKAGES=(
+    rabbitmq-server librabbitmq-dev cmake g++ make libgtest-dev libgmock-dev
+    python3-pika clang libclang-rt-14-dev clang-format libcli11-dev
+    nlohmann-json3-dev libbenchmark-dev openssl procps iproute2 uuid-runtime
+)
+
+# Print the packages among "$@" (default: all of the project's) not installed.
+amqprpc_deps_missing() {
+    local pkg status
+    if [ "$#" -eq 0 ]; then
+        set -- "${AMQPRPC_DEPS_PACKAGES[@]}"
+    fi
+    for pkg in "$@"; do
+        status="$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)"
+        if [ "$status" != "install ok installed" ]; then
+            printf '%s\n' "$pkg"
+        fi
+    done
+}
+
+# Install the packages among "$@" (default: all of the project's) not installed.
+amqprpc_deps_install() {
+    local -a missing
+    local policy=/usr/sbin/policy-rc.d made_policy=0 rc=0
+    mapfile -t missing < <(amqprpc_deps_missing "$@")
+    if [ "${#missing[@]}" -eq 0 ]; then
+        return 0
+    fi
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "deps.sh: missing packages (${missing[*]}); run as root to install them" >&2
+        return 1
+    fi
+    echo "deps.sh: installing ${missing[*]}" >&2
+    if [ ! -e "$policy" ]; then
+        # Keep maintainer scripts from starting services (e.g. a system rabbitmq-server).
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        made_policy=1
+    fi
+    {
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+                -o Dpkg::Use-Pty=0 "${missing[@]}" >/dev/null
+    } || rc=$?
+    if [ "$made_policy" -eq 1 ]; then
+        rm -f "$policy"
+    fi
+    if [ "$rc" -ne 0 ]; then
+        echo "deps.sh: apt-get failed (exit $rc) installing: ${missing[*]}" >&2
+        return "$rc"
+    fi
+    mapfile -t missing < <(amqprpc_deps_missing "$@")
+    if [ "${#missing[@]}" -ne 0 ]; then
+        echo "deps.sh: still missing after install: ${missing[*]}" >&2
+        return 1
+    fi
+    echo "deps.sh: done" >&2
+}
+
+# Run directly (not sourced): install.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    set -euo pipefail
+    amqprpc_deps_install "$@"
+fi

@@ -1,0 +1,85 @@
+// One connection, one I/O thread. The thread alone touches the rabbitmq-c handle (a Session);
+// other threads put work in their owner's outbox and call wake(). The loop polls the socket and
+// an eventfd, drains what rabbitmq-c has buffered before polling, and runs timers.
+#pragma once
+
+#include <atomic>
+#include <future>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "amqp/session.hpp"
+#include "amqprpc/options.hpp"
+#include "amqprpc/status.hpp"
+
+namespace amqprpc::detail {
+
+using Clock = std::chrono::steady_clock;
+
+class IoLoop final : private FrameSink {
+ public:
+  // What the owner (client or server) does on the I/O thread.
+  class Hooks {
+   public:
+    // Right after connecting: declare queues, start consumers. Non-ok aborts the start.
+    virtual Status on_open(Session& session) = 0;
+    // Each turn of the loop: take work from outboxes. session is null while disconnected.
+    virtual void on_wake(Session* session) = 0;
+    virtual void on_delivery(Session& session, Delivery&& delivery) = 0;
+    virtual void on_return(Returned&&) {}
+    virtual void on_consumer_cancelled(const std::string&) {}
+    // The earliest time on_timer wants to run, if any.
+    virtual std::optional<Clock::time_point> next_deadline() { return std::nullopt; }
+    virtual void on_timer(Clock::time_point) {}
+    // The connection is gone: fail what waits on it.
+    virtual void on_lost(const Status& why) = 0;
+    // A polite stop: last chance to publish and ack before the connection closes.
+    virtual void on_closing(Session&) {}
+
+   protected:
+    ~Hooks() = default;
+  };
+
+  IoLoop(ConnectionOptions options, Hooks& hooks, Logger logger);
+  ~IoLoop();
+  IoLoop(const IoLoop&) = delete;
+  IoLoop& operator=(const IoLoop&) = delete;
+
+  // Starts the thread; returns once connected and on_open ran, or why that failed.
+  Status start();
+  // Makes the loop take a turn soon. Any thread.
+  void wake();
+  // Closes politely (on_closing, then channel and connection) and joins. Idempotent; not from
+  // the I/O thread itself.
+  void stop();
+  bool in_io_thread() const { return std::this_thread::get_id() == thread_.get_id(); }
+  bool connected() const { return connected_.load(std::memory_order_acquire); }
+  // Why the loop lost its connection, once it has.
+  Status lost_reason() const;
+
+  const Logger& logger() const { return logger_; }
+
+ private:
+  void run(std::promise<Status>& started);
+  void lose(Status why);
+  void on_delivery(Delivery&& d) override;
+  void on_return(Returned&& r) override;
+  void on_consumer_cancelled(const std::string& tag) override;
+  void on_blocked(bool blocked, const std::string& reason) override;
+
+  ConnectionOptions options_;
+  Hooks& hooks_;
+  Logger logger_;
+  int wake_fd_ = -1;
+  std::thread thread_;
+  std::atomic<bool> stop_requested_{false};
+  std::atomic<bool> connected_{false};
+  std::unique_ptr<Session> session_;  // I/O thread only
+  mutable std::mutex lost_mutex_;
+  Status lost_reason_;
+};
+
+}  // namespace amqprpc::detail

@@ -1,0 +1,305 @@
+#include "amqprpc/client.hpp"
+
+#include <atomic>
+#include <mutex>
+#include <queue>
+#include <unordered_map>
+#include <variant>
+#include <vector>
+
+#include "amqp/connection.hpp"
+#include "log.hpp"
+#include "uuid.hpp"
+#include "wire.hpp"
+
+namespace amqprpc {
+
+using detail::Clock;
+
+namespace {
+
+struct PendingCall {
+  std::string queue;
+  std::string body;
+  CallOptions options;
+  std::chrono::milliseconds timeout{};
+  Clock::time_point deadline;
+  std::string correlation_id;
+  std::variant<std::promise<Reply>, std::function<void(Reply)>> done;
+
+  void complete(Reply reply) {
+    if (auto* p = std::get_if<std::promise<Reply>>(&done)) {
+      p->set_value(std::move(reply));
+    } else {
+      auto& fn = std::get<std::function<void(Reply)>>(done);
+      if (fn) fn(std::move(reply));
+    }
+  }
+};
+
+struct DeadlineEntry {
+  Clock::time_point deadline;
+  std::string correlation_id;
+  bool operator>(const DeadlineEntry& o) const { return deadline > o.deadline; }
+};
+
+}  // namespace
+
+class Client::Impl final : public detail::IoLoop::Hooks {
+ public:
+  explicit Impl(ClientOptions options)
+      : options_(std::move(options)), loop_(options_.connection, *this, options_.logger) {}
+
+  ~Impl() {
+    loop_.stop();  // on_closing cancelled what was in flight
+    // Calls submitted after the loop's last turn.
+    std::vector<std::unique_ptr<PendingCall>> left;
+    {
+      std::lock_guard lock(outbox_mutex_);
+      left.swap(outbox_);
+      closed_ = true;
+    }
+    for (auto& c : left) c->complete(Reply::error(StatusCode::cancelled, "the client was closed"));
+  }
+
+  Status start() { return loop_.start(); }
+
+  void submit(std::unique_ptr<PendingCall> call) {
+    calls_.fetch_add(1, std::memory_order_relaxed);
+    if (call->timeout <= std::chrono::milliseconds::zero()) {
+      call->complete(Reply::error(StatusCode::invalid_argument,
+                                  "timeout must be positive, got " +
+                                      std::to_string(call->timeout.count()) + " ms"));
+      return;
+    }
+    if (call->queue.size() > 255) {
+      call->complete(Reply::error(StatusCode::invalid_argument,
+                                  "queue name longer than 255 bytes"));
+      return;
+    }
+    call->deadline = Clock::now() + call->timeout;
+    {
+      std::lock_guard lock(outbox_mutex_);
+      if (!closed_) {
+        outbox_.push_back(std::move(call));
+        call = nullptr;
+      }
+    }
+    if (call) {
+      call->complete(Reply::error(StatusCode::cancelled, "the client was closed"));
+      return;
+    }
+    loop_.wake();
+  }
+
+  std::unique_ptr<PendingCall> make_call(const std::string& queue, std::string body,
+                                         const CallOptions& options) {
+    auto call = std::make_unique<PendingCall>();
+    call->queue = queue;
+    call->body = std::move(body);
+    call->options = options;
+    call->timeout = options.timeout.value_or(options_.default_timeout);
+    return call;
+  }
+
+  bool in_io_thread() const { return loop_.in_io_thread(); }
+  std::string reply_queue() const {
+    std::lock_guard lock(reply_queue_mutex_);
+    return reply_queue_;
+  }
+
+  Stats stats() const {
+    Stats s;
+    s.calls = calls_.load(std::memory_order_relaxed);
+    s.replies = replies_.load(std::memory_order_relaxed);
+    s.timeouts = timeouts_.load(std::memory_order_relaxed);
+    s.unroutable = unroutable_.load(std::memory_order_relaxed);
+    s.late_replies = late_replies_.load(std::memory_order_relaxed);
+    return s;
+  }
+
+  // ---- I/O thread ----
+
+  Status on_open(detail::Session& session) override {
+    std::string queue;
+    if (options_.reply_mode == ReplyMode::direct_reply_to) {
+      queue = std::string(detail::wire::kDirectReplyTo);
+    } else {
+      auto declared = session.declare_queue({"", false, true, true});
+      if (!declared) return declared.status();
+      queue = *declared;
+    }
+    auto tag = session.consume(queue, /*no_ack=*/true, /*exclusive=*/true);
+    if (!tag) return tag.status();
+    std::lock_guard lock(reply_queue_mutex_);
+    reply_queue_ = queue;
+    return {};
+  }
+
+  void on_wake(detail::Session* session) override {
+    {
+      std::lock_guard lock(outbox_mutex_);
+      batch_.swap(outbox_);
+    }
+    for (auto& call : batch_) {
+      if (session == nullptr) {
+        call->complete(Reply::error(StatusCode::unavailable,
+                                    "not connected: " + loop_.lost_reason().message()));
+        continue;
+      }
+      publish(*session, std::move(call));
+    }
+    batch_.clear();
+  }
+
+  void publish(detail::Session& session, std::unique_ptr<PendingCall> call) {
+    call->correlation_id = uuids_.next();
+    detail::Properties props;
+    props.correlation_id = call->correlation_id;
+    props.reply_to = reply_queue_;
+    props.content_type = call->options.content_type;
+    props.priority = call->options.priority;
+    props.headers = std::move(call->options.headers);
+    // The broker drops a request nobody waits for any more; servers can skip expired work.
+    props.expiration = std::to_string(call->timeout.count());
+    auto deadline_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                           (std::chrono::system_clock::now() + call->timeout).time_since_epoch())
+                           .count();
+    props.headers.insert_or_assign(std::string(detail::wire::kDeadlineHeader),
+                                   std::to_string(deadline_ms));
+    Status st = session.publish("", call->queue, /*mandatory=*/true, props, call->body);
+    if (!st.ok()) {
+      call->complete(Reply::error(StatusCode::unavailable, st.message()));
+      return;
+    }
+    call->body.clear();
+    call->body.shrink_to_fit();
+    deadlines_.push({call->deadline, call->correlation_id});
+    std::string key = call->correlation_id;
+    pending_.emplace(std::move(key), std::move(call));
+  }
+
+  void on_delivery(detail::Session&, detail::Delivery&& d) override {
+    auto it = pending_.find(d.props.correlation_id);
+    if (it == pending_.end()) {
+      late_replies_.fetch_add(1, std::memory_order_relaxed);
+      detail::log(options_.logger, LogLevel::debug,
+                  "dropped a reply with unknown correlation id '" + d.props.correlation_id + "'");
+      return;
+    }
+    auto call = std::move(it->second);
+    pending_.erase(it);
+    replies_.fetch_add(1, std::memory_order_relaxed);
+    call->complete(detail::wire::decode_reply(std::move(d.props), std::move(d.body)));
+  }
+
+  void on_return(detail::Returned&& r) override {
+    auto it = pending_.find(r.props.correlation_id);
+    if (it == pending_.end()) return;
+    auto call = std::move(it->second);
+    pending_.erase(it);
+    unroutable_.fetch_add(1, std::memory_order_relaxed);
+    call->complete(Reply::error(
+        StatusCode::unavailable,
+        "no route to queue '" + call->queue + "': the broker has no such queue (" +
+            std::to_string(r.reply_code) + " " + r.reply_text + "); is a server running?"));
+  }
+
+  std::optional<Clock::time_point> next_deadline() override {
+    if (deadlines_.empty()) return std::nullopt;
+    return deadlines_.top().deadline;
+  }
+
+  void on_timer(Clock::time_point now) override {
+    while (!deadlines_.empty() && deadlines_.top().deadline <= now) {
+      auto it = pending_.find(deadlines_.top().correlation_id);
+      deadlines_.pop();
+      if (it == pending_.end()) continue;  // already answered
+      auto call = std::move(it->second);
+      pending_.erase(it);
+      timeouts_.fetch_add(1, std::memory_order_relaxed);
+      call->complete(Reply::error(StatusCode::deadline_exceeded,
+                                  "no reply from queue '" + call->queue + "' within " +
+                                      std::to_string(call->timeout.count()) + " ms"));
+    }
+  }
+
+  void on_lost(const Status& why) override {
+    fail_all(StatusCode::unavailable, "connection lost before the reply came: " + why.message());
+  }
+
+  void on_closing(detail::Session&) override {
+    fail_all(StatusCode::cancelled, "the client was closed before the reply came");
+  }
+
+ private:
+  void fail_all(StatusCode code, const std::string& message) {
+    auto pending = std::move(pending_);
+    pending_.clear();
+    deadlines_ = {};
+    for (auto& [id, call] : pending) call->complete(Reply::error(code, message));
+  }
+
+  ClientOptions options_;
+  detail::IoLoop loop_;
+
+  std::mutex outbox_mutex_;
+  std::vector<std::unique_ptr<PendingCall>> outbox_;
+  bool closed_ = false;
+
+  // I/O thread only.
+  std::vector<std::unique_ptr<PendingCall>> batch_;
+  std::unordered_map<std::string, std::unique_ptr<PendingCall>> pending_;
+  std::priority_queue<DeadlineEntry, std::vector<DeadlineEntry>, std::greater<>> deadlines_;
+  detail::UuidGenerator uuids_;
+
+  mutable std::mutex reply_queue_mutex_;
+  std::string reply_queue_;
+
+  std::atomic<std::uint64_t> calls_{0}, replies_{0}, timeouts_{0}, unroutable_{0},
+      late_replies_{0};
+};
+
+Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
+  auto impl = std::make_unique<Impl>(std::move(options));
+  if (Status st = impl->start(); !st.ok()) return st;
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::~Client() = default;
+
+std::future<Reply> Client::async_call(const std::string& queue, std::string body,
+                                      const CallOptions& options) {
+  auto call = impl_->make_call(queue, std::move(body), options);
+  auto& promise = call->done.emplace<std::promise<Reply>>();
+  auto future = promise.get_future();
+  impl_->submit(std::move(call));
+  return future;
+}
+
+void Client::async_call(const std::string& queue, std::string body, const CallOptions& options,
+                        std::function<void(Reply)> on_done) {
+  auto call = impl_->make_call(queue, std::move(body), options);
+  call->done = std::move(on_done);
+  impl_->submit(std::move(call));
+}
+
+Reply Client::try_call(const std::string& queue, std::string body, const CallOptions& options) {
+  if (impl_->in_io_thread()) {
+    return Reply::error(StatusCode::failed_precondition,
+                        "a blocking call from the client's own callback would deadlock");
+  }
+  return async_call(queue, std::move(body), options).get();
+}
+
+std::string Client::call(const std::string& queue, std::string body, const CallOptions& options) {
+  Reply reply = try_call(queue, std::move(body), options);
+  if (!reply.status.ok()) throw RpcError(reply.status);
+  return std::move(reply.body);
+}
+
+std::string Client::reply_queue() const { return impl_->reply_queue(); }
+Client::Stats Client::stats() const { return impl_->stats(); }
+
+}  // namespace amqprpc

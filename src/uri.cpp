@@ -1,0 +1,225 @@
+// AMQP URI parsing after RabbitMQ's URI spec (https://www.rabbitmq.com/uri-spec.html).
+// rabbitmq-c's amqp_parse_url only says "bad URL" and knows no query parameters, so we own this.
+#include <cctype>
+#include <charconv>
+#include <string>
+#include <string_view>
+
+#include "amqprpc/options.hpp"
+
+namespace amqprpc {
+namespace {
+
+Status bad(std::string what) {
+  return Status{StatusCode::invalid_argument, "invalid AMQP URI: " + std::move(what)};
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Percent-decodes one component; `part` names it in the error.
+Result<std::string> decode(std::string_view in, std::string_view part) {
+  std::string out;
+  out.reserve(in.size());
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    if (in[i] != '%') {
+      out += in[i];
+      continue;
+    }
+    if (i + 2 >= in.size()) {
+      return bad("truncated percent-escape in the " + std::string(part));
+    }
+    int hi = hex_value(in[i + 1]);
+    int lo = hex_value(in[i + 2]);
+    if (hi < 0 || lo < 0) {
+      return bad("invalid percent-escape '" + std::string(in.substr(i, 3)) + "' in the " +
+                 std::string(part));
+    }
+    out += static_cast<char>(hi * 16 + lo);
+    i += 2;
+  }
+  return out;
+}
+
+template <class Int>
+Result<Int> parse_uint(std::string_view text, std::string_view what, Int min, Int max) {
+  Int value{};
+  auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || ec != std::errc{} || ptr != text.data() + text.size() || value < min ||
+      value > max) {
+    return bad(std::string(what) + " '" + std::string(text) + "' is not a number from " +
+               std::to_string(min) + " to " + std::to_string(max));
+  }
+  return value;
+}
+
+Status apply_query_parameter(ConnectionOptions& o, std::string_view key, std::string_view value) {
+  if (key == "heartbeat") {
+    auto v = parse_uint<int>(value, "heartbeat", 0, 65535);
+    if (!v) return v.status();
+    o.heartbeat = std::chrono::seconds(*v);
+  } else if (key == "connection_timeout") {
+    auto v = parse_uint<int>(value, "connection_timeout", 1, 3'600'000);
+    if (!v) return v.status();
+    o.connect_timeout = std::chrono::milliseconds(*v);
+  } else if (key == "frame_max") {
+    auto v = parse_uint<int>(value, "frame_max", 4096, 1 << 30);
+    if (!v) return v.status();
+    o.frame_max = *v;
+  } else if (key == "cacertfile" || key == "certfile" || key == "keyfile" || key == "verify" ||
+             key == "server_name_indication") {
+    if (!o.tls.enabled) {
+      return bad("query parameter '" + std::string(key) + "' needs an amqps:// URI");
+    }
+    if (key == "cacertfile") {
+      o.tls.ca_file = value;
+    } else if (key == "certfile") {
+      o.tls.cert_file = value;
+    } else if (key == "keyfile") {
+      o.tls.key_file = value;
+    } else if (key == "verify") {
+      if (value == "verify_peer") {
+        o.tls.verify_peer = o.tls.verify_hostname = true;
+      } else if (value == "verify_none") {
+        o.tls.verify_peer = o.tls.verify_hostname = false;
+      } else {
+        return bad("verify must be verify_peer or verify_none, not '" + std::string(value) + "'");
+      }
+    }
+    // server_name_indication: rabbitmq-c sends the host name as SNI; accepted for compatibility.
+  } else {
+    return bad("unknown query parameter '" + std::string(key) + "'");
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<ConnectionOptions> ConnectionOptions::from_uri(std::string_view uri) {
+  ConnectionOptions o;
+  std::string_view rest;
+  if (uri.starts_with("amqp://")) {
+    rest = uri.substr(7);
+  } else if (uri.starts_with("amqps://")) {
+    rest = uri.substr(8);
+    o.tls.enabled = true;
+    o.port = 5671;
+  } else {
+    auto colon = uri.find("://");
+    if (colon == std::string_view::npos) return bad("'" + std::string(uri) + "' has no scheme; expected amqp:// or amqps://");
+    return bad("scheme '" + std::string(uri.substr(0, colon)) + "' is not amqp or amqps");
+  }
+  if (rest.find('#') != std::string_view::npos) return bad("fragments ('#') are not allowed");
+
+  std::string_view query;
+  if (auto q = rest.find('?'); q != std::string_view::npos) {
+    query = rest.substr(q + 1);
+    rest = rest.substr(0, q);
+  }
+  std::string_view authority = rest;
+  std::optional<std::string_view> path;
+  if (auto slash = rest.find('/'); slash != std::string_view::npos) {
+    authority = rest.substr(0, slash);
+    path = rest.substr(slash + 1);
+  }
+
+  // userinfo: the last '@' ends it, so a password may contain a literal '@' only escaped.
+  if (auto at = authority.rfind('@'); at != std::string_view::npos) {
+    std::string_view userinfo = authority.substr(0, at);
+    authority = authority.substr(at + 1);
+    std::string_view user = userinfo;
+    std::optional<std::string_view> pass;
+    if (auto c = userinfo.find(':'); c != std::string_view::npos) {
+      user = userinfo.substr(0, c);
+      pass = userinfo.substr(c + 1);
+    }
+    auto u = decode(user, "user name");
+    if (!u) return u.status();
+    o.user = *u;
+    if (pass) {
+      auto p = decode(*pass, "password");
+      if (!p) return p.status();
+      o.password = *p;
+    }
+  }
+
+  std::string_view host = authority;
+  std::optional<std::string_view> port;
+  if (authority.starts_with('[')) {
+    auto close = authority.find(']');
+    if (close == std::string_view::npos) return bad("IPv6 address is missing its closing ']'");
+    host = authority.substr(1, close - 1);
+    std::string_view after = authority.substr(close + 1);
+    if (!after.empty()) {
+      if (after[0] != ':') return bad("unexpected '" + std::string(after) + "' after the IPv6 address");
+      port = after.substr(1);
+    }
+    if (host.empty()) return bad("empty IPv6 address");
+  } else if (auto c = authority.rfind(':'); c != std::string_view::npos) {
+    host = authority.substr(0, c);
+    port = authority.substr(c + 1);
+  }
+  if (!host.empty()) {
+    auto h = decode(host, "host");
+    if (!h) return h.status();
+    o.host = *h;
+  }
+  if (port) {
+    auto p = parse_uint<int>(*port, "port", 1, 65535);
+    if (!p) return p.status();
+    o.port = static_cast<std::uint16_t>(*p);
+  }
+
+  if (path && !path->empty()) {
+    if (path->find('/') != std::string_view::npos) {
+      return bad("vhost '" + std::string(*path) + "' contains '/': write it as %2F");
+    }
+    auto v = decode(*path, "vhost");
+    if (!v) return v.status();
+    o.vhost = *v;
+  }
+
+  while (!query.empty()) {
+    auto amp = query.find('&');
+    std::string_view pair = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+    if (pair.empty()) continue;
+    auto eq = pair.find('=');
+    if (eq == std::string_view::npos) return bad("query parameter '" + std::string(pair) + "' has no value");
+    auto key = decode(pair.substr(0, eq), "query");
+    if (!key) return key.status();
+    auto value = decode(pair.substr(eq + 1), "query");
+    if (!value) return value.status();
+    if (Status s = apply_query_parameter(o, *key, *value); !s.ok()) return s;
+  }
+  return o;
+}
+
+std::string ConnectionOptions::to_string() const {
+  auto encode = [](std::string_view in) {
+    static constexpr char kHex[] = "0123456789ABCDEF";
+    std::string out;
+    for (unsigned char c : in) {
+      if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+        out += static_cast<char>(c);
+      } else {
+        out += '%';
+        out += kHex[c >> 4];
+        out += kHex[c & 15];
+      }
+    }
+    return out;
+  };
+  std::string out = tls.enabled ? "amqps://" : "amqp://";
+  out += encode(user);
+  out += ":****@";
+  out += host.find(':') != std::string::npos ? "[" + host + "]" : host;
+  out += ":" + std::to_string(port) + "/" + encode(vhost);
+  return out;
+}
+
+}  // namespace amqprpc

@@ -1,0 +1,73 @@
+// A fixed set of threads running one function over jobs taken from a FIFO queue.
+#pragma once
+
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace amqprpc::detail {
+
+template <class Job>
+class WorkerPool {
+ public:
+  WorkerPool(std::size_t threads, std::function<void(Job&)> work) : work_(std::move(work)) {
+    if (threads == 0) threads = 1;
+    threads_.reserve(threads);
+    for (std::size_t i = 0; i < threads; ++i) threads_.emplace_back([this] { loop(); });
+  }
+  ~WorkerPool() { stop(); }
+  WorkerPool(const WorkerPool&) = delete;
+  WorkerPool& operator=(const WorkerPool&) = delete;
+
+  // False once stopping: the job was not taken.
+  bool submit(Job job) {
+    {
+      std::lock_guard lock(mutex_);
+      if (stopping_) return false;
+      jobs_.push_back(std::move(job));
+    }
+    cv_.notify_one();
+    return true;
+  }
+
+  // Lets the running jobs finish, joins the threads and returns the jobs never started.
+  std::deque<Job> stop() {
+    std::deque<Job> left;
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+      left.swap(jobs_);
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+    return left;
+  }
+
+ private:
+  void loop() {
+    for (;;) {
+      std::unique_lock lock(mutex_);
+      cv_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
+      if (stopping_) return;
+      Job job = std::move(jobs_.front());
+      jobs_.pop_front();
+      lock.unlock();
+      work_(job);
+    }
+  }
+
+  std::function<void(Job&)> work_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<Job> jobs_;
+  bool stopping_ = false;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace amqprpc::detail
