@@ -73,7 +73,7 @@ STDOUT_LOG="$LOG_DIR/server-stdout.log"
 WRAPPER_PID_FILE="$RUN_DIR/rabbitmq-server.pid" # the rabbitmq-server script we launched
 BEAM_PID_FILE="$RUN_DIR/beam.pid"               # written by RabbitMQ itself
 EPMD_PID_FILE="$EPMD_DIR/epmd.pid"
-EPMD_LOCK="$EPMD_DIR/lock"
+EPMD_LOCK="$EPMD_DIR/epmd.lock"
 EPMD_USERS="$EPMD_DIR/users"
 MARKER="$EPMD_USERS/$NAME"
 
@@ -219,6 +219,19 @@ our_epmd_pid() {
     fi
 }
 
+# In a subshell about to exec a daemon: close every fd above 2, so the daemon holds
+# neither the epmd lock nor a pipe of whoever ran this script.
+close_fds() {
+    local fd n
+    for fd in /proc/"$BASHPID"/fd/*; do
+        n="${fd##*/}"
+        if [ "$n" -gt 2 ] 2>/dev/null; then
+            eval "exec $n>&-" 2>/dev/null || true
+        fi
+    done
+}
+
+lockfd=""
 with_epmd_lock() {
     mkdir -p "$EPMD_USERS"
     exec {lockfd}>"$EPMD_LOCK"
@@ -239,7 +252,8 @@ ensure_epmd() {
     fi
     rm -f "$EPMD_PID_FILE"
     say "starting private epmd on 127.0.0.1:$EPMD_PORT"
-    setsid epmd -port "$EPMD_PORT" -address 127.0.0.1 </dev/null >>"$EPMD_DIR/epmd.log" 2>&1 &
+    (close_fds && exec setsid epmd -port "$EPMD_PORT" -address 127.0.0.1 \
+        </dev/null >>"$EPMD_DIR/epmd.log" 2>&1) &
     local pid=$!
     echo "$pid" >"$EPMD_PID_FILE"
     local i
@@ -347,7 +361,7 @@ launch() {
     build_env
     # The subshell execs env, which execs setsid, which execs rabbitmq-server: $! is
     # the PID of the rabbitmq-server script (it runs beam.smp as its child).
-    (cd "$DIR" && exec env "${ENV_ARGS[@]}" setsid "$RMQ_BIN/rabbitmq-server" \
+    (cd "$DIR" && close_fds && exec env "${ENV_ARGS[@]}" setsid "$RMQ_BIN/rabbitmq-server" \
         </dev/null >>"$STDOUT_LOG" 2>&1) &
     local pid=$!
     echo "$pid" >"$WRAPPER_PID_FILE"

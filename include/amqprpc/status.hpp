@@ -79,6 +79,8 @@ class Result {
   const T& value() const& { throw_if_error(); return std::get<T>(v_); }
   T&& value() && { throw_if_error(); return std::get<T>(std::move(v_)); }
   T& operator*() & { return value(); }
+  const T& operator*() const& { return value(); }
+  T&& operator*() && { return std::move(*this).value(); }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
 

@@ -1,0 +1,153 @@
+// Test helpers for talking to the real broker: where it is, unique names, and a raw rabbitmq-c
+// connection for doing what our library deliberately does not (publishing malformed requests,
+// inspecting queues).
+#pragma once
+
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <functional>
+#include <optional>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include "amqprpc/options.hpp"
+
+namespace testbroker {
+
+inline std::string url() {
+  const char* env = std::getenv("AMQP_URL");
+  if (env == nullptr || *env == '\0') {
+    throw std::runtime_error(
+        "AMQP_URL is not set: run the suite with scripts/test.sh, which starts a private broker");
+  }
+  return env;
+}
+
+inline amqprpc::ConnectionOptions options() {
+  auto o = amqprpc::ConnectionOptions::from_uri(url());
+  if (!o) throw std::runtime_error(o.status().to_string());
+  o->connect_timeout = std::chrono::milliseconds(5000);
+  return *o;
+}
+
+inline std::string unique(const std::string& prefix) {
+  static std::atomic<int> counter{0};
+  std::random_device rd;
+  return prefix + "-" + std::to_string(rd() % 1000000) + "-" + std::to_string(++counter);
+}
+
+// Polls cond every 10 ms until it holds or `limit` passes. Returns whether it held.
+inline bool eventually(const std::function<bool()>& cond,
+                       std::chrono::milliseconds limit = std::chrono::milliseconds(5000)) {
+  auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return cond();
+}
+
+// A bare rabbitmq-c connection, blocking, for test set-up and inspection.
+class Raw {
+ public:
+  Raw() {
+    auto o = options();
+    conn_ = amqp_new_connection();
+    amqp_socket_t* s = amqp_tcp_socket_new(conn_);
+    if (amqp_socket_open(s, o.host.c_str(), o.port) != AMQP_STATUS_OK) {
+      throw std::runtime_error("raw: cannot connect");
+    }
+    check(amqp_login(conn_, o.vhost.c_str(), 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, o.user.c_str(),
+                     o.password.c_str()),
+          "login");
+    amqp_channel_open(conn_, 1);
+    check(amqp_get_rpc_reply(conn_), "channel.open");
+  }
+  ~Raw() {
+    amqp_channel_close(conn_, 1, AMQP_REPLY_SUCCESS);
+    amqp_connection_close(conn_, AMQP_REPLY_SUCCESS);
+    amqp_destroy_connection(conn_);
+  }
+  Raw(const Raw&) = delete;
+  Raw& operator=(const Raw&) = delete;
+
+  void declare(const std::string& queue, bool durable = false) {
+    amqp_queue_declare(conn_, 1, amqp_cstring_bytes(queue.c_str()), 0, durable, 0, 0,
+                       amqp_empty_table);
+    check(amqp_get_rpc_reply(conn_), "queue.declare");
+  }
+  void remove(const std::string& queue) {
+    amqp_queue_delete(conn_, 1, amqp_cstring_bytes(queue.c_str()), 0, 0);
+    check(amqp_get_rpc_reply(conn_), "queue.delete");
+  }
+  std::uint32_t depth(const std::string& queue) {
+    auto* ok = amqp_queue_declare(conn_, 1, amqp_cstring_bytes(queue.c_str()), 1, 0, 0, 0,
+                                  amqp_empty_table);
+    check(amqp_get_rpc_reply(conn_), "queue.declare passive");
+    return ok->message_count;
+  }
+
+  // Publishes to the default exchange; empty reply_to / correlation_id are left unset.
+  void publish(const std::string& queue, const std::string& body, const std::string& reply_to,
+               const std::string& correlation_id) {
+    amqp_basic_properties_t p{};
+    if (!reply_to.empty()) {
+      p._flags |= AMQP_BASIC_REPLY_TO_FLAG;
+      p.reply_to = amqp_cstring_bytes(reply_to.c_str());
+    }
+    if (!correlation_id.empty()) {
+      p._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
+      p.correlation_id = amqp_cstring_bytes(correlation_id.c_str());
+    }
+    amqp_bytes_t b{body.size(), const_cast<char*>(body.data())};
+    if (amqp_basic_publish(conn_, 1, amqp_empty_bytes, amqp_cstring_bytes(queue.c_str()), 0, 0,
+                           &p, b) != AMQP_STATUS_OK) {
+      throw std::runtime_error("raw: publish failed");
+    }
+  }
+
+  struct Got {
+    std::string body;
+    std::string correlation_id;
+    std::string reply_to;
+    std::string expiration;
+    std::optional<std::string> deadline_header;
+  };
+  // basic.get with auto-ack; nullopt when the queue is empty.
+  std::optional<Got> get(const std::string& queue) {
+    amqp_rpc_reply_t r = amqp_basic_get(conn_, 1, amqp_cstring_bytes(queue.c_str()), 1);
+    check(r, "basic.get");
+    if (r.reply.id == AMQP_BASIC_GET_EMPTY_METHOD) return std::nullopt;
+    amqp_message_t m;
+    check(amqp_read_message(conn_, 1, &m, 0), "read message");
+    Got g;
+    g.body.assign(static_cast<char*>(m.body.bytes), m.body.len);
+    auto str = [](amqp_bytes_t b) { return std::string(static_cast<char*>(b.bytes), b.len); };
+    if (m.properties._flags & AMQP_BASIC_CORRELATION_ID_FLAG) g.correlation_id = str(m.properties.correlation_id);
+    if (m.properties._flags & AMQP_BASIC_REPLY_TO_FLAG) g.reply_to = str(m.properties.reply_to);
+    if (m.properties._flags & AMQP_BASIC_EXPIRATION_FLAG) g.expiration = str(m.properties.expiration);
+    if (m.properties._flags & AMQP_BASIC_HEADERS_FLAG) {
+      for (int i = 0; i < m.properties.headers.num_entries; ++i) {
+        auto& e = m.properties.headers.entries[i];
+        if (str(e.key) == "x-rpc-deadline") g.deadline_header = str(e.value.value.bytes);
+      }
+    }
+    amqp_destroy_message(&m);
+    return g;
+  }
+
+ private:
+  static void check(const amqp_rpc_reply_t& r, const char* what) {
+    if (r.reply_type != AMQP_RESPONSE_NORMAL) throw std::runtime_error(std::string("raw: ") + what + " failed");
+  }
+  amqp_connection_state_t conn_;
+};
+
+}  // namespace testbroker

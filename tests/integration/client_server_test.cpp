@@ -1,0 +1,352 @@
+// Client and server against the real broker: the seed's contract and what goes beyond it.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+
+#include "amqprpc/client.hpp"
+#include "amqprpc/server.hpp"
+#include "integration/broker.hpp"
+
+using namespace amqprpc;
+using namespace std::chrono_literals;
+using testbroker::eventually;
+
+namespace {
+
+Reply echo(const Request& req) { return Reply::ok(req.body); }
+
+std::unique_ptr<Server> serve(const std::string& queue, Handler handler, std::uint16_t prefetch = 16,
+                              std::size_t workers = 1) {
+  ServerOptions o;
+  o.connection = testbroker::options();
+  o.queue = queue;
+  o.prefetch = prefetch;
+  o.workers = workers;
+  auto s = Server::start(o, std::move(handler));
+  if (!s) throw std::runtime_error("server did not start: " + s.status().to_string());
+  return std::move(*s);
+}
+
+std::unique_ptr<Client> client(ReplyMode mode = ReplyMode::direct_reply_to) {
+  ClientOptions o;
+  o.connection = testbroker::options();
+  o.reply_mode = mode;
+  auto c = Client::connect(o);
+  if (!c) throw std::runtime_error("client did not connect: " + c.status().to_string());
+  return std::move(*c);
+}
+
+CallOptions timeout(std::chrono::milliseconds t) {
+  CallOptions o;
+  o.timeout = t;
+  return o;
+}
+
+class QueueTest : public testing::Test {
+ protected:
+  void TearDown() override {
+    try {
+      testbroker::Raw().remove(queue);
+    } catch (...) {
+    }
+  }
+  std::string queue = testbroker::unique("test");
+};
+
+class ReplyModes : public QueueTest, public testing::WithParamInterface<ReplyMode> {};
+
+}  // namespace
+
+TEST_P(ReplyModes, CallGetsTheHandlersReply) {
+  auto server = serve(queue, [](const Request& r) { return Reply::ok("hello " + r.body); });
+  auto c = client(GetParam());
+  EXPECT_EQ(c->call(queue, "world"), "hello world");
+  EXPECT_EQ(c->call(queue, ""), "hello ");
+  if (GetParam() == ReplyMode::direct_reply_to) {
+    EXPECT_EQ(c->reply_queue(), "amq.rabbitmq.reply-to");
+  } else {
+    EXPECT_TRUE(c->reply_queue().starts_with("amq.gen-")) << c->reply_queue();
+  }
+}
+
+TEST_P(ReplyModes, BinaryBodiesAndLargeBodiesArriveIntact) {
+  auto server = serve(queue, echo);
+  auto c = client(GetParam());
+  std::string binary("\0\1\2\xff\xfe zero\0end", 15);
+  EXPECT_EQ(c->call(queue, binary), binary);
+  std::string big(3 * 1024 * 1024 + 17, 'x');  // spans many frames
+  for (std::size_t i = 0; i < big.size(); i += 4096) big[i] = static_cast<char>('a' + i % 26);
+  EXPECT_EQ(c->call(queue, big), big);
+}
+
+INSTANTIATE_TEST_SUITE_P(Both, ReplyModes,
+                         testing::Values(ReplyMode::direct_reply_to, ReplyMode::exclusive_queue),
+                         [](const auto& info) {
+                           return info.param == ReplyMode::direct_reply_to ? "DirectReplyTo"
+                                                                           : "ExclusiveQueue";
+                         });
+
+TEST_F(QueueTest, ErrorReplyBecomesAStatusOrATypedException) {
+  auto server = serve(queue, [](const Request&) {
+    return Reply::error(StatusCode::permission_denied, "not for you");
+  });
+  auto c = client();
+  Reply r = c->try_call(queue, "x");
+  EXPECT_EQ(r.status.code(), StatusCode::permission_denied);
+  EXPECT_EQ(r.status.message(), "not for you");
+  try {
+    c->call(queue, "x");
+    FAIL() << "call() must throw on an error reply";
+  } catch (const RpcError& e) {
+    EXPECT_EQ(e.code(), StatusCode::permission_denied);
+  }
+  EXPECT_EQ(server->stats().replied_error, 2u);
+}
+
+TEST_F(QueueTest, HandlerThatThrowsGivesAnInternalErrorAndTheServerGoesOn) {
+  auto server = serve(queue, [](const Request& r) -> Reply {
+    if (r.body == "boom") throw std::runtime_error("kaboom");
+    return Reply::ok("fine");
+  });
+  auto c = client();
+  Reply r = c->try_call(queue, "boom");
+  EXPECT_EQ(r.status.code(), StatusCode::internal);
+  EXPECT_EQ(r.status.message(), "kaboom");
+  EXPECT_EQ(c->call(queue, "next"), "fine");
+}
+
+TEST_F(QueueTest, HeadersAndContentTypeTravelBothWays) {
+  auto server = serve(queue, [](const Request& r) {
+    Reply reply = Reply::ok(r.content_type);
+    reply.headers["seen-tenant"] = r.headers.count("tenant") ? r.headers.at("tenant") : "none";
+    reply.content_type = "text/x-test";
+    return reply;
+  });
+  auto c = client();
+  CallOptions o;
+  o.headers["tenant"] = "acme";
+  o.content_type = "application/json";
+  Reply r = c->try_call(queue, "{}", o);
+  ASSERT_TRUE(r.status.ok()) << r.status.to_string();
+  EXPECT_EQ(r.body, "application/json");
+  EXPECT_EQ(r.headers.at("seen-tenant"), "acme");
+  EXPECT_EQ(r.content_type, "text/x-test");
+}
+
+TEST_F(QueueTest, NoReplyBeforeTheDeadlineIsATimeoutAndTheBrokerDropsTheRequest) {
+  testbroker::Raw raw;
+  raw.declare(queue);  // a queue nobody consumes
+  auto c = client();
+  auto start = std::chrono::steady_clock::now();
+  Reply r = c->try_call(queue, "anyone?", timeout(300ms));
+  auto waited = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(r.status.code(), StatusCode::deadline_exceeded);
+  EXPECT_NE(r.status.message().find("300 ms"), std::string::npos) << r.status.message();
+  EXPECT_GE(waited, 300ms);
+  EXPECT_LT(waited, 10s);  // bounded: never a hang
+  EXPECT_EQ(c->stats().timeouts, 1u);
+  // The request carried its timeout as the message TTL, so the broker discards it.
+  EXPECT_TRUE(eventually([&] { return raw.depth(queue) == 0; }));
+}
+
+TEST_F(QueueTest, RequestsCarryExpirationAndAnAbsoluteDeadline) {
+  testbroker::Raw raw;
+  raw.declare(queue);
+  auto c = client();
+  auto before = std::chrono::system_clock::now();
+  auto pending = c->async_call(queue, "inspect me", timeout(20s));
+  std::optional<testbroker::Raw::Got> got;
+  ASSERT_TRUE(eventually([&] { return (got = raw.get(queue)).has_value(); }));
+  EXPECT_EQ(got->body, "inspect me");
+  EXPECT_EQ(got->expiration, "20000");
+  // The broker rewrites the pseudo-queue name into a routable one for this connection.
+  EXPECT_TRUE(got->reply_to.starts_with("amq.rabbitmq.reply-to.")) << got->reply_to;
+  EXPECT_EQ(got->correlation_id.size(), 36u);
+  ASSERT_TRUE(got->deadline_header.has_value());
+  auto deadline_ms = std::stoll(*got->deadline_header);
+  auto before_ms = std::chrono::duration_cast<std::chrono::milliseconds>(before.time_since_epoch()).count();
+  EXPECT_GE(deadline_ms, before_ms + 20000);
+  EXPECT_LT(deadline_ms, before_ms + 30000);
+}
+
+TEST_F(QueueTest, NoQueueFailsFastWithNoRouteInsteadOfTimingOut) {
+  auto c = client();
+  auto start = std::chrono::steady_clock::now();
+  Reply r = c->try_call(queue + "-missing", "hello?", timeout(20s));
+  EXPECT_EQ(r.status.code(), StatusCode::unavailable);
+  EXPECT_NE(r.status.message().find("no route"), std::string::npos) << r.status.message();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);  // well before the 20 s deadline
+  EXPECT_EQ(c->stats().unroutable, 1u);
+}
+
+TEST_F(QueueTest, RepliesWithUnknownCorrelationIdsAreDroppedAndCounted) {
+  auto server = serve(queue, echo);
+  auto c = client(ReplyMode::exclusive_queue);
+  testbroker::Raw raw;
+  raw.publish(c->reply_queue(), "stray", "", "no-such-call");
+  raw.publish(c->reply_queue(), "stray too", "", "");
+  ASSERT_TRUE(eventually([&] { return c->stats().late_replies == 2; }));
+  EXPECT_EQ(c->call(queue, "mine"), "mine");
+}
+
+TEST_F(QueueTest, ALateReplyNeverReachesTheNextCaller) {
+  auto server = serve(queue, [](const Request& r) {
+    if (r.body == "slow") std::this_thread::sleep_for(400ms);
+    return Reply::ok(r.body);
+  });
+  auto c = client();
+  Reply r = c->try_call(queue, "slow", timeout(100ms));
+  EXPECT_EQ(r.status.code(), StatusCode::deadline_exceeded);
+  // The slow reply comes in after its caller gave up: counted, dropped.
+  ASSERT_TRUE(eventually([&] { return c->stats().late_replies == 1; }));
+  EXPECT_EQ(c->call(queue, "fast"), "fast");
+}
+
+TEST_F(QueueTest, SeveralServersShareTheQueueAndEveryCallGetsItsOwnAnswer) {
+  std::atomic<int> served_a{0}, served_b{0};
+  auto handler = [](std::atomic<int>& counter) {
+    return [&counter](const Request& r) {
+      counter++;
+      std::this_thread::sleep_for(2ms);
+      return Reply::ok("re:" + r.body);
+    };
+  };
+  auto a = serve(queue, handler(served_a), /*prefetch=*/1);
+  auto b = serve(queue, handler(served_b), /*prefetch=*/1);
+  auto c = client();
+  std::vector<std::future<Reply>> calls;
+  for (int i = 0; i < 60; ++i) calls.push_back(c->async_call(queue, std::to_string(i)));
+  for (int i = 0; i < 60; ++i) {
+    Reply r = calls[i].get();
+    ASSERT_TRUE(r.status.ok()) << r.status.to_string();
+    EXPECT_EQ(r.body, "re:" + std::to_string(i));
+  }
+  EXPECT_EQ(served_a + served_b, 60);
+  EXPECT_GT(served_a, 0);
+  EXPECT_GT(served_b, 0);
+}
+
+TEST_F(QueueTest, ManyThreadsCallingOneClientEachGetTheirOwnReply) {
+  auto server = serve(queue, echo, 64, 2);
+  auto c = client();
+  std::atomic<int> wrong{0}, failed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 50; ++i) {
+        std::string body = std::to_string(t) + ":" + std::to_string(i);
+        Reply r = c->try_call(queue, body);
+        if (!r.status.ok()) {
+          failed++;
+        } else if (r.body != body) {
+          wrong++;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failed, 0);
+  EXPECT_EQ(wrong, 0);
+  EXPECT_EQ(c->stats().replies, 400u);
+}
+
+TEST_F(QueueTest, CallbackFormDeliversTheReply) {
+  auto server = serve(queue, echo);
+  auto c = client();
+  std::promise<Reply> got;
+  c->async_call(queue, "cb", {}, [&](Reply r) { got.set_value(std::move(r)); });
+  auto f = got.get_future();
+  ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+  EXPECT_EQ(f.get().body, "cb");
+}
+
+TEST_F(QueueTest, BlockingCallFromTheClientsOwnCallbackIsRefusedNotDeadlocked) {
+  auto server = serve(queue, echo);
+  auto c = client();
+  std::promise<Reply> inner;
+  c->async_call(queue, "outer", {}, [&](Reply) { inner.set_value(c->try_call(queue, "inner")); });
+  auto f = inner.get_future();
+  ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+  EXPECT_EQ(f.get().status.code(), StatusCode::failed_precondition);
+}
+
+TEST_F(QueueTest, ClosingTheClientCancelsCallsInFlight) {
+  auto server = serve(queue, [](const Request& r) {
+    std::this_thread::sleep_for(300ms);
+    return Reply::ok(r.body);
+  });
+  auto c = client();
+  auto pending = c->async_call(queue, "x");
+  std::this_thread::sleep_for(50ms);
+  c.reset();
+  ASSERT_EQ(pending.wait_for(5s), std::future_status::ready);
+  EXPECT_EQ(pending.get().status.code(), StatusCode::cancelled);
+}
+
+TEST_F(QueueTest, BadCallOptionsAreRefusedClearly) {
+  auto c = client();
+  Reply r = c->try_call(queue, "x", timeout(0ms));
+  EXPECT_EQ(r.status.code(), StatusCode::invalid_argument);
+  EXPECT_NE(r.status.message().find("timeout"), std::string::npos);
+  Reply long_name = c->try_call(std::string(300, 'q'), "x");
+  EXPECT_EQ(long_name.status.code(), StatusCode::invalid_argument);
+}
+
+TEST_F(QueueTest, RequestWithoutReplyToIsRejectedNotRequeuedAndServingGoesOn) {
+  auto server = serve(queue, echo);
+  testbroker::Raw raw;
+  raw.publish(queue, "nowhere to answer", "", "c1");
+  ASSERT_TRUE(eventually([&] { return server->stats().rejected == 1; }));
+  EXPECT_EQ(raw.depth(queue), 0u);
+  auto c = client();
+  EXPECT_EQ(c->call(queue, "still here"), "still here");
+}
+
+TEST_F(QueueTest, RequestWithoutCorrelationIdIsStillAnswered) {
+  auto server = serve(queue, echo);
+  testbroker::Raw raw;
+  std::string reply_queue = testbroker::unique("replies");
+  raw.declare(reply_queue);
+  raw.publish(queue, "no id", reply_queue, "");
+  std::optional<testbroker::Raw::Got> got;
+  ASSERT_TRUE(eventually([&] { return (got = raw.get(reply_queue)).has_value(); }));
+  EXPECT_EQ(got->body, "no id");
+  EXPECT_EQ(got->correlation_id, "");
+  raw.remove(reply_queue);
+}
+
+TEST_F(QueueTest, ServerRefusesAQueueDeclaredDifferently) {
+  testbroker::Raw raw;
+  raw.declare(queue, /*durable=*/true);
+  ServerOptions o;
+  o.connection = testbroker::options();
+  o.queue = queue;
+  auto s = Server::start(o, echo);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), StatusCode::failed_precondition);
+  EXPECT_NE(s.status().message().find("durable"), std::string::npos) << s.status().message();
+}
+
+TEST_F(QueueTest, ServerStopIsCleanAndIdempotent) {
+  auto server = serve(queue, echo);
+  auto c = client();
+  EXPECT_EQ(c->call(queue, "a"), "a");
+  server->stop();
+  server->stop();
+  EXPECT_TRUE(server->wait().ok());
+  // Nobody consumes now, but the queue still exists: the call waits and times out.
+  EXPECT_EQ(c->try_call(queue, "b", timeout(200ms)).status.code(), StatusCode::deadline_exceeded);
+}
+
+TEST(ServerOptionsCheck, InvalidOptionsAreRefusedBeforeConnecting) {
+  ServerOptions o;
+  o.connection = testbroker::options();
+  o.queue = "";
+  EXPECT_EQ(Server::start(o, echo).status().code(), StatusCode::invalid_argument);
+  o.queue = "q";
+  o.prefetch = 0;
+  EXPECT_EQ(Server::start(o, echo).status().code(), StatusCode::invalid_argument);
+  o.prefetch = 1;
+  EXPECT_EQ(Server::start(o, nullptr).status().code(), StatusCode::invalid_argument);
+}
