@@ -140,15 +140,24 @@ read_pid() { # FILE -> pid on stdout, or nothing
     printf '%s' "$pid"
 }
 
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+# True if PID exists and is not a zombie.
+alive() {
+    [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null || return 1
+    local stat
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+    stat="${stat##*) }"
+    [ "${stat:0:1}" != Z ]
+}
 
 # True if PID is a process started for this instance (checks its environment).
 is_ours() {
     local pid="$1"
     alive "$pid" || return 1
     [ -r "/proc/$pid/environ" ] || return 1
-    tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF "RABBITMQ_NODENAME=$NODE" &&
-        tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF "HOME=$HOME_DIR"
+    local environ
+    environ="$(tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ")" || return 1
+    grep -qxF "RABBITMQ_NODENAME=$NODE" <<<"$environ" &&
+        grep -qxF "HOME=$HOME_DIR" <<<"$environ"
 }
 
 wrapper_pid() {
@@ -214,7 +223,7 @@ our_epmd_pid() {
     local pid
     pid="$(read_pid "$EPMD_PID_FILE")"
     if alive "$pid" && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = epmd ] &&
-        tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "-port $EPMD_PORT "; then
+        tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "-port $EPMD_PORT "; then
         printf '%s' "$pid"
     fi
 }
@@ -347,16 +356,23 @@ show_log_tail() {
     local f
     for f in "$STDOUT_LOG" "$LOG_FILE"; do
         if [ -s "$f" ]; then
+            if grep -q '\[error\]' "$f"; then
+                say "---- first errors in $f"
+                grep -m 12 '\[error\]' "$f" >&2 || true
+            fi
             say "---- last lines of $f"
-            tail -n 30 "$f" >&2 || true
+            tail -n 15 "$f" >&2 || true
         fi
     done
+    if [ -f "$DIR/erl_crash.dump" ]; then
+        say "Erlang crash dump: $DIR/erl_crash.dump"
+    fi
 }
 
 # Register this instance as a user of epmd and launch the server. Caller holds the lock.
 launch() {
     ensure_epmd
-    rm -f "$BEAM_PID_FILE"
+    rm -f "$BEAM_PID_FILE" "$DIR/erl_crash.dump"
     : >"$STDOUT_LOG"
     build_env
     # The subshell execs env, which execs setsid, which execs rabbitmq-server: $! is

@@ -34,7 +34,7 @@ amqprpc_deps_missing() {
 # Install the packages among "$@" (default: all of the project's) not installed.
 amqprpc_deps_install() {
     local -a missing
-    local policy=/usr/sbin/policy-rc.d made_policy=0 rc=0
+    local policy=/usr/sbin/policy-rc.d rc=0
     mapfile -t missing < <(amqprpc_deps_missing "$@")
     if [ "${#missing[@]}" -eq 0 ]; then
         return 0
@@ -44,20 +44,19 @@ amqprpc_deps_install() {
         return 1
     fi
     echo "deps.sh: installing ${missing[*]}" >&2
-    if [ ! -e "$policy" ]; then
-        # Keep maintainer scripts from starting services (e.g. a system rabbitmq-server).
-        printf '#!/bin/sh\nexit 101\n' >"$policy"
-        chmod 755 "$policy"
-        made_policy=1
-    fi
-    {
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-                -o Dpkg::Use-Pty=0 "${missing[@]}" >/dev/null
-    } || rc=$?
-    if [ "$made_policy" -eq 1 ]; then
-        rm -f "$policy"
-    fi
+    # Subshell: its EXIT trap removes a temporary policy-rc.d even if interrupted.
+    (
+        if [ ! -e "$policy" ]; then
+            # Keep maintainer scripts from starting services (e.g. a system rabbitmq-server).
+            trap 'rm -f "$policy"' EXIT
+            trap 'exit 130' INT TERM
+            printf '#!/bin/sh\nexit 101\n' >"$policy"
+            chmod 755 "$policy"
+        fi
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq &&
+            apt-get install -y -qq -o Dpkg::Use-Pty=0 "${missing[@]}" >/dev/null
+    ) || rc=$?
     if [ "$rc" -ne 0 ]; then
         echo "deps.sh: apt-get failed (exit $rc) installing: ${missing[*]}" >&2
         return "$rc"

@@ -67,14 +67,14 @@ class Client::Impl final : public detail::IoLoop::Hooks {
   void submit(std::unique_ptr<PendingCall> call) {
     calls_.fetch_add(1, std::memory_order_relaxed);
     if (call->timeout <= std::chrono::milliseconds::zero()) {
-      call->complete(Reply::error(StatusCode::invalid_argument,
-                                  "timeout must be positive, got " +
-                                      std::to_string(call->timeout.count()) + " ms"));
+      call->complete(Reply::error(
+          StatusCode::invalid_argument,
+          "timeout must be positive, got " + std::to_string(call->timeout.count()) + " ms"));
       return;
     }
     if (call->queue.size() > 255) {
-      call->complete(Reply::error(StatusCode::invalid_argument,
-                                  "queue name longer than 255 bytes"));
+      call->complete(
+          Reply::error(StatusCode::invalid_argument, "queue name longer than 255 bytes"));
       return;
     }
     call->deadline = Clock::now() + call->timeout;
@@ -256,8 +256,7 @@ class Client::Impl final : public detail::IoLoop::Hooks {
   mutable std::mutex reply_queue_mutex_;
   std::string reply_queue_;
 
-  std::atomic<std::uint64_t> calls_{0}, replies_{0}, timeouts_{0}, unroutable_{0},
-      late_replies_{0};
+  std::atomic<std::uint64_t> calls_{0}, replies_{0}, timeouts_{0}, unroutable_{0}, late_replies_{0};
 };
 
 Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
@@ -299,7 +298,11 @@ std::string Client::call(const std::string& queue, std::string body, const CallO
   return std::move(reply.body);
 }
 
-std::string Client::reply_queue() const { return impl_->reply_queue(); }
-Client::Stats Client::stats() const { return impl_->stats(); }
+std::string Client::reply_queue() const {
+  return impl_->reply_queue();
+}
+Client::Stats Client::stats() const {
+  return impl_->stats();
+}
 
 }  // namespace amqprpc

@@ -207,9 +207,17 @@ Result<std::unique_ptr<Server>> Server::start(ServerOptions options, Handler han
 }
 
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-Server::~Server() { stop(); }
-void Server::stop() { impl_->stop(); }
-Status Server::wait() { return impl_->wait(); }
-Server::Stats Server::stats() const { return impl_->stats(); }
+Server::~Server() {
+  stop();
+}
+void Server::stop() {
+  impl_->stop();
+}
+Status Server::wait() {
+  return impl_->wait();
+}
+Server::Stats Server::stats() const {
+  return impl_->stats();
+}
 
 }  // namespace amqprpc

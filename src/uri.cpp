@@ -110,7 +110,8 @@ Result<ConnectionOptions> ConnectionOptions::from_uri(std::string_view uri) {
     o.port = 5671;
   } else {
     auto colon = uri.find("://");
-    if (colon == std::string_view::npos) return bad("'" + std::string(uri) + "' has no scheme; expected amqp:// or amqps://");
+    if (colon == std::string_view::npos)
+      return bad("'" + std::string(uri) + "' has no scheme; expected amqp:// or amqps://");
     return bad("scheme '" + std::string(uri.substr(0, colon)) + "' is not amqp or amqps");
   }
   if (rest.find('#') != std::string_view::npos) return bad("fragments ('#') are not allowed");
@@ -155,7 +156,8 @@ Result<ConnectionOptions> ConnectionOptions::from_uri(std::string_view uri) {
     host = authority.substr(1, close - 1);
     std::string_view after = authority.substr(close + 1);
     if (!after.empty()) {
-      if (after[0] != ':') return bad("unexpected '" + std::string(after) + "' after the IPv6 address");
+      if (after[0] != ':')
+        return bad("unexpected '" + std::string(after) + "' after the IPv6 address");
       port = after.substr(1);
     }
     if (host.empty()) return bad("empty IPv6 address");
@@ -189,7 +191,8 @@ Result<ConnectionOptions> ConnectionOptions::from_uri(std::string_view uri) {
     query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
     if (pair.empty()) continue;
     auto eq = pair.find('=');
-    if (eq == std::string_view::npos) return bad("query parameter '" + std::string(pair) + "' has no value");
+    if (eq == std::string_view::npos)
+      return bad("query parameter '" + std::string(pair) + "' has no value");
     auto key = decode(pair.substr(0, eq), "query");
     if (!key) return key.status();
     auto value = decode(pair.substr(eq + 1), "query");

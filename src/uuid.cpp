@@ -13,7 +13,7 @@ UuidGenerator::UuidGenerator() {
 std::string UuidGenerator::next() {
   std::uint64_t hi = rng_();
   std::uint64_t lo = rng_();
-  hi = (hi & ~std::uint64_t{0xF000}) | 0x4000;                        // version 4
+  hi = (hi & ~std::uint64_t{0xF000}) | 0x4000;                           // version 4
   lo = (lo & ~(std::uint64_t{0xC} << 60)) | (std::uint64_t{0x8} << 60);  // RFC 4122 variant
   static constexpr char kHex[] = "0123456789abcdef";
   std::string out(36, '-');

@@ -33,7 +33,9 @@ std::string to_decimal(const std::vector<std::uint64_t>& limbs) {
   return out;
 }
 
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+bool is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
 
 }  // namespace
 
@@ -51,18 +53,22 @@ amqprpc::Result<std::uint64_t> parse_n(std::string_view body, std::uint64_t limi
   using amqprpc::StatusCode;
   auto first = std::find_if_not(body.begin(), body.end(), is_space);
   auto last = std::find_if_not(body.rbegin(), body.rend(), is_space).base();
-  std::string_view text = first < last ? std::string_view(&*first, last - first) : std::string_view{};
+  std::string_view text =
+      first < last ? std::string_view(&*first, last - first) : std::string_view{};
   auto quoted = [&] {
     std::string shown;
-    for (unsigned char c : body.substr(0, 32)) shown += std::isprint(c) ? static_cast<char>(c) : '?';
+    for (unsigned char c : body.substr(0, 32))
+      shown += std::isprint(c) ? static_cast<char>(c) : '?';
     return "'" + shown + (body.size() > 32 ? "...'" : "'");
   };
-  if (text.empty()) return Status{StatusCode::invalid_argument, "empty request: expected a number n >= 0"};
+  if (text.empty())
+    return Status{StatusCode::invalid_argument, "empty request: expected a number n >= 0"};
   if (text[0] == '-') {
     return Status{StatusCode::invalid_argument, "n must be >= 0, got " + quoted()};
   }
   if (text[0] == '+') text.remove_prefix(1);
-  if (text.empty() || !std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+  if (text.empty() ||
+      !std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; })) {
     return Status{StatusCode::invalid_argument, "not a decimal number: " + quoted()};
   }
   std::uint64_t n = 0;

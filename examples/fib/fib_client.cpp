@@ -43,8 +43,13 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"direct", "exclusive"}));
   app.add_option("n", values, "the n to compute (sent as is, so bad input reaches the server)")
       ->required();
-  app.footer("Exit codes: 0 ok, 1 error reply, 2 usage, 3 timeout, 4 broker or server unreachable.");
-  CLI11_PARSE(app, argc, argv);
+  app.footer(
+      "Exit codes: 0 ok, 1 error reply, 2 usage, 3 timeout, 4 broker or server unreachable.");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;  // --help is fine; anything else is a usage error
+  }
 
   auto conn = amqprpc::ConnectionOptions::from_uri(url);
   if (!conn) {

@@ -29,7 +29,11 @@ int main(int argc, char** argv) {
   app.add_option("--limit", limit, "largest n served")->capture_default_str();
   app.add_flag("--durable", options.durable, "declare the queue durable");
   app.add_flag("-q,--quiet", quiet, "do not print each request");
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;  // --help is fine; anything else is a usage error
+  }
 
   auto conn = amqprpc::ConnectionOptions::from_uri(url);
   if (!conn) {

@@ -41,11 +41,11 @@ class Client {
   std::string reply_queue() const;
 
   struct Stats {
-    std::uint64_t calls = 0;          // calls started
-    std::uint64_t replies = 0;        // calls completed by a reply (ok or error reply)
+    std::uint64_t calls = 0;    // calls started
+    std::uint64_t replies = 0;  // calls completed by a reply (ok or error reply)
     std::uint64_t timeouts = 0;
-    std::uint64_t unroutable = 0;     // returned by the broker: no queue to take the request
-    std::uint64_t late_replies = 0;   // replies whose correlation id no call waits for
+    std::uint64_t unroutable = 0;    // returned by the broker: no queue to take the request
+    std::uint64_t late_replies = 0;  // replies whose correlation id no call waits for
   };
   Stats stats() const;
 

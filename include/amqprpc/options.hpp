@@ -18,9 +18,9 @@ enum class LogLevel { debug, info, warning, error };
 using Logger = std::function<void(LogLevel, std::string_view)>;
 
 struct TlsOptions {
-  bool enabled = false;  // amqps://
-  std::string ca_file;   // empty: the system's default trust store
-  std::string cert_file; // client certificate (optional)
+  bool enabled = false;   // amqps://
+  std::string ca_file;    // empty: the system's default trust store
+  std::string cert_file;  // client certificate (optional)
   std::string key_file;
   bool verify_peer = true;
   bool verify_hostname = true;
@@ -34,8 +34,8 @@ struct ConnectionOptions {
   std::string vhost = "/";
   std::string user = "guest";
   std::string password = "guest";
-  std::chrono::seconds heartbeat{60};                  // 0 disables heartbeats
-  std::chrono::milliseconds connect_timeout{10'000};   // TCP connect + AMQP handshake
+  std::chrono::seconds heartbeat{60};                 // 0 disables heartbeats
+  std::chrono::milliseconds connect_timeout{10'000};  // TCP connect + AMQP handshake
   int frame_max = 131072;
   TlsOptions tls;
 
@@ -74,9 +74,9 @@ struct CallOptions {
 struct ServerOptions {
   ConnectionOptions connection;
   std::string queue = "rpc_queue";
-  bool durable = false;           // the seed declares a plain, non-durable queue
-  std::uint16_t prefetch = 16;    // unacked requests this server holds at once
-  std::size_t workers = 1;        // handler threads
+  bool durable = false;         // the seed declares a plain, non-durable queue
+  std::uint16_t prefetch = 16;  // unacked requests this server holds at once
+  std::size_t workers = 1;      // handler threads
   Logger logger;
 };
 

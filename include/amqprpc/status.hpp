@@ -14,16 +14,16 @@ namespace amqprpc {
 // RPC frameworks know what to expect. The wire names are the snake_case spellings below.
 enum class StatusCode {
   ok,
-  cancelled,           // the caller gave up (cancel, shutdown of the client)
-  invalid_argument,    // the request itself is wrong (bad body, bad option, bad URI)
-  deadline_exceeded,   // no reply before the call's deadline
-  not_found,           // something named does not exist
-  permission_denied,   // the broker refused access (user, vhost, queue)
-  resource_exhausted,  // too large, too many, broker alarm
-  failed_precondition, // the broker refused a declaration that disagrees with the existing one
-  unavailable,         // cannot reach a broker or a server (connection lost, no route)
-  internal,            // a bug or an unexpected failure, e.g. a handler threw
-  unknown,             // an error reply whose code this version does not know
+  cancelled,            // the caller gave up (cancel, shutdown of the client)
+  invalid_argument,     // the request itself is wrong (bad body, bad option, bad URI)
+  deadline_exceeded,    // no reply before the call's deadline
+  not_found,            // something named does not exist
+  permission_denied,    // the broker refused access (user, vhost, queue)
+  resource_exhausted,   // too large, too many, broker alarm
+  failed_precondition,  // the broker refused a declaration that disagrees with the existing one
+  unavailable,          // cannot reach a broker or a server (connection lost, no route)
+  internal,             // a bug or an unexpected failure, e.g. a handler threw
+  unknown,              // an error reply whose code this version does not know
 };
 
 // The wire name of a code ("invalid_argument"); "unknown" for out-of-range values.
@@ -54,7 +54,8 @@ class Status {
 // What the blocking API throws: carries the Status so a caller can still branch on the code.
 class RpcError : public std::runtime_error {
  public:
-  explicit RpcError(Status status) : std::runtime_error(status.to_string()), status_(std::move(status)) {}
+  explicit RpcError(Status status)
+      : std::runtime_error(status.to_string()), status_(std::move(status)) {}
   const Status& status() const noexcept { return status_; }
   StatusCode code() const noexcept { return status_.code(); }
 
@@ -66,8 +67,8 @@ class RpcError : public std::runtime_error {
 template <class T>
 class Result {
  public:
-  Result(T value) : v_(std::move(value)) {}           // NOLINT: implicit by design
-  Result(Status status) : v_(std::move(status)) {}    // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}         // NOLINT: implicit by design
+  Result(Status status) : v_(std::move(status)) {}  // NOLINT: implicit by design
 
   bool ok() const noexcept { return std::holds_alternative<T>(v_); }
   explicit operator bool() const noexcept { return ok(); }
@@ -75,9 +76,18 @@ class Result {
   // The status: ok when there is a value.
   Status status() const { return ok() ? Status{} : std::get<Status>(v_); }
 
-  T& value() & { throw_if_error(); return std::get<T>(v_); }
-  const T& value() const& { throw_if_error(); return std::get<T>(v_); }
-  T&& value() && { throw_if_error(); return std::get<T>(std::move(v_)); }
+  T& value() & {
+    throw_if_error();
+    return std::get<T>(v_);
+  }
+  const T& value() const& {
+    throw_if_error();
+    return std::get<T>(v_);
+  }
+  T&& value() && {
+    throw_if_error();
+    return std::get<T>(std::move(v_));
+  }
   T& operator*() & { return value(); }
   const T& operator*() const& { return value(); }
   T&& operator*() && { return std::move(*this).value(); }

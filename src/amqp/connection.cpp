@@ -64,7 +64,8 @@ void IoLoop::lose(Status why) {
   if (!session_) return;
   session_.reset();
   connected_.store(false, std::memory_order_release);
-  log(logger_, LogLevel::error, "connection to " + options_.to_string() + " lost: " + why.to_string());
+  log(logger_, LogLevel::error,
+      "connection to " + options_.to_string() + " lost: " + why.to_string());
   {
     std::lock_guard lock(lost_mutex_);
     lost_reason_ = why;
@@ -72,9 +73,15 @@ void IoLoop::lose(Status why) {
   hooks_.on_lost(why);
 }
 
-void IoLoop::on_delivery(Delivery&& d) { hooks_.on_delivery(*session_, std::move(d)); }
-void IoLoop::on_return(Returned&& r) { hooks_.on_return(std::move(r)); }
-void IoLoop::on_consumer_cancelled(const std::string& tag) { hooks_.on_consumer_cancelled(tag); }
+void IoLoop::on_delivery(Delivery&& d) {
+  hooks_.on_delivery(*session_, std::move(d));
+}
+void IoLoop::on_return(Returned&& r) {
+  hooks_.on_return(std::move(r));
+}
+void IoLoop::on_consumer_cancelled(const std::string& tag) {
+  hooks_.on_consumer_cancelled(tag);
+}
 void IoLoop::on_blocked(bool blocked, const std::string& reason) {
   log(logger_, LogLevel::warning,
       blocked ? "broker blocked publishing on this connection: " + reason

@@ -4,8 +4,8 @@
 #pragma once
 
 #include <atomic>
-#include <future>
 #include <chrono>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <optional>

@@ -160,10 +160,9 @@ Result<std::unique_ptr<Session>> Session::open(const ConnectionOptions& o) {
     }
     if (!o.tls.cert_file.empty()) {
       const std::string& key = o.tls.key_file.empty() ? o.tls.cert_file : o.tls.key_file;
-      if (amqp_ssl_socket_set_key(socket, o.tls.cert_file.c_str(), key.c_str()) !=
-          AMQP_STATUS_OK) {
-        return Status{StatusCode::invalid_argument, "cannot load the client certificate '" +
-                                                        o.tls.cert_file + "' or its key"};
+      if (amqp_ssl_socket_set_key(socket, o.tls.cert_file.c_str(), key.c_str()) != AMQP_STATUS_OK) {
+        return Status{StatusCode::invalid_argument,
+                      "cannot load the client certificate '" + o.tls.cert_file + "' or its key"};
       }
     }
   } else {
@@ -174,8 +173,12 @@ Result<std::unique_ptr<Session>> Session::open(const ConnectionOptions& o) {
   timeval tv = to_timeval(o.connect_timeout);
   int rc = amqp_socket_open_noblock(socket, o.host.c_str(), o.port, &tv);
   if (rc != AMQP_STATUS_OK) {
-    StatusCode code = StatusCode::unavailable;
-    return Status{code, "cannot connect to " + where + ": " + amqp_error_string2(rc)};
+    std::string why = amqp_error_string2(rc);
+    // rabbitmq-c folds refused, unreachable and the like into "a socket error occurred".
+    if (rc == AMQP_STATUS_SOCKET_ERROR) why = "connection refused or network unreachable";
+    if (rc == AMQP_STATUS_TIMEOUT)
+      why = "no answer within " + std::to_string(o.connect_timeout.count()) + " ms";
+    return Status{StatusCode::unavailable, "cannot connect to " + where + ": " + why};
   }
   amqp_set_handshake_timeout(s->conn_, &tv);
   amqp_set_rpc_timeout(s->conn_, &tv);
@@ -206,11 +209,17 @@ Result<std::unique_ptr<Session>> Session::open(const ConnectionOptions& o) {
     s->dead_ = true;
     Status st = status_from_rpc_reply(login, "login to " + where + " as '" + o.user + "'");
     if (login.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
-        login.library_error == AMQP_STATUS_CONNECTION_CLOSED) {
+        login.library_error == AMQP_STATUS_TIMEOUT) {
+      st = Status{StatusCode::unavailable,
+                  "cannot connect to " + where + ": no AMQP handshake within " +
+                      std::to_string(o.connect_timeout.count()) +
+                      " ms (is this a RabbitMQ AMQP port? amqp:// on a TLS port?)"};
+    } else if (login.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+               login.library_error == AMQP_STATUS_CONNECTION_CLOSED) {
       // RabbitMQ drops the socket on a bad password when the client did not ask otherwise.
-      st = Status{StatusCode::permission_denied,
-                  st.message() + " (wrong user name or password, or no access to vhost '" +
-                      o.vhost + "')"};
+      st = Status{
+          StatusCode::permission_denied,
+          st.message() + " (wrong user name or password, or no access to vhost '" + o.vhost + "')"};
     }
     return st;
   }
@@ -234,7 +243,9 @@ void Session::close() {
   dead_ = true;
 }
 
-int Session::fd() const { return amqp_get_sockfd(conn_); }
+int Session::fd() const {
+  return amqp_get_sockfd(conn_);
+}
 
 bool Session::has_buffered() const {
   return amqp_frames_enqueued(conn_) || amqp_data_in_buffer(conn_);
@@ -349,9 +360,9 @@ Result<std::string> Session::declare_queue(const QueueSpec& q) {
 }
 
 Result<std::string> Session::consume(const std::string& queue, bool no_ack, bool exclusive) {
-  amqp_basic_consume_ok_t* ok = amqp_basic_consume(conn_, kChannel, to_bytes(queue),
-                                                   amqp_empty_bytes, 0, no_ack ? 1 : 0,
-                                                   exclusive ? 1 : 0, amqp_empty_table);
+  amqp_basic_consume_ok_t* ok =
+      amqp_basic_consume(conn_, kChannel, to_bytes(queue), amqp_empty_bytes, 0, no_ack ? 1 : 0,
+                         exclusive ? 1 : 0, amqp_empty_table);
   if (Status st = check_rpc("consume from '" + queue + "'"); !st.ok()) return st;
   return to_string(ok->consumer_tag);
 }

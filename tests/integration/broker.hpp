@@ -107,8 +107,8 @@ class Raw {
       p.correlation_id = amqp_cstring_bytes(correlation_id.c_str());
     }
     amqp_bytes_t b{body.size(), const_cast<char*>(body.data())};
-    if (amqp_basic_publish(conn_, 1, amqp_empty_bytes, amqp_cstring_bytes(queue.c_str()), 0, 0,
-                           &p, b) != AMQP_STATUS_OK) {
+    if (amqp_basic_publish(conn_, 1, amqp_empty_bytes, amqp_cstring_bytes(queue.c_str()), 0, 0, &p,
+                           b) != AMQP_STATUS_OK) {
       throw std::runtime_error("raw: publish failed");
     }
   }
@@ -130,9 +130,11 @@ class Raw {
     Got g;
     g.body.assign(static_cast<char*>(m.body.bytes), m.body.len);
     auto str = [](amqp_bytes_t b) { return std::string(static_cast<char*>(b.bytes), b.len); };
-    if (m.properties._flags & AMQP_BASIC_CORRELATION_ID_FLAG) g.correlation_id = str(m.properties.correlation_id);
+    if (m.properties._flags & AMQP_BASIC_CORRELATION_ID_FLAG)
+      g.correlation_id = str(m.properties.correlation_id);
     if (m.properties._flags & AMQP_BASIC_REPLY_TO_FLAG) g.reply_to = str(m.properties.reply_to);
-    if (m.properties._flags & AMQP_BASIC_EXPIRATION_FLAG) g.expiration = str(m.properties.expiration);
+    if (m.properties._flags & AMQP_BASIC_EXPIRATION_FLAG)
+      g.expiration = str(m.properties.expiration);
     if (m.properties._flags & AMQP_BASIC_HEADERS_FLAG) {
       for (int i = 0; i < m.properties.headers.num_entries; ++i) {
         auto& e = m.properties.headers.entries[i];
@@ -145,7 +147,8 @@ class Raw {
 
  private:
   static void check(const amqp_rpc_reply_t& r, const char* what) {
-    if (r.reply_type != AMQP_RESPONSE_NORMAL) throw std::runtime_error(std::string("raw: ") + what + " failed");
+    if (r.reply_type != AMQP_RESPONSE_NORMAL)
+      throw std::runtime_error(std::string("raw: ") + what + " failed");
   }
   amqp_connection_state_t conn_;
 };

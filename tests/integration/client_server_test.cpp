@@ -14,10 +14,12 @@ using testbroker::eventually;
 
 namespace {
 
-Reply echo(const Request& req) { return Reply::ok(req.body); }
+Reply echo(const Request& req) {
+  return Reply::ok(req.body);
+}
 
-std::unique_ptr<Server> serve(const std::string& queue, Handler handler, std::uint16_t prefetch = 16,
-                              std::size_t workers = 1) {
+std::unique_ptr<Server> serve(const std::string& queue, Handler handler,
+                              std::uint16_t prefetch = 16, std::size_t workers = 1) {
   ServerOptions o;
   o.connection = testbroker::options();
   o.queue = queue;
@@ -165,7 +167,8 @@ TEST_F(QueueTest, RequestsCarryExpirationAndAnAbsoluteDeadline) {
   EXPECT_EQ(got->correlation_id.size(), 36u);
   ASSERT_TRUE(got->deadline_header.has_value());
   auto deadline_ms = std::stoll(*got->deadline_header);
-  auto before_ms = std::chrono::duration_cast<std::chrono::milliseconds>(before.time_since_epoch()).count();
+  auto before_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(before.time_since_epoch()).count();
   EXPECT_GE(deadline_ms, before_ms + 20000);
   EXPECT_LT(deadline_ms, before_ms + 30000);
 }

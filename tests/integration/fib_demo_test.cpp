@@ -52,7 +52,8 @@ TEST_F(FibDemo, BadRequestsGetClearErrorsAndServingGoesOn) {
     Reply r = client->try_call(queue, body);
     EXPECT_EQ(r.status.code(), StatusCode::invalid_argument) << body.substr(0, 10);
     EXPECT_NE(r.status.message().find(mentions), std::string::npos) << r.status.message();
-    EXPECT_EQ(client->call(queue, "10"), "55") << "server must keep serving after " << body.substr(0, 10);
+    EXPECT_EQ(client->call(queue, "10"), "55")
+        << "server must keep serving after " << body.substr(0, 10);
   }
   EXPECT_EQ(server->stats().replied_error, 6u);
 }

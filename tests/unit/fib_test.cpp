@@ -1,6 +1,6 @@
-#include <gtest/gtest.h>
-
 #include "fib.hpp"
+
+#include <gtest/gtest.h>
 
 using amqprpc::StatusCode;
 
@@ -11,12 +11,11 @@ TEST(Fib, SmallValuesMatchTheSequence) {
 }
 
 TEST(Fib, BigValuesAreExact) {
-  EXPECT_EQ(fib::fibonacci(90), "2880067194370816120");            // fits in 64 bits
-  EXPECT_EQ(fib::fibonacci(93), "12200160415121876738");           // just over int64
-  EXPECT_EQ(fib::fibonacci(94), "19740274219868223167");           // over uint64
+  EXPECT_EQ(fib::fibonacci(90), "2880067194370816120");   // fits in 64 bits
+  EXPECT_EQ(fib::fibonacci(93), "12200160415121876738");  // just over int64
+  EXPECT_EQ(fib::fibonacci(94), "19740274219868223167");  // over uint64
   EXPECT_EQ(fib::fibonacci(100), "354224848179261915075");
-  EXPECT_EQ(fib::fibonacci(300),
-            "222232244629420445529739893461909967206666939096499764990979600");
+  EXPECT_EQ(fib::fibonacci(300), "222232244629420445529739893461909967206666939096499764990979600");
 }
 
 TEST(Fib, TenThousandHasTheKnownDigits) {
@@ -69,7 +68,9 @@ TEST(FibParse, RefusesBadInputWithClearErrors) {
       {"1e3", "not a decimal number"},
       {"+", "not a decimal number"},
       {std::string("1\0 2", 4), "not a decimal number"},
-      {"\xff\xfe", "not a decimal number: '?" "?'"},
+      {"\xff\xfe",
+       "not a decimal number: '?"
+       "?'"},
   };
   for (const auto& c : cases) {
     auto r = fib::parse_n(c.body, 100);

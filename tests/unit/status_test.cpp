@@ -1,6 +1,6 @@
-#include <gtest/gtest.h>
-
 #include "amqprpc/status.hpp"
+
+#include <gtest/gtest.h>
 
 using amqprpc::Result;
 using amqprpc::RpcError;
@@ -14,11 +14,11 @@ TEST(Status, DefaultIsOk) {
 }
 
 TEST(Status, CodesRoundTripThroughTheirWireNames) {
-  for (auto code : {StatusCode::ok, StatusCode::cancelled, StatusCode::invalid_argument,
-                    StatusCode::deadline_exceeded, StatusCode::not_found,
-                    StatusCode::permission_denied, StatusCode::resource_exhausted,
-                    StatusCode::failed_precondition, StatusCode::unavailable,
-                    StatusCode::internal, StatusCode::unknown}) {
+  for (auto code :
+       {StatusCode::ok, StatusCode::cancelled, StatusCode::invalid_argument,
+        StatusCode::deadline_exceeded, StatusCode::not_found, StatusCode::permission_denied,
+        StatusCode::resource_exhausted, StatusCode::failed_precondition, StatusCode::unavailable,
+        StatusCode::internal, StatusCode::unknown}) {
     auto name = amqprpc::to_string(code);
     auto back = amqprpc::status_code_from_string(name);
     ASSERT_TRUE(back.has_value()) << name;

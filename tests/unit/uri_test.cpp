@@ -73,7 +73,8 @@ TEST(Uri, EmptyPathMeansDefaultVhost) {
 }
 
 TEST(Uri, QueryParameters) {
-  auto o = ConnectionOptions::from_uri("amqp://h/?heartbeat=5&connection_timeout=2500&frame_max=8192");
+  auto o =
+      ConnectionOptions::from_uri("amqp://h/?heartbeat=5&connection_timeout=2500&frame_max=8192");
   ASSERT_TRUE(o.ok()) << o.status().to_string();
   EXPECT_EQ(o->heartbeat, std::chrono::seconds(5));
   EXPECT_EQ(o->connect_timeout, std::chrono::milliseconds(2500));

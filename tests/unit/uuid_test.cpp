@@ -1,9 +1,9 @@
+#include "uuid.hpp"
+
 #include <gtest/gtest.h>
 
 #include <regex>
 #include <set>
-
-#include "uuid.hpp"
 
 TEST(Uuid, IsAVersion4UuidInCanonicalForm) {
   amqprpc::detail::UuidGenerator gen;

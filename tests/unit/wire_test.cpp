@@ -1,6 +1,6 @@
-#include <gtest/gtest.h>
-
 #include "wire.hpp"
+
+#include <gtest/gtest.h>
 
 using namespace amqprpc;
 namespace wire = amqprpc::detail::wire;
