@@ -50,8 +50,8 @@ DIST_PORT="${AMQPRPC_BROKER_DIST_PORT:-$((PORT + 1000))}"
 CTL_DIST_PORT_MIN="$((DIST_PORT + 100))"
 CTL_DIST_PORT_MAX="$((DIST_PORT + 110))"
 EPMD_PORT="${AMQPRPC_EPMD_PORT:-34369}"
-DIR="${AMQPRPC_BROKER_DIR:-$REPO_ROOT/build/rabbitmq/$NAME}"
-EPMD_DIR="${AMQPRPC_EPMD_DIR:-/tmp/amqprpc-epmd-$EPMD_PORT}"
+DIR="$(realpath -m "${AMQPRPC_BROKER_DIR:-$REPO_ROOT/build/rabbitmq/$NAME}")"
+EPMD_DIR="$(realpath -m "${AMQPRPC_EPMD_DIR:-/tmp/amqprpc-epmd-$EPMD_PORT}")"
 START_TIMEOUT="${AMQPRPC_BROKER_START_TIMEOUT:-90}"
 CTL_TIMEOUT="${AMQPRPC_BROKER_CTL_TIMEOUT:-60}"
 for v in PORT DIST_PORT EPMD_PORT START_TIMEOUT CTL_TIMEOUT; do
@@ -384,12 +384,24 @@ launch() {
     echo "$pid" >"$MARKER"
 }
 
+# Failed start: show the logs; if this invocation launched the node, kill what is left of
+# it (by PID) and release epmd. Args: launched(0/1) wrapper_pid message
+abort_start() {
+    show_log_tail
+    if [ "$1" = 1 ]; then
+        terminate "$(beam_pid)" "$2"
+        rm -f "$MARKER" "$WRAPPER_PID_FILE" "$BEAM_PID_FILE"
+        with_epmd_lock maybe_stop_epmd
+    fi
+    die "$3"
+}
+
 cmd_start() {
     # shellcheck source=deps.sh disable=SC1091
     source "$SCRIPT_DIR/deps.sh"
     amqprpc_deps_install rabbitmq-server || die "could not install rabbitmq-server"
 
-    local wpid bpid
+    local wpid bpid launched=0
     wpid="$(wrapper_pid)"
     bpid="$(beam_pid)"
     if [ -n "$wpid" ] || [ -n "$bpid" ]; then
@@ -411,6 +423,7 @@ cmd_start() {
         say "starting node $NODE (AMQP 127.0.0.1:$PORT, dist $DIST_PORT, epmd $EPMD_PORT, dir $DIR)"
         with_epmd_lock launch
         wpid="$(read_pid "$WRAPPER_PID_FILE")"
+        launched=1
     fi
 
     local t0=$SECONDS deadline=$((SECONDS + START_TIMEOUT)) left
@@ -418,14 +431,10 @@ cmd_start() {
     while :; do
         left=$((deadline - SECONDS))
         if [ "$left" -le 0 ]; then
-            show_log_tail
-            die "node did not start within ${START_TIMEOUT}s"
+            abort_start "$launched" "$wpid" "node did not start within ${START_TIMEOUT}s"
         fi
         if ! alive "$wpid" && [ -z "$(beam_pid)" ]; then
-            show_log_tail
-            rm -f "$MARKER"
-            with_epmd_lock maybe_stop_epmd
-            die "rabbitmq-server exited during startup"
+            abort_start "$launched" "$wpid" "rabbitmq-server exited during startup"
         fi
         if epmd_lists_node &&
             rmq_env timeout -k 2 "$((left < 30 ? left : 30))" "$RMQ_BIN/rabbitmqctl" -n "$NODE" -q \
@@ -437,8 +446,8 @@ cmd_start() {
     # 2) The AMQP listener accepts connections, bounded.
     until tcp_open "$PORT"; do
         if [ "$SECONDS" -ge "$deadline" ]; then
-            show_log_tail
-            die "AMQP port 127.0.0.1:$PORT not accepting connections within ${START_TIMEOUT}s"
+            abort_start "$launched" "$wpid" \
+                "AMQP port 127.0.0.1:$PORT not accepting connections within ${START_TIMEOUT}s"
         fi
         sleep 0.1
     done
