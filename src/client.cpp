@@ -2,7 +2,9 @@
 
 #include <atomic>
 #include <mutex>
+#include <optional>
 #include <queue>
+#include <stop_token>
 #include <unordered_map>
 #include <variant>
 #include <vector>
@@ -18,6 +20,26 @@ using detail::Clock;
 
 namespace {
 
+// Where cancellations go: the client's I/O thread, through its outbox.
+class CancelSink {
+ public:
+  virtual void request_cancel(const std::string& correlation_id) = 0;
+
+ protected:
+  ~CancelSink() = default;
+};
+
+class CancelRequest {
+ public:
+  CancelRequest(CancelSink& sink, std::string correlation_id)
+      : sink_(&sink), correlation_id_(std::move(correlation_id)) {}
+  void operator()() const { sink_->request_cancel(correlation_id_); }
+
+ private:
+  CancelSink* sink_;
+  std::string correlation_id_;
+};
+
 struct PendingCall {
   std::string queue;
   std::string body;
@@ -26,6 +48,8 @@ struct PendingCall {
   Clock::time_point deadline;
   std::string correlation_id;
   std::variant<std::promise<Reply>, std::function<void(Reply)>> done;
+  // Registered with options.cancel; unregistered when the call is destroyed.
+  std::optional<std::stop_callback<CancelRequest>> on_cancel;
 
   void complete(Reply reply) {
     if (auto* p = std::get_if<std::promise<Reply>>(&done)) {
@@ -45,7 +69,7 @@ struct DeadlineEntry {
 
 }  // namespace
 
-class Client::Impl final : public detail::IoLoop::Hooks {
+class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
  public:
   explicit Impl(ClientOptions options)
       : options_(std::move(options)), loop_(options_.connection, *this, options_.logger) {}
@@ -80,6 +104,15 @@ class Client::Impl final : public detail::IoLoop::Hooks {
     call->deadline = Clock::now() + call->timeout;
     {
       std::lock_guard lock(outbox_mutex_);
+      call->correlation_id = uuids_.next();
+    }
+    if (call->options.cancel.stop_possible()) {
+      // May run at once, or on any thread later; the I/O thread also checks the token before
+      // publishing, so a cancel that overtakes its call still counts.
+      call->on_cancel.emplace(call->options.cancel, CancelRequest(*this, call->correlation_id));
+    }
+    {
+      std::lock_guard lock(outbox_mutex_);
       if (!closed_) {
         outbox_.push_back(std::move(call));
         call = nullptr;
@@ -88,6 +121,14 @@ class Client::Impl final : public detail::IoLoop::Hooks {
     if (call) {
       call->complete(Reply::error(StatusCode::cancelled, "the client was closed"));
       return;
+    }
+    loop_.wake();
+  }
+
+  void request_cancel(const std::string& correlation_id) override {
+    {
+      std::lock_guard lock(outbox_mutex_);
+      cancels_.push_back(correlation_id);
     }
     loop_.wake();
   }
@@ -115,6 +156,7 @@ class Client::Impl final : public detail::IoLoop::Hooks {
     s.timeouts = timeouts_.load(std::memory_order_relaxed);
     s.unroutable = unroutable_.load(std::memory_order_relaxed);
     s.late_replies = late_replies_.load(std::memory_order_relaxed);
+    s.cancelled = cancelled_.load(std::memory_order_relaxed);
     return s;
   }
 
@@ -140,20 +182,31 @@ class Client::Impl final : public detail::IoLoop::Hooks {
     {
       std::lock_guard lock(outbox_mutex_);
       batch_.swap(outbox_);
+      cancel_batch_.swap(cancels_);
     }
     for (auto& call : batch_) {
-      if (session == nullptr) {
+      if (call->options.cancel.stop_requested()) {
+        call->complete(Reply::error(StatusCode::cancelled, "cancelled before it was sent"));
+      } else if (session == nullptr) {
         call->complete(Reply::error(StatusCode::unavailable,
                                     "not connected: " + loop_.lost_reason().message()));
-        continue;
+      } else {
+        publish(*session, std::move(call));
       }
-      publish(*session, std::move(call));
     }
     batch_.clear();
+    for (const auto& id : cancel_batch_) {
+      auto it = pending_.find(id);
+      if (it == pending_.end()) continue;  // already completed
+      auto call = std::move(it->second);
+      pending_.erase(it);
+      cancelled_.fetch_add(1, std::memory_order_relaxed);
+      call->complete(Reply::error(StatusCode::cancelled, "cancelled by the caller"));
+    }
+    cancel_batch_.clear();
   }
 
   void publish(detail::Session& session, std::unique_ptr<PendingCall> call) {
-    call->correlation_id = uuids_.next();
     detail::Properties props;
     props.correlation_id = call->correlation_id;
     props.reply_to = reply_queue_;
@@ -245,18 +298,21 @@ class Client::Impl final : public detail::IoLoop::Hooks {
 
   std::mutex outbox_mutex_;
   std::vector<std::unique_ptr<PendingCall>> outbox_;
+  std::vector<std::string> cancels_;
+  detail::UuidGenerator uuids_;
   bool closed_ = false;
 
   // I/O thread only.
   std::vector<std::unique_ptr<PendingCall>> batch_;
+  std::vector<std::string> cancel_batch_;
   std::unordered_map<std::string, std::unique_ptr<PendingCall>> pending_;
   std::priority_queue<DeadlineEntry, std::vector<DeadlineEntry>, std::greater<>> deadlines_;
-  detail::UuidGenerator uuids_;
 
   mutable std::mutex reply_queue_mutex_;
   std::string reply_queue_;
 
-  std::atomic<std::uint64_t> calls_{0}, replies_{0}, timeouts_{0}, unroutable_{0}, late_replies_{0};
+  std::atomic<std::uint64_t> calls_{0}, replies_{0}, timeouts_{0}, unroutable_{0}, late_replies_{0},
+      cancelled_{0};
 };
 
 Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {

@@ -46,6 +46,7 @@ class Client {
     std::uint64_t timeouts = 0;
     std::uint64_t unroutable = 0;    // returned by the broker: no queue to take the request
     std::uint64_t late_replies = 0;  // replies whose correlation id no call waits for
+    std::uint64_t cancelled = 0;     // cancelled through CallOptions::cancel while in flight
   };
   Stats stats() const;
 

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <string_view>
 
@@ -68,7 +69,11 @@ struct CallOptions {
   std::optional<std::chrono::milliseconds> timeout;  // default: ClientOptions::default_timeout
   Headers headers;
   std::string content_type;
-  std::optional<std::uint8_t> priority;
+  std::optional<std::uint8_t> priority;  // for queues declared with x-max-priority
+  // Cancels the call when its source is asked to stop: the call completes at once with status
+  // cancelled; a reply that still comes is dropped and counted as late. One source may cancel
+  // many calls.
+  std::stop_token cancel;
 };
 
 struct ServerOptions {
