@@ -111,9 +111,11 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
       // publishing, so a cancel that overtakes its call still counts.
       call->on_cancel.emplace(call->options.cancel, CancelRequest(*this, call->correlation_id));
     }
+    bool was_empty = false;
     {
       std::lock_guard lock(outbox_mutex_);
       if (!closed_) {
+        was_empty = outbox_.empty();
         outbox_.push_back(std::move(call));
         call = nullptr;
       }
@@ -122,7 +124,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
       call->complete(Reply::error(StatusCode::cancelled, "the client was closed"));
       return;
     }
-    loop_.wake();
+    if (was_empty) loop_.wake();
   }
 
   void request_cancel(const std::string& correlation_id) override {

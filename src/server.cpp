@@ -31,7 +31,10 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       : options_(std::move(options)),
         handler_(std::move(handler)),
         loop_(options_.connection, *this, options_.logger),
-        pool_(options_.workers, [this](detail::Delivery& d) { handle(d); }) {}
+        pool_(options_.workers == 0
+                  ? nullptr
+                  : std::make_unique<detail::WorkerPool<detail::Delivery>>(
+                        options_.workers, [this](detail::Delivery& d) { handle(d); })) {}
 
   ~Impl() { stop(); }
 
@@ -52,7 +55,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       // Requests queued in the pool but never started are not acked: closing the channel hands
       // them back to the broker for other servers. Work in hand finishes and is flushed by
       // on_closing before the connection closes.
-      pool_.stop();
+      if (pool_) pool_->stop();
       loop_.stop();
       finish(Status{});
     });
@@ -99,11 +102,13 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     out.delivery_tag = d.delivery_tag;
     out.reply_to = std::move(req.reply_to);
     detail::wire::encode_reply(reply, req.correlation_id, out.props, out.body);
+    bool was_empty;
     {
       std::lock_guard lock(outbox_mutex_);
+      was_empty = outbox_.empty();
       outbox_.push_back(std::move(out));
     }
-    loop_.wake();
+    if (was_empty) loop_.wake();
   }
 
   // ---- I/O thread ----
@@ -152,7 +157,11 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       return;
     }
     // The pool refuses only while stopping: the request stays unacked and goes back to the queue.
-    pool_.submit(std::move(d));
+    if (pool_) {
+      pool_->submit(std::move(d));
+    } else {
+      handle(d);  // inline: the reply goes out on this loop's next turn
+    }
   }
 
   void on_consumer_cancelled(const std::string&) override {
@@ -197,7 +206,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
 
   std::atomic<std::uint64_t> received_{0}, replied_ok_{0}, replied_error_{0}, rejected_{0};
 
-  detail::WorkerPool<detail::Delivery> pool_;  // last: its threads use the members above
+  // Null when handlers run inline on the I/O thread. Last: its threads use the members above.
+  std::unique_ptr<detail::WorkerPool<detail::Delivery>> pool_;
 };
 
 Result<std::unique_ptr<Server>> Server::start(ServerOptions options, Handler handler) {

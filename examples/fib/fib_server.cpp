@@ -23,9 +23,9 @@ int main(int argc, char** argv) {
   app.add_option("--prefetch", options.prefetch, "requests held unacked at once")
       ->capture_default_str()
       ->check(CLI::Range(1, 65535));
-  app.add_option("--workers", options.workers, "handler threads")
+  app.add_option("--workers", options.workers, "handler threads (0: on the I/O thread)")
       ->capture_default_str()
-      ->check(CLI::Range(1, 1024));
+      ->check(CLI::Range(0, 1024));
   app.add_option("--limit", limit, "largest n served")->capture_default_str();
   app.add_flag("--durable", options.durable, "declare the queue durable");
   app.add_flag("-q,--quiet", quiet, "do not print each request");

@@ -37,6 +37,11 @@ Status IoLoop::start() {
 }
 
 void IoLoop::wake() {
+  if (in_io_thread()) {
+    // Work handed over from a callback on this thread: no syscall, just another turn.
+    self_woken_ = true;
+    return;
+  }
   std::uint64_t one = 1;
   // EAGAIN means the counter is already non-zero: the loop will wake anyway.
   [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof one);
@@ -114,6 +119,10 @@ void IoLoop::run(std::promise<Status>& started) {
       if (Status st = session_->pump(*this); !st.ok()) lose(st);
     }
     hooks_.on_timer(Clock::now());
+    if (self_woken_) {
+      self_woken_ = false;
+      continue;
+    }
     if (session_ && session_->has_buffered()) continue;
 
     int timeout_ms = -1;

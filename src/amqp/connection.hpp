@@ -50,7 +50,9 @@ class IoLoop final : private FrameSink {
 
   // Starts the thread; returns once connected and on_open ran, or why that failed.
   Status start();
-  // Makes the loop take a turn soon. Any thread.
+  // Makes the loop take a turn soon. Any thread. Callers that batch work in an outbox need only
+  // wake when the outbox goes from empty to non-empty: the loop reads the wake-up before it
+  // takes the outbox.
   void wake();
   // Closes politely (on_closing, then channel and connection) and joins. Idempotent; not from
   // the I/O thread itself.
@@ -78,6 +80,7 @@ class IoLoop final : private FrameSink {
   std::atomic<bool> stop_requested_{false};
   std::atomic<bool> connected_{false};
   std::unique_ptr<Session> session_;  // I/O thread only
+  bool self_woken_ = false;           // I/O thread only
   mutable std::mutex lost_mutex_;
   Status lost_reason_;
 };

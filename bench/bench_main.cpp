@@ -1,0 +1,511 @@
+// amqp-rpc's benchmark: in one run, against one broker, measures
+//   1. raw: an echo server and a pipelined client written directly on rabbitmq-c (the ceiling);
+//   2. amqp-rpc: Server + Client (async, pipelined), same bodies and concurrency;
+//   3. the seed: its pika client and server (sequential), as the tutorial has them, no sleep;
+// and a long run showing the client's memory stays flat. Prints a Markdown table.
+// Each measurement runs in a process of its own so CPU time and peak RSS are the client's alone.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "amqprpc/client.hpp"
+#include "amqprpc/server.hpp"
+#include "raw_baseline.hpp"
+
+extern char** environ;
+
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+constexpr int kPrefetch = 512;  // both servers: more than the largest concurrency
+
+amqprpc::ConnectionOptions broker_from(const std::string& url) {
+  auto o = amqprpc::ConnectionOptions::from_uri(url);
+  if (!o) {
+    std::cerr << "bench: " << o.status().message() << "\n";
+    std::exit(2);
+  }
+  return *o;
+}
+
+double percentile(std::vector<double>& v, double p) {
+  if (v.empty()) return 0;
+  std::size_t k = static_cast<std::size_t>(p / 100.0 * static_cast<double>(v.size() - 1) + 0.5);
+  std::nth_element(v.begin(), v.begin() + static_cast<long>(k), v.end());
+  return v[k];
+}
+
+double cpu_seconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+long max_rss_kb() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss;
+}
+
+long current_rss_kb() {
+  long pages = 0, resident = 0;
+  if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+    if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+    std::fclose(f);
+  }
+  return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+json summarize(bench::RunResult& r, double cpu, std::uint64_t total_calls) {
+  json j;
+  j["calls"] = r.calls;
+  j["seconds"] = r.seconds;
+  j["calls_per_s"] = r.seconds > 0 ? static_cast<double>(r.calls) / r.seconds : 0.0;
+  j["p50_us"] = percentile(r.latencies_us, 50);
+  j["p99_us"] = percentile(r.latencies_us, 99);
+  j["max_us"] = r.latencies_us.empty() ? 0.0 : *std::max_element(r.latencies_us.begin(), r.latencies_us.end());
+  j["cpu_us_per_call"] = total_calls ? cpu * 1e6 / static_cast<double>(total_calls) : 0.0;
+  j["peak_rss_kb"] = max_rss_kb();
+  if (!r.error.empty()) j["error"] = r.error;
+  return j;
+}
+
+// ---- child modes ----
+
+int serve(const std::string& impl, const std::string& url, const std::string& queue) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  auto broker = broker_from(url);
+  if (impl == "raw") {
+    std::atomic<bool> stop{false};
+    std::string error;
+    std::thread t([&] { error = bench::raw_serve(broker, queue, kPrefetch, stop); });
+    int sig;
+    sigwait(&set, &sig);
+    stop = true;
+    t.join();
+    if (!error.empty()) std::cerr << error << "\n";
+    return error.empty() ? 0 : 1;
+  }
+  amqprpc::ServerOptions o;
+  o.connection = broker;
+  o.queue = queue;
+  o.prefetch = kPrefetch;
+  o.workers = impl == "amqprpc-inline" ? 0 : 1;
+  auto server = amqprpc::Server::start(
+      o, [](const amqprpc::Request& r) { return amqprpc::Reply::ok(r.body); });
+  if (!server) {
+    std::cerr << "bench serve: " << server.status().to_string() << "\n";
+    return 1;
+  }
+  int sig;
+  sigwait(&set, &sig);
+  (*server)->stop();
+  return 0;
+}
+
+// Keeps `concurrency` async calls in flight; each completion (on the client's I/O thread)
+// records its latency and starts the next call.
+struct AsyncRun {
+  AsyncRun(amqprpc::Client& c, std::string q, std::string b)
+      : client(c), queue(std::move(q)), body(std::move(b)) {}
+  amqprpc::Client& client;
+  std::string queue;
+  std::string body;
+  Clock::time_point measure_from, end;
+  std::uint64_t total = 0, limit = UINT64_MAX;
+  bench::RunResult result;
+  Clock::time_point first_measured{};
+  Clock::time_point last_measured{};
+  std::mutex mutex;
+  std::condition_variable cv;
+  int in_flight = 0;
+  std::function<void(std::uint64_t)> on_progress;
+
+  void start_one() {
+    auto t0 = Clock::now();
+    client.async_call(queue, body, {}, [this, t0](amqprpc::Reply r) { done(t0, r); });
+  }
+  void done(Clock::time_point t0, const amqprpc::Reply& r) {
+    auto now = Clock::now();
+    ++total;
+    if (!r.status.ok() && result.error.empty()) result.error = r.status.to_string();
+    if (now >= measure_from && now < end) {
+      if (result.latencies_us.empty()) first_measured = now;
+      last_measured = now;
+      result.latencies_us.push_back(std::chrono::duration<double, std::micro>(now - t0).count());
+    }
+    if (on_progress) on_progress(total);
+    if (now < end && total + static_cast<std::uint64_t>(in_flight) <= limit && r.status.ok()) {
+      start_one();
+      return;
+    }
+    std::lock_guard lock(mutex);
+    if (--in_flight == 0) cv.notify_all();
+  }
+  void run(int concurrency) {
+    in_flight = concurrency;
+    for (int i = 0; i < concurrency; ++i) start_one();
+    std::unique_lock lock(mutex);
+    cv.wait(lock, [this] { return in_flight == 0; });
+    result.calls = result.latencies_us.size();
+    result.seconds = std::chrono::duration<double>(last_measured - first_measured).count();
+  }
+};
+
+int client(const std::string& impl, const std::string& url, const std::string& queue,
+           int concurrency, std::size_t size, double warmup, double seconds) {
+  auto broker = broker_from(url);
+  double cpu0 = cpu_seconds();
+  if (impl == "raw") {
+    auto r = bench::raw_client(broker, queue, concurrency, size, warmup, seconds);
+    // The raw client counts only measured calls; warm-up calls are about warmup/seconds more.
+    std::uint64_t total = static_cast<std::uint64_t>(static_cast<double>(r.calls) * (warmup + seconds) / seconds);
+    std::cout << summarize(r, cpu_seconds() - cpu0, total).dump() << std::endl;
+    return r.error.empty() ? 0 : 1;
+  }
+  amqprpc::ClientOptions o;
+  o.connection = broker;
+  auto c = amqprpc::Client::connect(o);
+  if (!c) {
+    std::cerr << "bench client: " << c.status().to_string() << "\n";
+    return 1;
+  }
+  AsyncRun run{**c, queue, std::string(size, 'x')};
+  auto start = Clock::now();
+  run.measure_from = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(warmup));
+  run.end = run.measure_from + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+  run.run(concurrency);
+  std::cout << summarize(run.result, cpu_seconds() - cpu0, run.total).dump() << std::endl;
+  return run.result.error.empty() ? 0 : 1;
+}
+
+// 1,000,000 calls (by default) at the given concurrency; RSS sampled every tenth of the way.
+int long_run(const std::string& url, const std::string& queue, std::uint64_t calls, int concurrency) {
+  amqprpc::ClientOptions o;
+  o.connection = broker_from(url);
+  auto c = amqprpc::Client::connect(o);
+  if (!c) {
+    std::cerr << "bench long: " << c.status().to_string() << "\n";
+    return 1;
+  }
+  AsyncRun run{**c, queue, std::string(16, 'x')};
+  run.measure_from = Clock::now();
+  run.end = Clock::time_point::max();
+  run.limit = calls;
+  json samples = json::array();
+  std::uint64_t step = std::max<std::uint64_t>(calls / 10, 1);
+  run.on_progress = [&](std::uint64_t done) {
+    if (done % step == 0) samples.push_back({{"calls", done}, {"rss_kb", current_rss_kb()}});
+  };
+  auto t0 = Clock::now();
+  run.run(concurrency);
+  json j;
+  j["calls"] = run.total;
+  j["seconds"] = std::chrono::duration<double>(Clock::now() - t0).count();
+  j["samples"] = samples;
+  j["late_replies"] = (*c)->stats().late_replies;
+  if (!run.result.error.empty()) j["error"] = run.result.error;
+  std::cout << j.dump() << std::endl;
+  return run.result.error.empty() ? 0 : 1;
+}
+
+// ---- the orchestrator ----
+
+struct Child {
+  pid_t pid = -1;
+  int out = -1;
+};
+
+Child spawn(const std::vector<std::string>& args, bool capture, bool quiet = false) {
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  int pipefd[2] = {-1, -1};
+  if (capture) {
+    if (pipe(pipefd) != 0) throw std::runtime_error("pipe");
+    posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
+    posix_spawn_file_actions_addclose(&fa, pipefd[0]);
+  } else if (quiet) {
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  }
+  Child c;
+  if (posix_spawn(&c.pid, argv[0], &fa, nullptr, argv.data(), environ) != 0) {
+    throw std::runtime_error("cannot start " + args[0]);
+  }
+  posix_spawn_file_actions_destroy(&fa);
+  if (capture) {
+    close(pipefd[1]);
+    c.out = pipefd[0];
+  }
+  return c;
+}
+
+json run_json(const std::vector<std::string>& args) {
+  Child c = spawn(args, true);
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(c.out, buf, sizeof buf)) > 0) out.append(buf, static_cast<std::size_t>(n));
+  close(c.out);
+  int status = 0;
+  waitpid(c.pid, &status, 0);
+  auto nl = out.find_last_of('{');
+  if (nl == std::string::npos) return json{{"error", "no output from " + args[1]}};
+  try {
+    return json::parse(out.substr(nl));
+  } catch (const std::exception& e) {
+    return json{{"error", std::string("bad output: ") + e.what()}};
+  }
+}
+
+void stop_child(Child& c) {
+  if (c.pid <= 0) return;
+  kill(c.pid, SIGTERM);
+  int status;
+  waitpid(c.pid, &status, 0);
+  c.pid = -1;
+}
+
+// Waits until a queue exists (its server has declared it), by calling through it.
+bool wait_for_queue(const std::string& url, const std::string& queue) {
+  amqprpc::ClientOptions o;
+  o.connection = broker_from(url);
+  auto c = amqprpc::Client::connect(o);
+  if (!c) return false;
+  for (int i = 0; i < 100; ++i) {
+    amqprpc::CallOptions co;
+    co.timeout = std::chrono::milliseconds(2000);
+    if ((*c)->try_call(queue, "ping", co).status.ok()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
+
+std::string fmt(double v, int decimals = 0) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"amqp-rpc benchmark: raw rabbitmq-c vs amqp-rpc vs the seed's pika client"};
+  app.require_subcommand(0, 1);
+  const char* env_url = std::getenv("AMQP_URL");
+  std::string url = env_url && *env_url ? env_url : "amqp://guest:guest@localhost:5672/%2F";
+  app.add_option("--url", url, "broker URI (default: $AMQP_URL, else localhost)");
+
+  double seconds = 2, warmup = 0.5;
+  std::vector<int> concurrency{1, 16, 256};
+  std::vector<std::size_t> sizes{16, 4096};
+  std::uint64_t long_calls = 1'000'000;
+  int pika_calls = 2000;
+  int repeat = 3;
+  std::string seed_dir = AMQPRPC_SEED_DIR;
+  std::string out_file;
+  app.add_option("--seconds", seconds, "measured seconds per cell")->capture_default_str();
+  app.add_option("--warmup", warmup, "unmeasured seconds before each cell")->capture_default_str();
+  app.add_option("--concurrency", concurrency, "calls in flight")->capture_default_str();
+  app.add_option("--sizes", sizes, "body sizes in bytes")->capture_default_str();
+  app.add_option("--repeat", repeat, "runs per cell and implementation; the median is shown")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 99));
+  app.add_option("--long-calls", long_calls, "calls in the memory run (0 skips it)")->capture_default_str();
+  app.add_option("--pika-calls", pika_calls, "sequential calls of the seed's pika client (0 skips)")
+      ->capture_default_str();
+  app.add_option("--seed-dir", seed_dir, "where seed_rpc_client.py and seed_rpc_server.py are");
+  app.add_option("--out", out_file, "also write the Markdown report to this file");
+
+  std::string impl, queue;
+  int conc = 1;
+  std::size_t size = 16;
+  auto* serve_cmd = app.add_subcommand("serve", "(internal) run an echo server")->group("");
+  serve_cmd->add_option("impl", impl)->required();
+  serve_cmd->add_option("queue", queue)->required();
+  auto* client_cmd = app.add_subcommand("client", "(internal) run one measured client")->group("");
+  client_cmd->add_option("impl", impl)->required();
+  client_cmd->add_option("queue", queue)->required();
+  client_cmd->add_option("concurrency", conc)->required();
+  client_cmd->add_option("size", size)->required();
+  auto* long_cmd = app.add_subcommand("long", "(internal) the memory run")->group("");
+  long_cmd->add_option("queue", queue)->required();
+  long_cmd->add_option("concurrency", conc)->required();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  if (*serve_cmd) return serve(impl, url, queue);
+  if (*client_cmd) return client(impl, url, queue, conc, size, warmup, seconds);
+  if (*long_cmd) return long_run(url, queue, long_calls, conc);
+
+  // Orchestrate.
+  const std::string self = "/proc/self/exe";
+  std::string exe;
+  {
+    char buf[4096];
+    ssize_t n = readlink(self.c_str(), buf, sizeof buf - 1);
+    exe = n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : argv[0];
+  }
+  const std::string common_url = "--url=" + url;
+  struct Impl {
+    std::string name;   // in the table
+    std::string mode;   // serve/client argument
+    std::string queue;
+    Child server;
+  };
+  const std::string suffix = std::to_string(getpid());
+  std::vector<Impl> impls = {
+      {"raw rabbitmq-c", "raw", "bench-raw-" + suffix, {}},
+      {"amqp-rpc (1 worker thread)", "amqprpc", "bench-amqprpc-" + suffix, {}},
+      {"amqp-rpc (inline handler)", "amqprpc-inline", "bench-inline-" + suffix, {}},
+  };
+  bool up = true;
+  for (auto& impl : impls) impl.server = spawn({exe, common_url, "serve", impl.mode, impl.queue}, false);
+  for (auto& impl : impls) up = up && wait_for_queue(url, impl.queue);
+  auto stop_servers = [&] {
+    for (auto& impl : impls) stop_child(impl.server);
+  };
+  if (!up) {
+    std::cerr << "bench: the echo servers did not come up\n";
+    stop_servers();
+    return 1;
+  }
+
+  std::ostringstream md;
+  md << "| implementation | body | in flight | calls/s | p50 µs | p99 µs | max µs | client CPU µs/call | "
+        "client peak RSS MiB | calls/s vs raw | p50 vs raw |\n"
+     << "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+  json all = json::array();
+  double best_rpc = 0;
+  std::vector<std::string> findings;
+  for (std::size_t sz : sizes) {
+    for (int c : concurrency) {
+      // Runs alternate between implementations, `repeat` times; each implementation's median
+      // run (by calls/s) stands for it, so drift and noise on a shared machine hit all alike.
+      std::vector<std::vector<json>> runs(impls.size());
+      for (int r = 0; r < repeat; ++r) {
+        for (std::size_t i = 0; i < impls.size(); ++i) {
+          runs[i].push_back(run_json({exe, common_url, "--seconds=" + fmt(seconds, 3),
+                                      "--warmup=" + fmt(warmup, 3), "client",
+                                      impls[i].mode == "raw" ? "raw" : "amqprpc", impls[i].queue,
+                                      std::to_string(c), std::to_string(sz)}));
+        }
+      }
+      std::vector<json> median(impls.size());
+      for (std::size_t i = 0; i < impls.size(); ++i) {
+        auto& v = runs[i];
+        std::sort(v.begin(), v.end(), [](const json& a, const json& b) {
+          return a.value("calls_per_s", 0.0) < b.value("calls_per_s", 0.0);
+        });
+        median[i] = v[v.size() / 2];
+        for (const auto& run : v) {
+          if (run.contains("error")) findings.push_back(impls[i].name + ": " + run["error"].get<std::string>());
+        }
+      }
+      const json& raw = median[0];
+      json cell{{"size", sz}, {"concurrency", c}};
+      std::cerr << "bench: body " << sz << " B, " << c << " in flight:";
+      for (std::size_t i = 0; i < impls.size(); ++i) {
+        const json& j = median[i];
+        double ratio = raw.value("calls_per_s", 0.0) > 0 ? j.value("calls_per_s", 0.0) / raw.value("calls_per_s", 0.0) : 0;
+        double p50_ratio = raw.value("p50_us", 0.0) > 0 ? j.value("p50_us", 0.0) / raw.value("p50_us", 0.0) : 0;
+        if (i > 0) best_rpc = std::max(best_rpc, j.value("calls_per_s", 0.0));
+        md << "| " << impls[i].name << " | " << sz << " B | " << c << " | " << fmt(j.value("calls_per_s", 0.0))
+           << " | " << fmt(j.value("p50_us", 0.0)) << " | " << fmt(j.value("p99_us", 0.0)) << " | "
+           << fmt(j.value("max_us", 0.0)) << " | " << fmt(j.value("cpu_us_per_call", 0.0), 1) << " | "
+           << fmt(j.value("peak_rss_kb", 0) / 1024.0, 1) << " | " << fmt(ratio, 2) << " | " << fmt(p50_ratio, 2)
+           << " |\n";
+        cell[impls[i].mode] = j;
+        cell[impls[i].mode + "_ratio_calls_per_s"] = ratio;
+        cell[impls[i].mode + "_ratio_p50"] = p50_ratio;
+        std::cerr << " " << impls[i].mode << " " << fmt(j.value("calls_per_s", 0.0)) << "/s";
+      }
+      std::cerr << "\n";
+      all.push_back(cell);
+    }
+  }
+
+  json pika;
+  if (pika_calls > 0) {
+    std::cerr << "bench: the seed's pika client and server, " << pika_calls << " sequential calls ... " << std::flush;
+    Child seed_server = spawn({"/usr/bin/python3", seed_dir + "/seed_rpc_server.py"}, false, true);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // pika connects and declares
+    pika = run_json({"/usr/bin/python3", seed_dir + "/seed_rpc_client.py", "--bench",
+                     std::to_string(pika_calls), "--n", "10"});
+    stop_child(seed_server);
+    std::cerr << fmt(pika.value("calls_per_s", 0.0)) << " calls/s\n";
+    md << "| seed (pika 1.x, sequential) | 2 B | 1 | " << fmt(pika.value("calls_per_s", 0.0)) << " | "
+       << fmt(pika.value("p50_us", 0.0)) << " | " << fmt(pika.value("p99_us", 0.0)) << " | "
+       << fmt(pika.value("max_us", 0.0)) << " | | | | |\n";
+  }
+
+  json long_result;
+  if (long_calls > 0) {
+    std::cerr << "bench: memory run, " << long_calls << " calls at 256 in flight ... " << std::flush;
+    long_result = run_json({exe, common_url, "--long-calls=" + std::to_string(long_calls), "long",
+                            impls[1].queue, "256"});
+    std::cerr << fmt(long_result.value("seconds", 0.0), 1) << " s\n";
+  }
+  stop_servers();
+
+  std::ostringstream report;
+  report << md.str() << "\n";
+  if (!pika.is_null() && pika.value("calls_per_s", 0.0) > 0) {
+    report << "amqp-rpc's best calls/s is " << fmt(best_rpc / pika.value("calls_per_s", 1.0), 1)
+           << "x the seed's pika client (target: at least 20x).\n";
+  }
+  for (const auto& cell : all) {
+    if (cell["size"] != 16) continue;
+    for (const char* mode : {"amqprpc", "amqprpc-inline"}) {
+      std::string name = std::string(mode) == "amqprpc" ? "1 worker thread" : "inline handler";
+      if (cell["concurrency"] == 256) {
+        report << "At 256 in flight (16 B), amqp-rpc (" << name << ") makes "
+               << fmt(100 * cell[std::string(mode) + "_ratio_calls_per_s"].get<double>())
+               << "% of the raw baseline's calls/s (target: at least 95%).\n";
+      }
+      if (cell["concurrency"] == 1) {
+        report << "At 1 in flight (16 B), amqp-rpc (" << name << ")'s p50 latency is "
+               << fmt(cell[std::string(mode) + "_ratio_p50"].get<double>(), 2)
+               << "x the raw baseline's (target: at most 1.10x).\n";
+      }
+    }
+  }
+  if (!long_result.is_null() && long_result.contains("samples")) {
+    report << "\nMemory run: " << long_result.value("calls", 0) << " calls at 256 in flight in "
+           << fmt(long_result.value("seconds", 0.0), 1) << " s; client RSS (MiB) after each tenth:";
+    for (const auto& s : long_result["samples"]) report << " " << fmt(s["rss_kb"].get<long>() / 1024.0, 1);
+    report << "\n";
+  }
+  for (const auto& f : findings) report << "\nerror during the run: " << f << "\n";
+  std::cout << report.str();
+  if (!out_file.empty()) {
+    std::ofstream(out_file) << report.str() << "\n<!-- raw data: " << json{{"cells", all}, {"pika", pika}, {"long", long_result}}.dump() << " -->\n";
+  }
+  return findings.empty() ? 0 : 1;
+}

@@ -1,0 +1,30 @@
+// The broker's practical ceiling on this machine: an echo server and a pipelined client written
+// directly on rabbitmq-c's C API, with no framework at all. One thread each, blocking reads.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "amqprpc/options.hpp"
+
+namespace bench {
+
+// Serves echo on `queue` until `stop` is set (checked every 100 ms). Returns an error or "".
+std::string raw_serve(const amqprpc::ConnectionOptions& broker, const std::string& queue,
+                      int prefetch, const std::atomic<bool>& stop);
+
+struct RunResult {
+  std::uint64_t calls = 0;
+  double seconds = 0;
+  std::vector<double> latencies_us;  // one per call
+  std::string error;
+};
+
+// Keeps `concurrency` echo calls of `size` bytes in flight for `seconds` (after `warmup`
+// seconds not counted), replies through direct reply-to.
+RunResult raw_client(const amqprpc::ConnectionOptions& broker, const std::string& queue,
+                     int concurrency, std::size_t size, double warmup, double seconds);
+
+}  // namespace bench
