@@ -1,15 +1,18 @@
 #include "amqprpc/client.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 #include <optional>
 #include <queue>
 #include <stop_token>
+#include <thread>
 #include <unordered_map>
 #include <variant>
 #include <vector>
 
 #include "amqp/connection.hpp"
+#include "deadline_heap.hpp"
 #include "log.hpp"
 #include "uuid.hpp"
 #include "wire.hpp"
@@ -50,22 +53,30 @@ struct PendingCall {
   std::variant<std::promise<Reply>, std::function<void(Reply)>> done;
   // Registered with options.cancel; unregistered when the call is destroyed.
   std::optional<std::stop_callback<CancelRequest>> on_cancel;
+  std::size_t heap_index = detail::DeadlineHeap<PendingCall>::npos;
 
-  void complete(Reply reply) {
+  // Runs the caller's continuation. An exception from a callback must not unwind through the
+  // I/O loop: it is logged and dropped.
+  void complete(Reply reply, const Logger& logger) {
     if (auto* p = std::get_if<std::promise<Reply>>(&done)) {
       p->set_value(std::move(reply));
-    } else {
-      auto& fn = std::get<std::function<void(Reply)>>(done);
-      if (fn) fn(std::move(reply));
+      return;
+    }
+    auto& fn = std::get<std::function<void(Reply)>>(done);
+    if (!fn) return;
+    try {
+      fn(std::move(reply));
+    } catch (const std::exception& e) {
+      detail::log(logger, LogLevel::error,
+                  std::string("a call's completion callback threw: ") + e.what());
+    } catch (...) {
+      detail::log(logger, LogLevel::error, "a call's completion callback threw");
     }
   }
 };
 
-struct DeadlineEntry {
-  Clock::time_point deadline;
-  std::string correlation_id;
-  bool operator>(const DeadlineEntry& o) const { return deadline > o.deadline; }
-};
+// Longer timeouts are clamped: time_point arithmetic must not overflow.
+constexpr std::chrono::milliseconds kMaxTimeout = std::chrono::hours(24 * 30);
 
 }  // namespace
 
@@ -83,7 +94,8 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
       left.swap(outbox_);
       closed_ = true;
     }
-    for (auto& c : left) c->complete(Reply::error(StatusCode::cancelled, "the client was closed"));
+    for (auto& c : left)
+      c->complete(Reply::error(StatusCode::cancelled, "the client was closed"), options_.logger);
   }
 
   Status start() { return loop_.start(); }
@@ -91,14 +103,16 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
   void submit(std::unique_ptr<PendingCall> call) {
     calls_.fetch_add(1, std::memory_order_relaxed);
     if (call->timeout <= std::chrono::milliseconds::zero()) {
-      call->complete(Reply::error(
-          StatusCode::invalid_argument,
-          "timeout must be positive, got " + std::to_string(call->timeout.count()) + " ms"));
+      call->complete(Reply::error(StatusCode::invalid_argument,
+                                  "timeout must be positive, got " +
+                                      std::to_string(call->timeout.count()) + " ms"),
+                     options_.logger);
       return;
     }
+    call->timeout = std::min(call->timeout, kMaxTimeout);
     if (call->queue.size() > 255) {
-      call->complete(
-          Reply::error(StatusCode::invalid_argument, "queue name longer than 255 bytes"));
+      call->complete(Reply::error(StatusCode::invalid_argument, "queue name longer than 255 bytes"),
+                     options_.logger);
       return;
     }
     call->deadline = Clock::now() + call->timeout;
@@ -121,7 +135,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
       }
     }
     if (call) {
-      call->complete(Reply::error(StatusCode::cancelled, "the client was closed"));
+      call->complete(Reply::error(StatusCode::cancelled, "the client was closed"), options_.logger);
       return;
     }
     if (was_empty) loop_.wake();
@@ -188,10 +202,14 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
     }
     for (auto& call : batch_) {
       if (call->options.cancel.stop_requested()) {
-        call->complete(Reply::error(StatusCode::cancelled, "cancelled before it was sent"));
+        call->complete(Reply::error(StatusCode::cancelled, "cancelled before it was sent"),
+                       options_.logger);
       } else if (session == nullptr) {
         call->complete(Reply::error(StatusCode::unavailable,
-                                    "not connected: " + loop_.lost_reason().message()));
+                                    "not connected: " + loop_.lost_reason().message()),
+                       options_.logger);
+      } else if (!broken_.ok()) {
+        call->complete(Reply{broken_, {}, {}, {}}, options_.logger);
       } else {
         publish(*session, std::move(call));
       }
@@ -200,10 +218,10 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
     for (const auto& id : cancel_batch_) {
       auto it = pending_.find(id);
       if (it == pending_.end()) continue;  // already completed
-      auto call = std::move(it->second);
-      pending_.erase(it);
+      auto call = take(it);
       cancelled_.fetch_add(1, std::memory_order_relaxed);
-      call->complete(Reply::error(StatusCode::cancelled, "cancelled by the caller"));
+      call->complete(Reply::error(StatusCode::cancelled, "cancelled by the caller"),
+                     options_.logger);
     }
     cancel_batch_.clear();
   }
@@ -222,14 +240,20 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
                            .count();
     props.headers.insert_or_assign(std::string(detail::wire::kDeadlineHeader),
                                    std::to_string(deadline_ms));
+    if (Status bad = detail::wire::validate_outgoing(props, call->body.size(), session.frame_max(),
+                                                     "request");
+        !bad.ok()) {
+      call->complete(Reply{bad, {}, {}, {}}, options_.logger);
+      return;
+    }
     Status st = session.publish("", call->queue, /*mandatory=*/true, props, call->body);
     if (!st.ok()) {
-      call->complete(Reply::error(StatusCode::unavailable, st.message()));
+      call->complete(Reply::error(StatusCode::unavailable, st.message()), options_.logger);
       return;
     }
     call->body.clear();
     call->body.shrink_to_fit();
-    deadlines_.push({call->deadline, call->correlation_id});
+    deadlines_.push(call.get());
     std::string key = call->correlation_id;
     pending_.emplace(std::move(key), std::move(call));
   }
@@ -242,41 +266,49 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
                   "dropped a reply with unknown correlation id '" + d.props.correlation_id + "'");
       return;
     }
-    auto call = std::move(it->second);
-    pending_.erase(it);
+    auto call = take(it);
     replies_.fetch_add(1, std::memory_order_relaxed);
-    call->complete(detail::wire::decode_reply(std::move(d.props), std::move(d.body)));
+    call->complete(detail::wire::decode_reply(std::move(d.props), std::move(d.body)),
+                   options_.logger);
   }
 
   void on_return(detail::Returned&& r) override {
     auto it = pending_.find(r.props.correlation_id);
     if (it == pending_.end()) return;
-    auto call = std::move(it->second);
-    pending_.erase(it);
+    auto call = take(it);
     unroutable_.fetch_add(1, std::memory_order_relaxed);
-    call->complete(Reply::error(
-        StatusCode::unavailable,
-        "no route to queue '" + call->queue + "': the broker has no such queue (" +
-            std::to_string(r.reply_code) + " " + r.reply_text + "); is a server running?"));
+    call->complete(
+        Reply::error(StatusCode::unavailable, "no route to queue '" + call->queue +
+                                                  "': the broker has no such queue (" +
+                                                  std::to_string(r.reply_code) + " " +
+                                                  r.reply_text + "); is a server running?"),
+        options_.logger);
   }
 
   std::optional<Clock::time_point> next_deadline() override {
     if (deadlines_.empty()) return std::nullopt;
-    return deadlines_.top().deadline;
+    return deadlines_.top()->deadline;
   }
 
   void on_timer(Clock::time_point now) override {
-    while (!deadlines_.empty() && deadlines_.top().deadline <= now) {
-      auto it = pending_.find(deadlines_.top().correlation_id);
-      deadlines_.pop();
-      if (it == pending_.end()) continue;  // already answered
-      auto call = std::move(it->second);
-      pending_.erase(it);
+    while (!deadlines_.empty() && deadlines_.top()->deadline <= now) {
+      auto it = pending_.find(deadlines_.top()->correlation_id);
+      auto call = take(it);
       timeouts_.fetch_add(1, std::memory_order_relaxed);
       call->complete(Reply::error(StatusCode::deadline_exceeded,
                                   "no reply from queue '" + call->queue + "' within " +
-                                      std::to_string(call->timeout.count()) + " ms"));
+                                      std::to_string(call->timeout.count()) + " ms"),
+                     options_.logger);
     }
+  }
+
+  void on_consumer_cancelled(const std::string&) override {
+    // The reply queue is gone (deleted, or its node left the cluster): no reply can come back.
+    broken_ = Status{StatusCode::unavailable,
+                     "the broker cancelled this client's reply consumer on '" + reply_queue_ +
+                         "' (queue deleted?); no replies can arrive"};
+    detail::log(options_.logger, LogLevel::error, broken_.message());
+    fail_all(StatusCode::unavailable, broken_.message());
   }
 
   void on_lost(const Status& why) override {
@@ -288,11 +320,20 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
   }
 
  private:
+  // Takes a call out of the table and the deadline heap.
+  std::unique_ptr<PendingCall> take(
+      std::unordered_map<std::string, std::unique_ptr<PendingCall>>::iterator it) {
+    auto call = std::move(it->second);
+    pending_.erase(it);
+    deadlines_.remove(call.get());
+    return call;
+  }
+
   void fail_all(StatusCode code, const std::string& message) {
     auto pending = std::move(pending_);
     pending_.clear();
-    deadlines_ = {};
-    for (auto& [id, call] : pending) call->complete(Reply::error(code, message));
+    deadlines_.clear();
+    for (auto& [id, call] : pending) call->complete(Reply::error(code, message), options_.logger);
   }
 
   ClientOptions options_;
@@ -308,7 +349,8 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
   std::vector<std::unique_ptr<PendingCall>> batch_;
   std::vector<std::string> cancel_batch_;
   std::unordered_map<std::string, std::unique_ptr<PendingCall>> pending_;
-  std::priority_queue<DeadlineEntry, std::vector<DeadlineEntry>, std::greater<>> deadlines_;
+  detail::DeadlineHeap<PendingCall> deadlines_;
+  Status broken_;  // set when replies can no longer arrive on this connection
 
   mutable std::mutex reply_queue_mutex_;
   std::string reply_queue_;
@@ -324,7 +366,13 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
 }
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-Client::~Client() = default;
+Client::~Client() {
+  if (impl_ && impl_->in_io_thread()) {
+    // Destroyed from one of its own callbacks: the I/O thread is still inside Impl. Finish the
+    // teardown on another thread once this callback has returned.
+    std::thread([impl = std::move(impl_)]() mutable { impl.reset(); }).detach();
+  }
+}
 
 std::future<Reply> Client::async_call(const std::string& queue, std::string body,
                                       const CallOptions& options) {

@@ -36,7 +36,11 @@ class Server::Impl final : public detail::IoLoop::Hooks {
                   : std::make_unique<detail::WorkerPool<detail::Delivery>>(
                         options_.workers, [this](detail::Delivery& d) { handle(d); })) {}
 
-  ~Impl() { stop(); }
+  ~Impl() {
+    stop();
+    std::lock_guard lock(stopper_mutex_);
+    if (stopper_.joinable()) stopper_.join();
+  }
 
   Status start() {
     if (!handler_) return {StatusCode::invalid_argument, "the server needs a handler"};
@@ -51,6 +55,17 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   }
 
   void stop() {
+    if (loop_.in_io_thread() || (pool_ && pool_->is_worker())) {
+      // From a handler (a "shutdown" request) or the I/O thread: stopping joins these very
+      // threads, so it happens on a thread of its own; wait() tells when it is done.
+      std::lock_guard lock(stopper_mutex_);
+      if (!stopper_.joinable()) stopper_ = std::thread([this] { stop_now(); });
+      return;
+    }
+    stop_now();
+  }
+
+  void stop_now() {
     std::call_once(stop_once_, [this] {
       // Requests queued in the pool but never started are not acked: closing the channel hands
       // them back to the broker for other servers. Work in hand finishes and is flushed by
@@ -135,7 +150,17 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     batch_.clear();
   }
 
-  void send(detail::Session& session, const Outgoing& out) {
+  void send(detail::Session& session, Outgoing& out) {
+    if (Status bad = detail::wire::validate_outgoing(out.props, out.body.size(),
+                                                     session.frame_max(), "the handler's reply");
+        !bad.ok()) {
+      // Sending it would break the connection; the caller learns why instead.
+      detail::log(options_.logger, LogLevel::error, bad.message());
+      std::string correlation_id = std::move(out.props.correlation_id);
+      out.props = {};
+      detail::wire::encode_reply(Reply::error(StatusCode::internal, bad.message()), correlation_id,
+                                 out.props, out.body);
+    }
     // Reply first, then ack: a crash in between leads to a redelivery, never a lost request.
     if (session.publish("", out.reply_to, /*mandatory=*/false, out.props, out.body).ok()) {
       session.ack(out.delivery_tag);
@@ -199,6 +224,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   bool warned_no_reply_to_ = false;
 
   std::once_flag stop_once_;
+  std::mutex stopper_mutex_;
+  std::thread stopper_;
   std::mutex done_mutex_;
   std::condition_variable done_cv_;
   bool done_ = false;

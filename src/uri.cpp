@@ -4,6 +4,7 @@
 #include <charconv>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "amqprpc/options.hpp"
 
@@ -39,6 +40,7 @@ Result<std::string> decode(std::string_view in, std::string_view part) {
       return bad("invalid percent-escape '" + std::string(in.substr(i, 3)) + "' in the " +
                  std::string(part));
     }
+    if (hi == 0 && lo == 0) return bad("the " + std::string(part) + " contains %00 (a NUL byte)");
     out += static_cast<char>(hi * 16 + lo);
     i += 2;
   }
@@ -97,22 +99,21 @@ Status apply_query_parameter(ConnectionOptions& o, std::string_view key, std::st
   return {};
 }
 
-}  // namespace
-
-Result<ConnectionOptions> ConnectionOptions::from_uri(std::string_view uri) {
+Result<ConnectionOptions> parse(std::string_view uri) {
   ConnectionOptions o;
-  std::string_view rest;
-  if (uri.starts_with("amqp://")) {
-    rest = uri.substr(7);
-  } else if (uri.starts_with("amqps://")) {
-    rest = uri.substr(8);
+  auto scheme_end = uri.find("://");
+  if (scheme_end == std::string_view::npos) {
+    // Not echoed: what was passed may hold a password.
+    return bad("no scheme; expected amqp://host or amqps://host");
+  }
+  std::string scheme(uri.substr(0, scheme_end));
+  for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  std::string_view rest = uri.substr(scheme_end + 3);
+  if (scheme == "amqps") {
     o.tls.enabled = true;
     o.port = 5671;
-  } else {
-    auto colon = uri.find("://");
-    if (colon == std::string_view::npos)
-      return bad("'" + std::string(uri) + "' has no scheme; expected amqp:// or amqps://");
-    return bad("scheme '" + std::string(uri.substr(0, colon)) + "' is not amqp or amqps");
+  } else if (scheme != "amqp") {
+    return bad("scheme '" + scheme.substr(0, 16) + "' is not amqp or amqps");
   }
   if (rest.find('#') != std::string_view::npos) return bad("fragments ('#') are not allowed");
 
@@ -129,6 +130,7 @@ Result<ConnectionOptions> ConnectionOptions::from_uri(std::string_view uri) {
   }
 
   // userinfo: the last '@' ends it, so a password may contain a literal '@' only escaped.
+  const bool has_userinfo = uri.find('@') != std::string_view::npos;
   if (auto at = authority.rfind('@'); at != std::string_view::npos) {
     std::string_view userinfo = authority.substr(0, at);
     authority = authority.substr(at + 1);
@@ -164,15 +166,27 @@ Result<ConnectionOptions> ConnectionOptions::from_uri(std::string_view uri) {
   } else if (auto c = authority.rfind(':'); c != std::string_view::npos) {
     host = authority.substr(0, c);
     port = authority.substr(c + 1);
+    if (host.find(':') != std::string_view::npos) {
+      return bad("an IPv6 address must be in brackets, like amqp://[::1]:5672");
+    }
   }
   if (!host.empty()) {
     auto h = decode(host, "host");
     if (!h) return h.status();
     o.host = *h;
   }
-  if (port) {
+  if (port && !port->empty()) {  // "host:" keeps the default port, as the spec allows
     auto p = parse_uint<int>(*port, "port", 1, 65535);
-    if (!p) return p.status();
+    if (!p) {
+      // A password with an unescaped '/', '?' or '#' ends the authority early and lands here:
+      // do not echo it.
+      if (has_userinfo) {
+        return bad(
+            "the port is not a number from 1 to 65535 (percent-encode '/', '?', '#' "
+            "and '@' in the user name and password)");
+      }
+      return p.status();
+    }
     o.port = static_cast<std::uint16_t>(*p);
   }
 
@@ -200,6 +214,45 @@ Result<ConnectionOptions> ConnectionOptions::from_uri(std::string_view uri) {
     if (Status s = apply_query_parameter(o, *key, *value); !s.ok()) return s;
   }
   return o;
+}
+
+// Masks in `message` every piece of the password as written in `uri`: a password with an
+// unescaped '/', '?' or '#' is cut there by the parser and its pieces can end up anywhere.
+std::string scrub(std::string message, std::string_view uri) {
+  auto start = uri.find("://");
+  auto at = uri.rfind('@');
+  if (start == std::string_view::npos || at == std::string_view::npos || at < start + 3) {
+    return message;
+  }
+  std::string_view userinfo = uri.substr(start + 3, at - start - 3);
+  auto colon = userinfo.find(':');
+  if (colon == std::string_view::npos) return message;
+  std::string_view password = userinfo.substr(colon + 1);
+  std::vector<std::string_view> pieces{password};
+  std::size_t from = 0;
+  for (std::size_t i = 0; i <= password.size(); ++i) {
+    if (i == password.size() || password[i] == '/' || password[i] == '?' || password[i] == '#' ||
+        password[i] == '&' || password[i] == '=' || password[i] == ':') {
+      pieces.push_back(password.substr(from, i - from));
+      from = i + 1;
+    }
+  }
+  for (std::string_view piece : pieces) {
+    if (piece.size() < 2) continue;
+    for (auto pos = message.find(piece); pos != std::string::npos; pos = message.find(piece)) {
+      message.replace(pos, piece.size(), "****");
+    }
+  }
+  return message;
+}
+
+}  // namespace
+
+Result<ConnectionOptions> ConnectionOptions::from_uri(std::string_view uri) {
+  auto parsed = parse(uri);
+  if (parsed) return parsed;
+  const Status& st = parsed.status();
+  return Status{st.code(), scrub(st.message(), uri)};
 }
 
 std::string ConnectionOptions::to_string() const {

@@ -16,6 +16,42 @@ inline constexpr std::string_view kMessageHeader = "x-rpc-message";
 // Requests: the caller's absolute deadline, milliseconds since the Unix epoch.
 inline constexpr std::string_view kDeadlineHeader = "x-rpc-deadline";
 
+// RabbitMQ's default max_message_size (128 MiB); larger bodies make the broker close the channel.
+inline constexpr std::size_t kMaxBodySize = 128u * 1024 * 1024;
+
+// Checks what rabbitmq-c and the broker would refuse only after part of the message is on the
+// wire (which breaks the connection): short strings over 255 bytes, a header table too large
+// for one frame, a body over the broker's limit. `what` names the message in the error.
+inline Status validate_outgoing(const Properties& p, std::size_t body_size, int frame_max,
+                                std::string_view what) {
+  auto too_long = [&](std::string_view field, std::size_t size) {
+    return Status{StatusCode::invalid_argument, std::string(what) + ": " + std::string(field) +
+                                                    " is " + std::to_string(size) +
+                                                    " bytes; AMQP allows at most 255"};
+  };
+  if (p.content_type.size() > 255) return too_long("content type", p.content_type.size());
+  if (p.correlation_id.size() > 255) return too_long("correlation id", p.correlation_id.size());
+  if (p.reply_to.size() > 255) return too_long("reply_to", p.reply_to.size());
+  std::size_t table = 0;
+  for (const auto& [key, value] : p.headers) {
+    if (key.size() > 255) return too_long("header name '" + key.substr(0, 32) + "...'", key.size());
+    table += 1 + key.size() + 1 + 4 + value.size();
+  }
+  // The header frame also carries the other properties: keep a margin for them.
+  const std::size_t room = frame_max > 2048 ? static_cast<std::size_t>(frame_max) - 2048 : 0;
+  if (table > room) {
+    return {StatusCode::invalid_argument,
+            std::string(what) + ": headers take " + std::to_string(table) +
+                " bytes; they must fit in one frame (at most " + std::to_string(room) + ")"};
+  }
+  if (body_size > kMaxBodySize) {
+    return {StatusCode::resource_exhausted,
+            std::string(what) + ": body is " + std::to_string(body_size) +
+                " bytes; the broker takes at most " + std::to_string(kMaxBodySize)};
+  }
+  return {};
+}
+
 // The properties and body of the reply a server sends for `reply` to a request.
 inline void encode_reply(const Reply& reply, std::string_view correlation_id, Properties& props,
                          std::string& body) {

@@ -23,6 +23,14 @@ class WorkerPool {
   WorkerPool(const WorkerPool&) = delete;
   WorkerPool& operator=(const WorkerPool&) = delete;
 
+  // Whether the calling thread is one of this pool's.
+  bool is_worker() const {
+    for (const auto& t : threads_) {
+      if (t.get_id() == std::this_thread::get_id()) return true;
+    }
+    return false;
+  }
+
   // False once stopping: the job was not taken.
   bool submit(Job job) {
     {

@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
   app.add_option("--queue", queue, "queue the server consumes")->capture_default_str();
   app.add_option("--timeout", timeout_s, "seconds to wait for each reply")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(0.001, 30.0 * 24 * 3600));
   app.add_option("--reply-mode", reply_mode,
                  "direct (amq.rabbitmq.reply-to) or exclusive (a server-named queue, as the seed)")
       ->capture_default_str()

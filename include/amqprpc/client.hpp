@@ -30,8 +30,11 @@ class Client {
   // The same, but never throws: the status of the returned Reply says what happened.
   Reply try_call(const std::string& queue, std::string body, const CallOptions& options = {});
 
-  // Asynchronous forms. Safe from any thread. The callback runs on the client's I/O thread: keep
-  // it short and do not call blocking methods of this client from it.
+  // Asynchronous forms. Safe from any thread. The callback runs on the client's I/O thread (or,
+  // for a call refused at once, such as one with a bad option, on the calling thread before
+  // async_call returns): keep it short, do not call blocking methods of this client from it.
+  // Exceptions it throws are logged and dropped. It may destroy the client.
+  // Timeouts over 30 days are clamped to 30 days.
   std::future<Reply> async_call(const std::string& queue, std::string body,
                                 const CallOptions& options = {});
   void async_call(const std::string& queue, std::string body, const CallOptions& options,

@@ -440,7 +440,7 @@ Status Session::dispatch(const amqp_frame_t& frame, FrameSink& sink) {
         amqp_channel_close_ok_t ok{};
         amqp_send_method(conn_, frame.channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
         channel_open_ = false;
-        dead_ = true;  // one channel per session: without it the session is of no use
+        // The caller drops the session on this status; closing it then ends the connection politely.
         return {code_for_amqp_reply(c->reply_code),
                 "broker closed the channel: " + to_string(c->reply_text)};
       }

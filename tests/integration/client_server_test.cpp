@@ -415,3 +415,90 @@ TEST_F(QueueTest, OneSourceCancelsManyCallsAndLeavesOthersAlone) {
   EXPECT_GT(cancelled, 0);
   EXPECT_EQ(kept.get().body, "keep");
 }
+
+TEST_F(QueueTest, OversizedFieldsAreRefusedBeforeTheyCanBreakTheConnection) {
+  auto server = serve(queue, echo);
+  auto c = client();
+  CallOptions long_type;
+  long_type.content_type = std::string(300, 't');
+  Reply r = c->try_call(queue, "x", long_type);
+  EXPECT_EQ(r.status.code(), StatusCode::invalid_argument);
+  EXPECT_NE(r.status.message().find("content type is 300 bytes"), std::string::npos)
+      << r.status.message();
+
+  CallOptions long_key;
+  long_key.headers[std::string(300, 'k')] = "v";
+  EXPECT_EQ(c->try_call(queue, "x", long_key).status.code(), StatusCode::invalid_argument);
+
+  CallOptions huge_headers;
+  huge_headers.headers["big"] = std::string(200 * 1024, 'v');
+  r = c->try_call(queue, "x", huge_headers);
+  EXPECT_EQ(r.status.code(), StatusCode::invalid_argument);
+  EXPECT_NE(r.status.message().find("one frame"), std::string::npos) << r.status.message();
+
+  r = c->try_call(queue, std::string(129u * 1024 * 1024, 'b'));
+  EXPECT_EQ(r.status.code(), StatusCode::resource_exhausted);
+
+  // None of it reached the wire: the connection is fine.
+  EXPECT_EQ(c->call(queue, "still fine"), "still fine");
+}
+
+TEST_F(QueueTest, AHandlerReplyThatCannotBeSentBecomesAnInternalError) {
+  auto server = serve(queue, [](const Request& r) {
+    Reply reply = Reply::ok(r.body);
+    if (r.body == "bad") reply.content_type = std::string(400, 'c');
+    return reply;
+  });
+  auto c = client();
+  Reply r = c->try_call(queue, "bad");
+  EXPECT_EQ(r.status.code(), StatusCode::internal);
+  EXPECT_NE(r.status.message().find("content type"), std::string::npos) << r.status.message();
+  EXPECT_EQ(c->call(queue, "good"), "good");
+}
+
+TEST_F(QueueTest, AHugeTimeoutMeansWaitAndDoesNotOverflow) {
+  auto server = serve(queue, echo);
+  auto c = client();
+  Reply r = c->try_call(queue, "patient", timeout(std::chrono::milliseconds::max()));
+  ASSERT_TRUE(r.status.ok()) << r.status.to_string();
+  EXPECT_EQ(r.body, "patient");
+}
+
+TEST_F(QueueTest, ACallbackThatThrowsIsContainedAndTheClientGoesOn) {
+  auto server = serve(queue, echo);
+  auto c = client();
+  std::atomic<bool> ran{false};
+  c->async_call(queue, "x", {}, [&](Reply) {
+    ran = true;
+    throw std::runtime_error("careless callback");
+  });
+  ASSERT_TRUE(eventually([&] { return ran.load(); }));
+  EXPECT_EQ(c->call(queue, "after"), "after");
+}
+
+TEST_F(QueueTest, AClientMayBeDestroyedFromItsOwnCallback) {
+  auto server = serve(queue, echo);
+  auto c = client();
+  Client* raw = c.release();
+  std::promise<void> destroyed;
+  raw->async_call(queue, "bye", {}, [&](Reply) {
+    delete raw;
+    destroyed.set_value();
+  });
+  ASSERT_EQ(destroyed.get_future().wait_for(10s), std::future_status::ready);
+  // The teardown finishes on another thread; the server must still serve new clients.
+  EXPECT_EQ(client()->call(queue, "next"), "next");
+}
+
+TEST_F(QueueTest, AHandlerMayStopItsOwnServer) {
+  std::unique_ptr<Server> server;
+  server = serve(queue, [&](const Request& r) {
+    if (r.body == "shutdown") server->stop();
+    return Reply::ok("bye");
+  });
+  auto c = client();
+  EXPECT_EQ(c->call(queue, "shutdown"), "bye");
+  std::future<Status> stopped = std::async(std::launch::async, [&] { return server->wait(); });
+  ASSERT_EQ(stopped.wait_for(10s), std::future_status::ready) << "stop() from a handler hung";
+  EXPECT_TRUE(stopped.get().ok());
+}

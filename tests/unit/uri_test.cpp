@@ -108,9 +108,11 @@ TEST_P(BadUriTest, IsRefusedWithAClearMessage) {
 INSTANTIATE_TEST_SUITE_P(
     Uri, BadUriTest,
     testing::Values(BadUri{"http://h", "scheme 'http'"}, BadUri{"localhost:5672", "no scheme"},
+                    BadUri{"amqp://::1", "brackets"}, BadUri{"amqp://u:p%00w@h", "NUL"},
+                    BadUri{"amqp://u:pa/ss@h:5672/v", "percent-encode"},
                     BadUri{"amqp://h:port", "port 'port'"}, BadUri{"amqp://h:0", "port '0'"},
-                    BadUri{"amqp://h:65536", "port '65536'"}, BadUri{"amqp://h:", "port ''"},
-                    BadUri{"amqp://h/a/b", "%2F"}, BadUri{"amqp://h/%zz", "percent-escape '%zz'"},
+                    BadUri{"amqp://h:65536", "port '65536'"}, BadUri{"amqp://h/a/b", "%2F"},
+                    BadUri{"amqp://h/%zz", "percent-escape '%zz'"},
                     BadUri{"amqp://h/%2", "truncated"}, BadUri{"amqp://u:p%@h", "password"},
                     BadUri{"amqp://[::1", "closing ']'"}, BadUri{"amqp://[::1]x", "after the IPv6"},
                     BadUri{"amqp://h?heartbeat=-1", "heartbeat"},
@@ -135,4 +137,21 @@ TEST(Uri, ErrorsDoNotEchoThePassword) {
   auto o = ConnectionOptions::from_uri("amqp://u:hunter2@h:notaport");
   ASSERT_FALSE(o.ok());
   EXPECT_EQ(o.status().message().find("hunter2"), std::string::npos) << o.status().message();
+}
+
+TEST(Uri, SchemeIsCaseInsensitiveAndAnEmptyPortMeansTheDefault) {
+  auto o = ConnectionOptions::from_uri("AMQPS://h:/v");
+  ASSERT_TRUE(o.ok()) << o.status().to_string();
+  EXPECT_TRUE(o->tls.enabled);
+  EXPECT_EQ(o->port, 5671);
+}
+
+TEST(Uri, NoErrorEchoesAPassword) {
+  for (const char* uri : {"amqp:/u:hunter2@h", "u:hunter2@h", "amqp://u:hun/ter2@h:1/v",
+                          "amqp://u:hun?ter2@h", "amqp://u:hun#ter2@h", "amqp://u:hunter2@h:x"}) {
+    auto o = ConnectionOptions::from_uri(uri);
+    ASSERT_FALSE(o.ok()) << uri;
+    EXPECT_EQ(o.status().message().find("hunter2"), std::string::npos) << o.status().message();
+    EXPECT_EQ(o.status().message().find("ter2"), std::string::npos) << o.status().message();
+  }
 }
