@@ -502,3 +502,33 @@ TEST_F(QueueTest, AHandlerMayStopItsOwnServer) {
   ASSERT_EQ(stopped.wait_for(10s), std::future_status::ready) << "stop() from a handler hung";
   EXPECT_TRUE(stopped.get().ok());
 }
+
+TEST_F(QueueTest, TimeoutsUnderLoadFailOnlyTheLateCallsAndEveryCallEnds) {
+  // One slow worker: of 300 calls in flight with a 400 ms deadline, only the first few can be
+  // answered in time; the rest must time out on time, none may hang or get another's reply.
+  auto server = serve(queue, [](const Request& r) {
+    std::this_thread::sleep_for(20ms);
+    return Reply::ok(r.body);
+  });
+  auto c = client();
+  std::vector<std::future<Reply>> calls;
+  auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < 300; ++i)
+    calls.push_back(c->async_call(queue, std::to_string(i), timeout(400ms)));
+  int ok = 0, timed_out = 0;
+  for (int i = 0; i < 300; ++i) {
+    ASSERT_EQ(calls[i].wait_for(10s), std::future_status::ready) << "call " << i << " hung";
+    Reply r = calls[i].get();
+    if (r.status.ok()) {
+      ok++;
+      EXPECT_EQ(r.body, std::to_string(i));
+    } else {
+      EXPECT_EQ(r.status.code(), StatusCode::deadline_exceeded) << r.status.to_string();
+      timed_out++;
+    }
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+  EXPECT_GT(ok, 0);
+  EXPECT_GT(timed_out, 200);
+  EXPECT_EQ(c->stats().timeouts, static_cast<std::uint64_t>(timed_out));
+}
