@@ -200,6 +200,8 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
       batch_.swap(outbox_);
       cancel_batch_.swap(cancels_);
     }
+    std::optional<detail::Session::Cork> cork;
+    if (session != nullptr && batch_.size() > 1) cork.emplace(*session, true);
     for (auto& call : batch_) {
       if (call->options.cancel.stop_requested()) {
         call->complete(Reply::error(StatusCode::cancelled, "cancelled before it was sent"),
@@ -215,6 +217,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
       }
     }
     batch_.clear();
+    cork.reset();
     for (const auto& id : cancel_batch_) {
       auto it = pending_.find(id);
       if (it == pending_.end()) continue;  // already completed

@@ -143,10 +143,10 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       std::lock_guard lock(outbox_mutex_);
       batch_.swap(outbox_);
     }
-    for (auto& out : batch_) {
-      if (session == nullptr) break;  // not acked: the broker requeues it
-      send(*session, out);
-    }
+    if (session != nullptr) {
+      detail::Session::Cork cork(*session, batch_.size() > 1);
+      for (auto& out : batch_) send(*session, out);
+    }  // else: not acked, the broker requeues them
     batch_.clear();
   }
 
@@ -181,12 +181,18 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       session.reject(d.delivery_tag, /*requeue=*/false);
       return;
     }
-    // The pool refuses only while stopping: the request stays unacked and goes back to the queue.
     if (pool_) {
-      pool_->submit(std::move(d));
+      incoming_.push_back(std::move(d));  // handed to the pool in one go by on_pumped
     } else {
       handle(d);  // inline: the reply goes out on this loop's next turn
     }
+  }
+
+  void on_pumped(detail::Session&) override {
+    if (incoming_.empty()) return;
+    // The pool refuses only while stopping: those requests stay unacked and go back to the queue.
+    pool_->submit_all(incoming_);
+    incoming_.clear();
   }
 
   void on_consumer_cancelled(const std::string&) override {
@@ -220,6 +226,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
 
   // I/O thread only.
   std::vector<Outgoing> batch_;
+  std::vector<detail::Delivery> incoming_;
   std::string consumer_tag_;
   bool warned_no_reply_to_ = false;
 

@@ -42,6 +42,21 @@ class WorkerPool {
     return true;
   }
 
+  // Takes every job of `jobs` (moved from) with one lock and one wake-up.
+  bool submit_all(std::vector<Job>& jobs) {
+    {
+      std::lock_guard lock(mutex_);
+      if (stopping_) return false;
+      for (auto& j : jobs) jobs_.push_back(std::move(j));
+    }
+    if (jobs.size() == 1) {
+      cv_.notify_one();
+    } else {
+      cv_.notify_all();
+    }
+    return true;
+  }
+
   // Lets the running jobs finish, joins the threads and returns the jobs never started.
   std::deque<Job> stop() {
     std::deque<Job> left;

@@ -111,12 +111,10 @@ void IoLoop::run(std::promise<Status>& started) {
   }
 
   while (!stop_requested_.load(std::memory_order_acquire)) {
-    std::uint64_t counter;
-    while (::read(wake_fd_, &counter, sizeof counter) > 0) {
-    }
     hooks_.on_wake(session_.get());
     if (session_) {
       if (Status st = session_->pump(*this); !st.ok()) lose(st);
+      if (session_) hooks_.on_pumped(*session_);
     }
     hooks_.on_timer(Clock::now());
     if (self_woken_) {
@@ -146,6 +144,11 @@ void IoLoop::run(std::promise<Status>& started) {
     int rc = ::poll(fds, nfds, timeout_ms);
     if (rc < 0 && errno != EINTR) {
       lose(Status{StatusCode::internal, std::string("poll failed: ") + std::strerror(errno)});
+    }
+    if (rc > 0 && (fds[0].revents & POLLIN)) {
+      // Consume the wake-up before on_wake takes the outboxes (see wake()).
+      std::uint64_t counter;
+      [[maybe_unused]] ssize_t n = ::read(wake_fd_, &counter, sizeof counter);
     }
   }
 

@@ -29,6 +29,8 @@ class IoLoop final : private FrameSink {
     // Each turn of the loop: take work from outboxes. session is null while disconnected.
     virtual void on_wake(Session* session) = 0;
     virtual void on_delivery(Session& session, Delivery&& delivery) = 0;
+    // After each batch of frames read from the socket (and the deliveries in it).
+    virtual void on_pumped(Session&) {}
     virtual void on_return(Returned&&) {}
     virtual void on_consumer_cancelled(const std::string&) {}
     // The earliest time on_timer wants to run, if any.

@@ -2,6 +2,9 @@
 
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 
 #include <cstring>
@@ -247,6 +250,12 @@ int Session::fd() const {
   return amqp_get_sockfd(conn_);
 }
 
+void Session::cork(bool on) {
+  int value = on ? 1 : 0;
+  // Best effort: a socket that refuses only costs a few more packets.
+  ::setsockopt(fd(), IPPROTO_TCP, TCP_CORK, &value, sizeof value);
+}
+
 bool Session::has_buffered() const {
   return amqp_frames_enqueued(conn_) || amqp_data_in_buffer(conn_);
 }
@@ -440,7 +449,8 @@ Status Session::dispatch(const amqp_frame_t& frame, FrameSink& sink) {
         amqp_channel_close_ok_t ok{};
         amqp_send_method(conn_, frame.channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
         channel_open_ = false;
-        // The caller drops the session on this status; closing it then ends the connection politely.
+        // The caller drops the session on this status; closing it then ends the connection
+        // politely.
         return {code_for_amqp_reply(c->reply_code),
                 "broker closed the channel: " + to_string(c->reply_text)};
       }
