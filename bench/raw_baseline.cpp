@@ -127,11 +127,11 @@ RunResult raw_client(const amqprpc::ConnectionOptions& broker, const std::string
       break;
     }
     auto now = Clock::now();
-    std::uint64_t seq = std::strtoull(
-        std::string(static_cast<char*>(env.message.properties.correlation_id.bytes),
-                    env.message.properties.correlation_id.len)
-            .c_str(),
-        nullptr, 10);
+    std::uint64_t seq =
+        std::strtoull(std::string(static_cast<char*>(env.message.properties.correlation_id.bytes),
+                                  env.message.properties.correlation_id.len)
+                          .c_str(),
+                      nullptr, 10);
     amqp_destroy_envelope(&env);
     --in_flight;
     if (!measuring && now >= measure_from) {

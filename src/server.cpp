@@ -116,7 +116,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     Outgoing out;
     out.delivery_tag = d.delivery_tag;
     out.reply_to = std::move(req.reply_to);
-    detail::wire::encode_reply(reply, req.correlation_id, out.props, out.body);
+    detail::wire::encode_reply(std::move(reply), req.correlation_id, out.props, out.body);
     bool was_empty;
     {
       std::lock_guard lock(outbox_mutex_);

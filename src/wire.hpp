@@ -53,13 +53,13 @@ inline Status validate_outgoing(const Properties& p, std::size_t body_size, int 
 }
 
 // The properties and body of the reply a server sends for `reply` to a request.
-inline void encode_reply(const Reply& reply, std::string_view correlation_id, Properties& props,
+inline void encode_reply(Reply&& reply, std::string_view correlation_id, Properties& props,
                          std::string& body) {
   props.correlation_id = correlation_id;
-  props.headers = reply.headers;
-  props.content_type = reply.content_type;
+  props.headers = std::move(reply.headers);
+  props.content_type = std::move(reply.content_type);
   if (reply.status.ok()) {
-    body = reply.body;
+    body = std::move(reply.body);
     return;
   }
   props.headers.insert_or_assign(std::string(kStatusHeader),

@@ -49,7 +49,7 @@ TEST(Wire, UserHeadersSurviveBothWays) {
   std::string body;
   Reply reply = Reply::ok("x");
   reply.headers["trace-id"] = "abc";
-  wire::encode_reply(reply, "c", props, body);
+  wire::encode_reply(std::move(reply), "c", props, body);
   Reply back = wire::decode_reply(std::move(props), std::move(body));
   EXPECT_EQ(back.headers.at("trace-id"), "abc");
 }

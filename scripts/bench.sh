@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The benchmark in one run: raw rabbitmq-c baseline, amqp-rpc, and the seed's pika client, against
+# one private RabbitMQ node (unless AMQP_URL names a broker). Writes docs/BENCHMARKS.md.
+#   scripts/bench.sh [amqp-rpc-bench options...]    e.g. --seconds 5 --repeat 5
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+# shellcheck source=scripts/deps.sh
+source scripts/deps.sh
+amqprpc_deps_install
+
+echo "==> build (RelWithDebInfo)" >&2
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j "$(nproc)" --target amqp-rpc-bench >/dev/null
+
+if [[ -z "${AMQP_URL:-}" ]]; then
+  export AMQPRPC_BROKER_NAME=amqprpc-bench AMQPRPC_BROKER_PORT=35710
+  trap 'scripts/broker.sh stop >&2 || true' EXIT
+  AMQP_URL="$(scripts/broker.sh start)"
+  export AMQP_URL
+fi
+
+OUT="${AMQPRPC_BENCH_OUT:-docs/BENCHMARKS.md}"
+mkdir -p "$(dirname "$OUT")"
+report="$(mktemp)"
+trap 'rm -f "$report"; if [[ -n "${AMQPRPC_BROKER_NAME:-}" ]]; then scripts/broker.sh stop >&2 || true; fi' EXIT
+build/bench/amqp-rpc-bench "$@" --out "$report"
+{
+  echo "# Benchmarks"
+  echo
+  echo "Reproduce with \`scripts/bench.sh${*:+ $*}\` (builds, starts a private RabbitMQ node, runs"
+  echo "\`build/bench/amqp-rpc-bench\`, writes this file). All three implementations run in the same"
+  echo "run against the same broker; cells alternate between them and each shows its median run."
+  echo
+  echo "- Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(. /etc/os-release && echo "$PRETTY_NAME"), kernel $(uname -r)"
+  echo "- RabbitMQ $(dpkg-query -W -f='${Version}' rabbitmq-server), rabbitmq-c $(dpkg-query -W -f='${Version}' librabbitmq-dev), pika $(dpkg-query -W -f='${Version}' python3-pika)"
+  echo "- Date: $(date -u +%Y-%m-%d)"
+  echo "- Broker, servers and clients share the machine's cores: each number includes the others' load."
+  echo "- raw rabbitmq-c: an echo server and a pipelined client written directly on the C API (one"
+  echo "  thread each, direct reply-to), the broker's practical ceiling here."
+  echo "- amqp-rpc: \`Server\` (echo handler on 1 worker thread, or inline on the I/O thread with"
+  echo "  \`workers = 0\`) and \`Client::async_call\` keeping N calls in flight, every call with a"
+  echo "  deadline (expiration + header), mandatory publishing, a UUID correlation id."
+  echo "- seed: tutorial 6's pika client and server (\`tests/interop/\`), sequential, without the sleep."
+  echo "- Latency is per call, from submit to completion; CPU and RSS are the client process's."
+  echo
+  cat "$report"
+} >"$OUT"
+echo "==> wrote $OUT" >&2
