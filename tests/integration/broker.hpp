@@ -118,6 +118,8 @@ class Raw {
     std::string correlation_id;
     std::string reply_to;
     std::string expiration;
+    std::optional<int> priority;
+    std::string content_type;
     std::optional<std::string> deadline_header;
   };
   // basic.get with auto-ack; nullopt when the queue is empty.
@@ -133,6 +135,10 @@ class Raw {
     if (m.properties._flags & AMQP_BASIC_CORRELATION_ID_FLAG)
       g.correlation_id = str(m.properties.correlation_id);
     if (m.properties._flags & AMQP_BASIC_REPLY_TO_FLAG) g.reply_to = str(m.properties.reply_to);
+    if (m.properties._flags & AMQP_BASIC_PRIORITY_FLAG) g.priority = m.properties.priority;
+    if (m.properties._flags & AMQP_BASIC_CONTENT_TYPE_FLAG) {
+      g.content_type = str(m.properties.content_type);
+    }
     if (m.properties._flags & AMQP_BASIC_EXPIRATION_FLAG)
       g.expiration = str(m.properties.expiration);
     if (m.properties._flags & AMQP_BASIC_HEADERS_FLAG) {

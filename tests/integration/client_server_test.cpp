@@ -157,11 +157,16 @@ TEST_F(QueueTest, RequestsCarryExpirationAndAnAbsoluteDeadline) {
   raw.declare(queue);
   auto c = client();
   auto before = std::chrono::system_clock::now();
-  auto pending = c->async_call(queue, "inspect me", timeout(20s));
+  CallOptions o = timeout(20s);
+  o.priority = 7;
+  o.content_type = "text/plain";
+  auto pending = c->async_call(queue, "inspect me", o);
   std::optional<testbroker::Raw::Got> got;
   ASSERT_TRUE(eventually([&] { return (got = raw.get(queue)).has_value(); }));
   EXPECT_EQ(got->body, "inspect me");
   EXPECT_EQ(got->expiration, "20000");
+  EXPECT_EQ(got->priority, 7);
+  EXPECT_EQ(got->content_type, "text/plain");
   // The broker rewrites the pseudo-queue name into a routable one for this connection.
   EXPECT_TRUE(got->reply_to.starts_with("amq.rabbitmq.reply-to.")) << got->reply_to;
   EXPECT_EQ(got->correlation_id.size(), 36u);
@@ -531,4 +536,21 @@ TEST_F(QueueTest, TimeoutsUnderLoadFailOnlyTheLateCallsAndEveryCallEnds) {
   EXPECT_GT(ok, 0);
   EXPECT_GT(timed_out, 200);
   EXPECT_EQ(c->stats().timeouts, static_cast<std::uint64_t>(timed_out));
+}
+
+TEST_F(QueueTest, ThousandsOfCallsInFlightOnOneConnectionAllComeBackRight) {
+  auto server = serve(queue, echo, /*prefetch=*/500);
+  auto c = client();
+  constexpr int kCalls = 5000;
+  std::vector<std::future<Reply>> calls;
+  calls.reserve(kCalls);
+  for (int i = 0; i < kCalls; ++i) calls.push_back(c->async_call(queue, "n" + std::to_string(i)));
+  int wrong = 0;
+  for (int i = 0; i < kCalls; ++i) {
+    Reply r = calls[i].get();
+    if (!r.status.ok() || r.body != "n" + std::to_string(i)) wrong++;
+  }
+  EXPECT_EQ(wrong, 0);
+  EXPECT_EQ(c->stats().replies, static_cast<std::uint64_t>(kCalls));
+  EXPECT_EQ(c->stats().late_replies, 0u);
 }
