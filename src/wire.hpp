@@ -2,6 +2,8 @@
 // languages). Success replies are the body alone, as the seed expects; errors add headers.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string_view>
 
 #include "amqp/session.hpp"
@@ -15,6 +17,33 @@ inline constexpr std::string_view kStatusHeader = "x-rpc-status";
 inline constexpr std::string_view kMessageHeader = "x-rpc-message";
 // Requests: the caller's absolute deadline, milliseconds since the Unix epoch.
 inline constexpr std::string_view kDeadlineHeader = "x-rpc-deadline";
+// Requests: how many times a server has been handed this request (poison-message accounting).
+inline constexpr std::string_view kAttemptsHeader = "x-rpc-attempts";
+// Set by quorum queues on redelivered messages: how many times it was returned.
+inline constexpr std::string_view kDeliveryCountHeader = "x-delivery-count";
+// Dead-lettered requests: why.
+inline constexpr std::string_view kDeadReasonHeader = "x-rpc-dead-reason";
+
+// A non-negative decimal integer header; nullopt when absent or not such a number.
+inline std::optional<std::int64_t> int_header(const Headers& headers, std::string_view name) {
+  auto it = headers.find(name);
+  if (it == headers.end() || it->second.empty() || it->second.size() > 18) return std::nullopt;
+  std::int64_t v = 0;
+  for (char c : it->second) {
+    if (c < '0' || c > '9') return std::nullopt;
+    v = v * 10 + (c - '0');
+  }
+  return v;
+}
+
+// Which delivery of this request this is (1 = the first), from the quorum queue's count or our
+// own header, and the broker's redelivered flag.
+inline std::int64_t attempt_of(const Headers& headers, bool redelivered) {
+  if (auto count = int_header(headers, kDeliveryCountHeader)) return *count + 1;
+  std::int64_t base = int_header(headers, kAttemptsHeader).value_or(1);
+  if (base < 1) base = 1;
+  return redelivered ? base + 1 : base;
+}
 
 // RabbitMQ's default max_message_size (128 MiB); larger bodies make the broker close the channel.
 inline constexpr std::size_t kMaxBodySize = 128u * 1024 * 1024;

@@ -84,6 +84,13 @@ struct ServerOptions {
   // Handler threads. 0 runs handlers on the connection's I/O thread: the least latency, for
   // handlers that never block (a slow one would stall this server's connection).
   std::size_t workers = 1;
+  // Larger requests get a resource_exhausted error reply instead of reaching the handler.
+  std::size_t max_request_size = 4u * 1024 * 1024;
+  // A request delivered this many times without being answered (its server crashed or lost the
+  // connection mid-handler each time) is moved to the dead-letter queue, and its caller gets an
+  // internal error, instead of crashing servers forever. 0 turns this off.
+  int max_attempts = 5;
+  std::string dead_letter_queue;  // default: "<queue>.dead-letter", declared when first needed
   Logger logger;
 };
 

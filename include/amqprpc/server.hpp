@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "amqprpc/message.hpp"
 #include "amqprpc/options.hpp"
@@ -15,18 +17,29 @@ namespace amqprpc {
 // throws becomes an error reply with code internal and the exception's message.
 using Handler = std::function<Reply(const Request&)>;
 
+// One queue and the handler for its requests: a server may serve several ("methods").
+struct Route {
+  std::string queue;
+  Handler handler;
+};
+
 class Server {
  public:
-  // Connects, declares the queue, sets the prefetch, starts consuming. Returns once requests
+  // Connects, declares options.queue, sets the prefetch, starts consuming. Returns once requests
   // are being consumed, or the reason they cannot be.
   static Result<std::unique_ptr<Server>> start(ServerOptions options, Handler handler);
+  // The same for several queues on one connection (options.queue is not used). Each queue has
+  // its own consumer and prefetch; Request::queue tells a shared handler which one it serves.
+  static Result<std::unique_ptr<Server>> start(ServerOptions options, std::vector<Route> routes);
 
   ~Server();  // stop()
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  // Stops consuming, finishes the requests in hand (replying and acking each), and closes.
-  // Requests the broker had sent but no worker had started go back to the queue. Idempotent.
+  // Graceful stop: cancels the consumers (no new requests arrive), lets the handlers running
+  // now finish and sends their replies and acks, hands requests no handler had started back to
+  // the broker (for other servers), then closes. Idempotent. From a handler it only starts the
+  // stop; wait() tells when it is done.
   void stop();
 
   // Blocks until the server stops: stop() was called, or the connection was lost. Returns why.
@@ -36,7 +49,12 @@ class Server {
     std::uint64_t received = 0;
     std::uint64_t replied_ok = 0;
     std::uint64_t replied_error = 0;
-    std::uint64_t rejected = 0;  // no reply_to: rejected without requeue
+    std::uint64_t rejected = 0;       // no reply_to: rejected without requeue
+    std::uint64_t expired = 0;        // deadline passed before a handler started: acked, skipped
+    std::uint64_t oversized = 0;      // over max_request_size: error reply
+    std::uint64_t redelivered = 0;    // came back after a crash or lost connection
+    std::uint64_t dead_lettered = 0;  // failed max_attempts times: moved to the dead-letter queue
+    std::uint64_t requeued = 0;       // not started when the server stopped: back to the broker
   };
   Stats stats() const;
 
