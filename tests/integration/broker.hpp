@@ -11,11 +11,13 @@
 #include <chrono>
 #include <cstdlib>
 #include <functional>
+#include <map>
 #include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "amqprpc/options.hpp"
 
@@ -96,8 +98,22 @@ class Raw {
 
   // Publishes to the default exchange; empty reply_to / correlation_id are left unset.
   void publish(const std::string& queue, const std::string& body, const std::string& reply_to,
-               const std::string& correlation_id) {
+               const std::string& correlation_id,
+               const std::vector<std::pair<std::string, std::string>>& headers = {}) {
     amqp_basic_properties_t p{};
+    std::vector<amqp_table_entry_t> entries;
+    for (const auto& [k, v] : headers) {
+      amqp_table_entry_t e;
+      e.key = amqp_cstring_bytes(k.c_str());
+      e.value.kind = AMQP_FIELD_KIND_UTF8;
+      e.value.value.bytes = amqp_cstring_bytes(v.c_str());
+      entries.push_back(e);
+    }
+    if (!entries.empty()) {
+      p._flags |= AMQP_BASIC_HEADERS_FLAG;
+      p.headers.num_entries = static_cast<int>(entries.size());
+      p.headers.entries = entries.data();
+    }
     if (!reply_to.empty()) {
       p._flags |= AMQP_BASIC_REPLY_TO_FLAG;
       p.reply_to = amqp_cstring_bytes(reply_to.c_str());
@@ -121,6 +137,7 @@ class Raw {
     std::optional<int> priority;
     std::string content_type;
     std::optional<std::string> deadline_header;
+    std::map<std::string, std::string> headers;
   };
   // basic.get with auto-ack; nullopt when the queue is empty.
   std::optional<Got> get(const std::string& queue) {
@@ -145,6 +162,7 @@ class Raw {
       for (int i = 0; i < m.properties.headers.num_entries; ++i) {
         auto& e = m.properties.headers.entries[i];
         if (str(e.key) == "x-rpc-deadline") g.deadline_header = str(e.value.value.bytes);
+        if (e.value.kind == AMQP_FIELD_KIND_UTF8) g.headers[str(e.key)] = str(e.value.value.bytes);
       }
     }
     amqp_destroy_message(&m);
