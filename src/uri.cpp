@@ -1,7 +1,9 @@
 // AMQP URI parsing after RabbitMQ's URI spec (https://www.rabbitmq.com/uri-spec.html).
 // rabbitmq-c's amqp_parse_url only says "bad URL" and knows no query parameters, so we own this.
+#include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <cstring>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -101,6 +103,13 @@ Status apply_query_parameter(ConnectionOptions& o, std::string_view key, std::st
 
 Result<ConnectionOptions> parse(std::string_view uri) {
   ConnectionOptions o;
+  for (std::size_t i = 0; i < uri.size(); ++i) {
+    auto c = static_cast<unsigned char>(uri[i]);
+    if (c <= 0x20 || c == 0x7f) {
+      return bad("a space or control character at position " + std::to_string(i) +
+                 "; percent-encode it");
+    }
+  }
   auto scheme_end = uri.find("://");
   if (scheme_end == std::string_view::npos) {
     // Not echoed: what was passed may hold a password.
@@ -174,6 +183,16 @@ Result<ConnectionOptions> parse(std::string_view uri) {
     auto h = decode(host, "host");
     if (!h) return h.status();
     o.host = *h;
+    const bool ipv6 = authority.starts_with('[');
+    for (unsigned char c : o.host) {
+      bool fine = ipv6 ? (std::isxdigit(c) || c == ':' || c == '.')
+                       : (std::isalnum(c) || c >= 0x80 || std::strchr("-._~!$&'()*+,;=", c));
+      if (!fine || c == 0) {
+        return bad(std::string(ipv6 ? "IPv6 address" : "host name") +
+                   " contains a character it cannot have: '" +
+                   std::string(1, static_cast<char>(c)) + "'");
+      }
+    }
   }
   if (port && !port->empty()) {  // "host:" keeps the default port, as the spec allows
     auto p = parse_uint<int>(*port, "port", 1, 65535);
@@ -237,13 +256,25 @@ std::string scrub(std::string message, std::string_view uri) {
       from = i + 1;
     }
   }
+  // Mark every occurrence in the original text first, then mask each marked run once.
+  std::vector<bool> hide(message.size(), false);
   for (std::string_view piece : pieces) {
     if (piece.size() < 2) continue;
-    for (auto pos = message.find(piece); pos != std::string::npos; pos = message.find(piece)) {
-      message.replace(pos, piece.size(), "****");
+    for (auto pos = message.find(piece); pos != std::string::npos;
+         pos = message.find(piece, pos + 1)) {
+      std::fill(hide.begin() + static_cast<long>(pos),
+                hide.begin() + static_cast<long>(pos + piece.size()), true);
     }
   }
-  return message;
+  std::string out;
+  for (std::size_t i = 0; i < message.size(); ++i) {
+    if (!hide[i]) {
+      out += message[i];
+    } else if (i == 0 || !hide[i - 1]) {
+      out += "****";
+    }
+  }
+  return out;
 }
 
 }  // namespace

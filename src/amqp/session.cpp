@@ -31,7 +31,10 @@ timeval to_timeval(std::chrono::milliseconds ms) {
   return tv;
 }
 
-std::string field_to_string(const amqp_field_value_t& v) {
+// Header values become text: strings as they are, numbers in decimal, booleans as true/false,
+// decimals as digits with the point placed, arrays as [a,b] and tables as {k=v}, nested at most
+// a few levels (deeper parts become "...").
+std::string field_to_string(const amqp_field_value_t& v, int depth = 0) {
   switch (v.kind) {
     case AMQP_FIELD_KIND_UTF8:
     case AMQP_FIELD_KIND_BYTES:
@@ -59,8 +62,35 @@ std::string field_to_string(const amqp_field_value_t& v) {
       return std::to_string(v.value.f32);
     case AMQP_FIELD_KIND_F64:
       return std::to_string(v.value.f64);
+    case AMQP_FIELD_KIND_DECIMAL: {
+      std::string digits = std::to_string(v.value.decimal.value);
+      unsigned places = v.value.decimal.decimals;
+      if (places == 0) return digits;
+      if (digits.size() <= places) digits.insert(0, places - digits.size() + 1, '0');
+      digits.insert(digits.size() - places, ".");
+      return digits;
+    }
+    case AMQP_FIELD_KIND_ARRAY: {
+      if (depth >= 4) return "[...]";
+      std::string out = "[";
+      for (int i = 0; i < v.value.array.num_entries; ++i) {
+        if (i > 0) out += ',';
+        out += field_to_string(v.value.array.entries[i], depth + 1);
+      }
+      return out + "]";
+    }
+    case AMQP_FIELD_KIND_TABLE: {
+      if (depth >= 4) return "{...}";
+      std::string out = "{";
+      for (int i = 0; i < v.value.table.num_entries; ++i) {
+        if (i > 0) out += ',';
+        const amqp_table_entry_t& e = v.value.table.entries[i];
+        out += to_string(e.key) + "=" + field_to_string(e.value, depth + 1);
+      }
+      return out + "}";
+    }
     default:
-      return {};  // void, decimal, arrays and nested tables: not representable as text
+      return {};  // void
   }
 }
 
@@ -73,12 +103,7 @@ Properties copy_properties(const amqp_basic_properties_t& p) {
   if (p._flags & AMQP_BASIC_MESSAGE_ID_FLAG) out.message_id = to_string(p.message_id);
   if (p._flags & AMQP_BASIC_PRIORITY_FLAG) out.priority = p.priority;
   if (p._flags & AMQP_BASIC_DELIVERY_MODE_FLAG) out.delivery_mode = p.delivery_mode;
-  if (p._flags & AMQP_BASIC_HEADERS_FLAG) {
-    for (int i = 0; i < p.headers.num_entries; ++i) {
-      const amqp_table_entry_t& e = p.headers.entries[i];
-      out.headers.emplace(to_string(e.key), field_to_string(e.value));
-    }
-  }
+  if (p._flags & AMQP_BASIC_HEADERS_FLAG) out.headers = headers_from_table(p.headers);
   return out;
 }
 
@@ -108,6 +133,15 @@ StatusCode code_for_amqp_reply(int reply_code) {
 }
 
 }  // namespace
+
+Headers headers_from_table(const amqp_table_t& table) {
+  Headers out;
+  for (int i = 0; i < table.num_entries; ++i) {
+    const amqp_table_entry_t& e = table.entries[i];
+    out.emplace(to_string(e.key), field_to_string(e.value));
+  }
+  return out;
+}
 
 Status status_from_rpc_reply(const amqp_rpc_reply_t& reply, std::string_view what) {
   std::string prefix(what);
@@ -486,7 +520,7 @@ Status Session::dispatch(const amqp_frame_t& frame, FrameSink& sink) {
   }
   std::string& body = partial_->is_return ? partial_->returned.body : partial_->delivery.body;
   if (partial_->have_header && body.size() >= partial_->body_size) {
-    Partial done = std::move(*partial_);
+    PartialMessage done = std::move(*partial_);
     partial_.reset();
     if (done.is_return) {
       sink.on_return(std::move(done.returned));

@@ -68,6 +68,15 @@ struct QueueSpec {
   bool auto_delete = false;
 };
 
+// A message being assembled from method, header and body frames.
+struct PartialMessage {
+  bool is_return = false;
+  Delivery delivery;
+  Returned returned;
+  std::uint64_t body_size = 0;
+  bool have_header = false;
+};
+
 class Session {
  public:
   // Corks the session's socket for a scope.
@@ -130,16 +139,11 @@ class Session {
   bool channel_open_ = false;
   bool dead_ = false;
 
-  // A message being assembled from method, header and body frames.
-  struct Partial {
-    bool is_return = false;
-    Delivery delivery;
-    Returned returned;
-    std::uint64_t body_size = 0;
-    bool have_header = false;
-  };
-  std::optional<Partial> partial_;
+  std::optional<PartialMessage> partial_;
 };
+
+// Application headers as text (see field_to_string in session.cpp for the rendering).
+Headers headers_from_table(const amqp_table_t& table);
 
 // A readable description of a rabbitmq-c reply (library error, or the broker's close reason).
 Status status_from_rpc_reply(const amqp_rpc_reply_t& reply, std::string_view what);

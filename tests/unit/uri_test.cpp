@@ -109,6 +109,9 @@ INSTANTIATE_TEST_SUITE_P(
     Uri, BadUriTest,
     testing::Values(BadUri{"http://h", "scheme 'http'"}, BadUri{"localhost:5672", "no scheme"},
                     BadUri{"amqp://::1", "brackets"}, BadUri{"amqp://u:p%00w@h", "NUL"},
+                    BadUri{"amqp://a b@h", "position 8"},
+                    BadUri{"amqp://h%2Fx", "host name contains"},
+                    BadUri{"amqp://[::1%25eth0]", "IPv6 address contains"},
                     BadUri{"amqp://u:pa/ss@h:5672/v", "percent-encode"},
                     BadUri{"amqp://h:port", "port 'port'"}, BadUri{"amqp://h:0", "port '0'"},
                     BadUri{"amqp://h:65536", "port '65536'"}, BadUri{"amqp://h/a/b", "%2F"},
@@ -154,4 +157,11 @@ TEST(Uri, NoErrorEchoesAPassword) {
     EXPECT_EQ(o.status().message().find("hunter2"), std::string::npos) << o.status().message();
     EXPECT_EQ(o.status().message().find("ter2"), std::string::npos) << o.status().message();
   }
+}
+
+TEST(Uri, MaskingAPasswordMadeOfStarsTerminates) {
+  // The mask itself contains the password's pieces: masking must not loop forever.
+  auto o = ConnectionOptions::from_uri("amqp://u:**/**@h:x");
+  ASSERT_FALSE(o.ok());
+  EXPECT_EQ(o.status().code(), StatusCode::invalid_argument);
 }
