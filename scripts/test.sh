@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what is missing, checks formatting, builds normal and
-# sanitizer (ASan + UBSan) trees, starts a private RabbitMQ node (unless AMQP_URL names one),
-# runs unit, integration and interop tests in both trees, stops the node.
+# The whole test suite: installs what is missing, checks formatting, builds normal, sanitizer
+# (ASan + UBSan) and fuzzing (clang, libFuzzer) trees, starts a private RabbitMQ node (unless
+# AMQP_URL names one), runs unit, integration and interop tests in the first two, runs each fuzz
+# target for a bounded time (AMQPRPC_FUZZ_SECONDS, default 20), stops the node.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,6 +26,11 @@ step "build (ASan + UBSan) in build-asan/"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DAMQPRPC_SANITIZE=ON >/dev/null
 cmake --build build-asan -j "$JOBS"
 
+step "build (libFuzzer targets, clang) in build-fuzz/"
+cmake -S . -B build-fuzz -DCMAKE_CXX_COMPILER=clang++ -DAMQPRPC_FUZZ=ON \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAMQPRPC_FUZZ_SECONDS="${AMQPRPC_FUZZ_SECONDS:-20}" >/dev/null
+cmake --build build-fuzz -j "$JOBS"
+
 if [[ -z "${AMQP_URL:-}" ]]; then
   export AMQPRPC_BROKER_NAME=amqprpc-test AMQPRPC_BROKER_PORT=35672
   step "private RabbitMQ node ($AMQPRPC_BROKER_NAME on 127.0.0.1:$AMQPRPC_BROKER_PORT)"
@@ -42,6 +48,8 @@ step "tests: normal build"
 ctest --test-dir build --output-on-failure --timeout 300 || status=1
 step "tests: sanitizer build"
 ctest --test-dir build-asan --output-on-failure --timeout 300 || status=1
+step "fuzzing: each target for ${AMQPRPC_FUZZ_SECONDS:-20} s"
+ctest --test-dir build-fuzz --output-on-failure --timeout 600 || status=1
 
 if [[ $status -eq 0 ]]; then step "all tests passed"; else step "SOME TESTS FAILED"; fi
 exit "$status"

@@ -27,6 +27,14 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(0, 1024));
   app.add_option("--limit", limit, "largest n served")->capture_default_str();
+  app.add_option("--max-request-size", options.max_request_size,
+                 "larger requests get an error reply (bytes)")
+      ->capture_default_str();
+  app.add_option("--max-attempts", options.max_attempts,
+                 "deliveries of a request that keeps crashing servers before it is dead-lettered "
+                 "(0: never)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1000));
   app.add_flag("--durable", options.durable, "declare the queue durable");
   app.add_flag("-q,--quiet", quiet, "do not print each request");
   try {

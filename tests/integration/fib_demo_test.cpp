@@ -15,6 +15,7 @@ class FibDemo : public testing::Test {
     ServerOptions so;
     so.connection = testbroker::options();
     so.queue = queue;
+    so.max_request_size = 64;
     auto s = Server::start(so, [](const Request& r) { return fib::handle(r.body, 10'000); });
     ASSERT_TRUE(s.ok()) << s.status().to_string();
     server = std::move(*s);
@@ -46,7 +47,7 @@ TEST_F(FibDemo, BadRequestsGetClearErrorsAndServingGoesOn) {
       {"", "empty request"},
       {"10001", "limit of 10000"},
       {std::string("\x00\x01\xff", 3), "not a decimal number"},
-      {std::string(100000, '9'), "limit of 10000"},
+      {std::string(60, '9'), "limit of 10000"},
   };
   for (const auto& [body, mentions] : bad) {
     Reply r = client->try_call(queue, body);
@@ -56,4 +57,11 @@ TEST_F(FibDemo, BadRequestsGetClearErrorsAndServingGoesOn) {
         << "server must keep serving after " << body.substr(0, 10);
   }
   EXPECT_EQ(server->stats().replied_error, 6u);
+}
+
+TEST_F(FibDemo, OversizedRequestsAreRefusedBeforeParsing) {
+  Reply r = client->try_call(queue, std::string(100000, '9'));
+  EXPECT_EQ(r.status.code(), StatusCode::resource_exhausted);
+  EXPECT_NE(r.status.message().find("at most 64"), std::string::npos) << r.status.message();
+  EXPECT_EQ(client->call(queue, "30"), "832040");
 }
