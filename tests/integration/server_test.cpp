@@ -262,3 +262,21 @@ TEST_F(ServerTest, StopFinishesWorkInHandAndHandsBackWhatWasNotStarted) {
   EXPECT_EQ(from_a, a_ran.load()) << "every request a started, a answered";
   EXPECT_EQ(c->stats().late_replies, 0u);
 }
+
+TEST_F(ServerTest, ASlowHandlerDoesNotBlockTheConnectionOrOtherRequests) {
+  auto o = server_options(queue);
+  o.workers = 2;
+  auto server = start(o, [](const Request& r) {
+    if (r.body == "slow") std::this_thread::sleep_for(1500ms);
+    return Reply::ok(r.body);
+  });
+  auto c = client();
+  auto slow = c->async_call(queue, "slow");
+  ASSERT_TRUE(eventually([&] { return server->stats().received >= 1; }));
+  auto start_fast = std::chrono::steady_clock::now();
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(c->call(queue, "fast"), "fast");
+  EXPECT_LT(std::chrono::steady_clock::now() - start_fast, 1400ms)
+      << "fast calls waited for the slow handler";
+  EXPECT_EQ(slow.wait_for(0s), std::future_status::timeout) << "the slow one is still running";
+  EXPECT_EQ(slow.get().body, "slow");
+}
