@@ -2,12 +2,15 @@
 
 #include <algorithm>
 #include <atomic>
+#include <deque>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <queue>
 #include <stop_token>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <variant>
 #include <vector>
 
@@ -54,6 +57,8 @@ struct PendingCall {
   // Registered with options.cancel; unregistered when the call is destroyed.
   std::optional<std::stop_callback<CancelRequest>> on_cancel;
   std::size_t heap_index = detail::DeadlineHeap<PendingCall>::npos;
+  bool sent = false;              // on the wire on the current connection
+  std::uint64_t confirm_seq = 0;  // its publish number when confirming requests
 
   // Runs the caller's continuation. An exception from a callback must not unwind through the
   // I/O loop: it is logged and dropped.
@@ -83,7 +88,14 @@ constexpr std::chrono::milliseconds kMaxTimeout = std::chrono::hours(24 * 30);
 class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
  public:
   explicit Impl(ClientOptions options)
-      : options_(std::move(options)), loop_(options_.connection, *this, options_.logger) {}
+      : options_(std::move(options)),
+        loop_(endpoints(options_), options_.reconnect, *this, options_.logger) {}
+
+  static std::vector<ConnectionOptions> endpoints(const ClientOptions& o) {
+    std::vector<ConnectionOptions> all{o.connection};
+    all.insert(all.end(), o.alternates.begin(), o.alternates.end());
+    return all;
+  }
 
   ~Impl() {
     loop_.stop();  // on_closing cancelled what was in flight
@@ -173,6 +185,8 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
     s.unroutable = unroutable_.load(std::memory_order_relaxed);
     s.late_replies = late_replies_.load(std::memory_order_relaxed);
     s.cancelled = cancelled_.load(std::memory_order_relaxed);
+    s.duplicate_replies = duplicate_replies_.load(std::memory_order_relaxed);
+    s.reconnects = loop_.reconnects();
     return s;
   }
 
@@ -183,12 +197,18 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
     if (options_.reply_mode == ReplyMode::direct_reply_to) {
       queue = std::string(detail::wire::kDirectReplyTo);
     } else {
-      auto declared = session.declare_queue({"", false, true, true});
+      auto declared = session.declare_queue({"", false, true, true, {}});
       if (!declared) return declared.status();
       queue = *declared;
     }
     auto tag = session.consume(queue, /*no_ack=*/true, /*exclusive=*/true);
     if (!tag) return tag.status();
+    if (options_.confirm_requests) {
+      if (Status st = session.confirm_select(); !st.ok()) return st;
+    }
+    unconfirmed_.clear();
+    blocked_ = false;
+    broken_ = Status{};
     std::lock_guard lock(reply_queue_mutex_);
     reply_queue_ = queue;
     return {};
@@ -200,20 +220,38 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
       batch_.swap(outbox_);
       cancel_batch_.swap(cancels_);
     }
+    const bool can_send = session != nullptr && broken_.ok() && !blocked_;
     std::optional<detail::Session::Cork> cork;
-    if (session != nullptr && batch_.size() > 1) cork.emplace(*session, true);
+    if (can_send && batch_.size() + held_.size() > 1) cork.emplace(*session, true);
+    if (can_send && !held_.empty()) {
+      // Calls set aside while disconnected or blocked go first, in their order.
+      auto held = std::move(held_);
+      held_.clear();
+      for (const auto& id : held) {
+        auto it = pending_.find(id);
+        if (it != pending_.end() && !it->second->sent) send(*session, *it->second);
+      }
+    }
     for (auto& call : batch_) {
       if (call->options.cancel.stop_requested()) {
         call->complete(Reply::error(StatusCode::cancelled, "cancelled before it was sent"),
                        options_.logger);
-      } else if (session == nullptr) {
-        call->complete(Reply::error(StatusCode::unavailable,
-                                    "not connected: " + loop_.lost_reason().message()),
-                       options_.logger);
-      } else if (!broken_.ok()) {
+      } else if (can_send) {
+        PendingCall& accepted = accept(std::move(call));
+        send(*session, accepted);
+      } else if (session != nullptr && !broken_.ok()) {
         call->complete(Reply{broken_, {}, {}, {}}, options_.logger);
+      } else if (blocked_ && options_.when_blocked == BlockedPolicy::fail) {
+        call->complete(
+            Reply::error(StatusCode::resource_exhausted,
+                         "the broker blocks publishing (" + blocked_reason_ + "); not sent"),
+            options_.logger);
+      } else if (session == nullptr && !call->options.idempotent) {
+        call->complete(Reply::error(StatusCode::unavailable, not_connected()), options_.logger);
       } else {
-        publish(*session, std::move(call));
+        // Blocked (policy wait), or idempotent while reconnecting: hold until it can go out.
+        held_.push_back(call->correlation_id);
+        accept(std::move(call));
       }
     }
     batch_.clear();
@@ -229,42 +267,73 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
     cancel_batch_.clear();
   }
 
-  void publish(detail::Session& session, std::unique_ptr<PendingCall> call) {
-    detail::Properties props;
-    props.correlation_id = call->correlation_id;
-    props.reply_to = reply_queue_;
-    props.content_type = call->options.content_type;
-    props.priority = call->options.priority;
-    props.headers = std::move(call->options.headers);
-    // The broker drops a request nobody waits for any more; servers can skip expired work.
-    props.expiration = std::to_string(call->timeout.count());
-    auto deadline_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                           (std::chrono::system_clock::now() + call->timeout).time_since_epoch())
-                           .count();
-    props.headers.insert_or_assign(std::string(detail::wire::kDeadlineHeader),
-                                   std::to_string(deadline_ms));
-    if (Status bad = detail::wire::validate_outgoing(props, call->body.size(), session.frame_max(),
-                                                     "request");
-        !bad.ok()) {
-      call->complete(Reply{bad, {}, {}, {}}, options_.logger);
-      return;
-    }
-    Status st = session.publish("", call->queue, /*mandatory=*/true, props, call->body);
-    if (!st.ok()) {
-      call->complete(Reply::error(StatusCode::unavailable, st.message()), options_.logger);
-      return;
-    }
-    call->body.clear();
-    call->body.shrink_to_fit();
+  std::string not_connected() const {
+    std::string why = loop_.lost_reason().message();
+    return loop_.reconnecting() ? "not connected (reconnecting after: " + why + ")"
+                                : "not connected: " + why;
+  }
+
+  // Takes a call into the table and the deadline heap: from now on the I/O thread owns it.
+  PendingCall& accept(std::unique_ptr<PendingCall> call) {
+    PendingCall& ref = *call;
     deadlines_.push(call.get());
     std::string key = call->correlation_id;
     pending_.emplace(std::move(key), std::move(call));
+    return ref;
+  }
+
+  // Publishes an accepted call; a call that cannot be published completes here.
+  void send(detail::Session& session, PendingCall& call) {
+    Status st = publish(session, call);
+    if (!st.ok()) {
+      auto owned = take(pending_.find(call.correlation_id));
+      owned->complete(Reply{st, {}, {}, {}}, options_.logger);
+    }
+  }
+
+  Status publish(detail::Session& session, PendingCall& call) {
+    detail::Properties props;
+    props.correlation_id = call.correlation_id;
+    props.reply_to = reply_queue_;
+    props.content_type = call.options.content_type;
+    props.priority = call.options.priority;
+    props.headers = call.options.headers;
+    // The broker drops a request nobody waits for any more; servers can skip expired work.
+    auto left = std::chrono::ceil<std::chrono::milliseconds>(call.deadline - Clock::now());
+    if (left.count() < 1) left = std::chrono::milliseconds(1);
+    props.expiration = std::to_string(left.count());
+    auto deadline_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                           (std::chrono::system_clock::now() + left).time_since_epoch())
+                           .count();
+    props.headers.insert_or_assign(std::string(detail::wire::kDeadlineHeader),
+                                   std::to_string(deadline_ms));
+    if (Status bad = detail::wire::validate_outgoing(props, call.body.size(), session.frame_max(),
+                                                     "request");
+        !bad.ok()) {
+      return bad;
+    }
+    Status st = session.publish("", call.queue, /*mandatory=*/true, props, call.body);
+    if (!st.ok()) return Status{StatusCode::unavailable, st.message()};
+    call.sent = true;
+    if (options_.confirm_requests) {
+      call.confirm_seq = session.last_publish_seq();
+      unconfirmed_.emplace(call.confirm_seq, call.correlation_id);
+    }
+    // Keep the body only while it may have to be sent again.
+    if (!call.options.idempotent) {
+      call.body.clear();
+      call.body.shrink_to_fit();
+    }
+    return {};
   }
 
   void on_delivery(detail::Session&, detail::Delivery&& d) override {
     auto it = pending_.find(d.props.correlation_id);
     if (it == pending_.end()) {
       late_replies_.fetch_add(1, std::memory_order_relaxed);
+      if (recent_.count(d.props.correlation_id)) {
+        duplicate_replies_.fetch_add(1, std::memory_order_relaxed);
+      }
       detail::log(options_.logger, LogLevel::debug,
                   "dropped a reply with unknown correlation id '" + d.props.correlation_id + "'");
       return;
@@ -315,7 +384,70 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
   }
 
   void on_lost(const Status& why) override {
-    fail_all(StatusCode::unavailable, "connection lost before the reply came: " + why.message());
+    const std::string message = "connection lost before the reply came: " + why.message();
+    unconfirmed_.clear();
+    blocked_ = false;
+    held_.clear();
+    std::vector<std::unique_ptr<PendingCall>> failed;
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      PendingCall& call = *it->second;
+      if (call.options.idempotent && loop_.reconnecting()) {
+        // Safe to send again once reconnected, within its deadline.
+        call.sent = false;
+        held_.push_back(call.correlation_id);
+        ++it;
+      } else {
+        deadlines_.remove(&call);
+        remember(call.correlation_id);
+        failed.push_back(std::move(it->second));
+        it = pending_.erase(it);
+      }
+    }
+    for (auto& call : failed) {
+      call->complete(Reply::error(StatusCode::unavailable, message), options_.logger);
+    }
+  }
+
+  void on_blocked(bool blocked, const std::string& reason) override {
+    blocked_ = blocked;
+    blocked_reason_ = reason;
+    if (blocked && options_.when_blocked == BlockedPolicy::fail) {
+      // Held calls would wait for an unblock that may never come within their deadlines.
+      for (const auto& id : held_) {
+        auto it = pending_.find(id);
+        if (it == pending_.end()) continue;
+        auto call = take(it);
+        call->complete(Reply::error(StatusCode::resource_exhausted,
+                                    "the broker blocks publishing (" + reason + "); not sent"),
+                       options_.logger);
+      }
+      held_.clear();
+    }
+    if (!blocked) loop_.wake();  // send what was held
+  }
+
+  void on_confirm(std::uint64_t seq, bool multiple, bool ack) override {
+    auto begin = unconfirmed_.begin();
+    auto end = unconfirmed_.upper_bound(seq);
+    if (!multiple) {
+      begin = unconfirmed_.find(seq);
+      if (begin == unconfirmed_.end()) return;
+      end = std::next(begin);
+    }
+    std::vector<std::string> refused;
+    if (!ack) {
+      for (auto it = begin; it != end; ++it) refused.push_back(it->second);
+    }
+    unconfirmed_.erase(begin, end);
+    for (const auto& id : refused) {
+      auto it = pending_.find(id);
+      if (it == pending_.end()) continue;
+      auto call = take(it);
+      call->complete(
+          Reply::error(StatusCode::unavailable, "the broker refused the request to '" +
+                                                    call->queue + "' (publisher confirm: nack)"),
+          options_.logger);
+    }
   }
 
   void on_closing(detail::Session&) override {
@@ -329,8 +461,20 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
     auto call = std::move(it->second);
     pending_.erase(it);
     deadlines_.remove(call.get());
+    remember(call->correlation_id);
     return call;
   }
+
+  // The last few thousand finished calls: a reply for one of them is a duplicate (a request
+  // processed twice after a redelivery), not a stray.
+  void remember(const std::string& id) {
+    if (recent_order_.size() >= kRecent) {
+      recent_.erase(recent_order_.front());
+      recent_order_.pop_front();
+    }
+    if (recent_.insert(id).second) recent_order_.push_back(id);
+  }
+  static constexpr std::size_t kRecent = 4096;
 
   void fail_all(StatusCode code, const std::string& message) {
     auto pending = std::move(pending_);
@@ -353,13 +497,19 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
   std::vector<std::string> cancel_batch_;
   std::unordered_map<std::string, std::unique_ptr<PendingCall>> pending_;
   detail::DeadlineHeap<PendingCall> deadlines_;
-  Status broken_;  // set when replies can no longer arrive on this connection
+  Status broken_;                  // set when replies can no longer arrive on this connection
+  std::vector<std::string> held_;  // accepted, not sent: disconnected (idempotent) or blocked
+  bool blocked_ = false;
+  std::string blocked_reason_;
+  std::map<std::uint64_t, std::string> unconfirmed_;  // publish number -> correlation id
+  std::unordered_set<std::string> recent_;
+  std::deque<std::string> recent_order_;
 
   mutable std::mutex reply_queue_mutex_;
   std::string reply_queue_;
 
   std::atomic<std::uint64_t> calls_{0}, replies_{0}, timeouts_{0}, unroutable_{0}, late_replies_{0},
-      cancelled_{0};
+      cancelled_{0}, duplicate_replies_{0};
 };
 
 Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {

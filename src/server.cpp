@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <exception>
 #include <future>
+#include <map>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -22,11 +23,13 @@ namespace {
 struct Job {
   detail::Delivery delivery;
   std::size_t route = 0;
+  std::uint64_t generation = 0;  // the connection it came on: tags die with their connection
 };
 
 // A finished request on its way back through the I/O thread: the reply (if any), then the ack.
 struct Outgoing {
   std::uint64_t delivery_tag = 0;
+  std::uint64_t generation = 0;
   bool has_reply = true;
   std::string reply_to;
   detail::Properties props;
@@ -46,13 +49,19 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   Impl(ServerOptions options, std::vector<Route> routes)
       : options_(std::move(options)),
         routes_(std::move(routes)),
-        loop_(options_.connection, *this, options_.logger),
+        loop_(endpoints(options_), options_.reconnect, *this, options_.logger),
         pool_(options_.workers == 0 ? nullptr
                                     : std::make_unique<detail::WorkerPool<Job>>(
                                           options_.workers, [this](Job& j) { handle(j); })) {
     if (options_.dead_letter_queue.empty() && !routes_.empty()) {
       options_.dead_letter_queue = routes_.front().queue + ".dead-letter";
     }
+  }
+
+  static std::vector<ConnectionOptions> endpoints(const ServerOptions& o) {
+    std::vector<ConnectionOptions> all{o.connection};
+    all.insert(all.end(), o.alternates.begin(), o.alternates.end());
+    return all;
   }
 
   ~Impl() {
@@ -106,7 +115,9 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       if (pool_) {
         auto unstarted = pool_->stop();
         std::lock_guard lock(outbox_mutex_);
-        for (auto& job : unstarted) requeue_.push_back(job.delivery.delivery_tag);
+        for (auto& job : unstarted) {
+          if (job.generation == generation_) requeue_.push_back(job.delivery.delivery_tag);
+        }
       }
       // 3. on_closing sends the last replies, acks and requeues, then the connection closes.
       loop_.stop();
@@ -140,6 +151,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     detail::Delivery& d = job.delivery;
     Outgoing out;
     out.delivery_tag = d.delivery_tag;
+    out.generation = job.generation;
     if (expired(d.props.headers)) {
       // The caller has given up: computing the answer would only waste this worker.
       expired_.fetch_add(1, std::memory_order_relaxed);
@@ -174,9 +186,19 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   // ---- I/O thread ----
 
   Status on_open(detail::Session& session) override {
+    // A new connection: delivery tags and confirm numbers of the old one mean nothing here.
+    generation_.fetch_add(1, std::memory_order_relaxed);
+    route_of_tag_.clear();
+    unconfirmed_.clear();
+    session_for_confirms_ = nullptr;
+    blocked_ = false;
+    dead_letter_declared_ = false;
     if (Status st = session.qos(options_.prefetch); !st.ok()) return st;
+    if (options_.confirm_replies) {
+      if (Status st = session.confirm_select(); !st.ok()) return st;
+    }
     for (std::size_t i = 0; i < routes_.size(); ++i) {
-      auto declared = session.declare_queue({routes_[i].queue, options_.durable, false, false});
+      auto declared = session.declare_queue(queue_spec(routes_[i].queue));
       if (!declared) return declared.status();
       auto tag = session.consume(routes_[i].queue, /*no_ack=*/false, /*exclusive=*/false);
       if (!tag) return tag.status();
@@ -190,8 +212,10 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     bool cancel = false;
     {
       std::lock_guard lock(outbox_mutex_);
-      batch_.swap(outbox_);
-      requeue.swap(requeue_);
+      if (!blocked_ || session == nullptr) {  // blocked: replies wait in the outbox
+        batch_.swap(outbox_);
+        requeue.swap(requeue_);
+      }
       cancel = cancel_requested_ && !cancel_done_;
       if (cancel) cancel_done_ = true;
     }
@@ -256,6 +280,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       replied_error_.fetch_add(1, std::memory_order_relaxed);
       Outgoing out;
       out.delivery_tag = d.delivery_tag;
+      out.generation = generation_.load(std::memory_order_relaxed);
       out.reply_to = d.props.reply_to;
       detail::wire::encode_reply(Reply::error(StatusCode::resource_exhausted,
                                               "request body is " + std::to_string(d.body.size()) +
@@ -265,7 +290,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       send(session, out);
       return;
     }
-    Job job{std::move(d), route->second};
+    Job job{std::move(d), route->second, generation_.load(std::memory_order_relaxed)};
     if (pool_) {
       incoming_.push_back(std::move(job));  // handed to the pool in one go by on_pumped
     } else {
@@ -295,11 +320,53 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     finish(Status{StatusCode::unavailable, "queue '" + queue + "' was deleted"});
   }
 
-  void on_lost(const Status& why) override { finish(why); }
+  void on_lost(const Status& why) override {
+    unconfirmed_.clear();
+    session_for_confirms_ = nullptr;
+    blocked_ = false;
+    incoming_.clear();  // unacked on a dead connection: the broker has requeued them
+    if (!options_.reconnect.enabled) finish(why);
+  }
+
+  void on_blocked(bool blocked, const std::string&) override {
+    blocked_ = blocked;
+    if (!blocked) loop_.wake();
+  }
+
+  void on_confirm(std::uint64_t seq, bool multiple, bool ack) override {
+    auto begin = unconfirmed_.begin();
+    auto end = unconfirmed_.upper_bound(seq);
+    if (!multiple) {
+      begin = unconfirmed_.find(seq);
+      if (begin == unconfirmed_.end()) return;
+      end = std::next(begin);
+    }
+    std::vector<std::uint64_t> tags;
+    for (auto it = begin; it != end; ++it) tags.push_back(it->second);
+    unconfirmed_.erase(begin, end);
+    if (!session_for_confirms_) return;
+    for (auto tag : tags) {
+      // Confirmed: the request is done. Refused: hand it back to be tried again.
+      if (ack) {
+        session_for_confirms_->ack(tag);
+      } else {
+        session_for_confirms_->reject(tag, /*requeue=*/true);
+      }
+    }
+  }
 
   void on_closing(detail::Session& session) override { on_wake(&session); }
 
  private:
+  detail::QueueSpec queue_spec(const std::string& name) const {
+    detail::QueueSpec spec{name, options_.durable, false, false, {}};
+    if (options_.queue_type == QueueType::quorum) {
+      spec.durable = true;
+      spec.arguments["x-queue-type"] = "quorum";
+    }
+    return spec;
+  }
+
   static bool expired(const Headers& headers) {
     auto deadline = detail::wire::int_header(headers, detail::wire::kDeadlineHeader);
     return deadline && *deadline < now_ms();
@@ -316,6 +383,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   }
 
   void send(detail::Session& session, Outgoing& out) {
+    const bool same_connection = out.generation == generation_.load(std::memory_order_relaxed);
     if (out.has_reply) {
       if (Status bad = detail::wire::validate_outgoing(out.props, out.body.size(),
                                                        session.frame_max(), "the handler's reply");
@@ -328,11 +396,18 @@ class Server::Impl final : public detail::IoLoop::Hooks {
                                    correlation_id, out.props, out.body);
       }
       // Reply first, then ack: a crash in between leads to a redelivery, never a lost request.
+      // A reply to a request from a previous connection still goes out (its caller may wait),
+      // but that request cannot be acked: it was requeued, and its duplicate reply is dropped.
       if (!session.publish("", out.reply_to, /*mandatory=*/false, out.props, out.body).ok()) {
         return;
       }
+      if (same_connection && options_.confirm_replies) {
+        session_for_confirms_ = &session;
+        unconfirmed_.emplace(session.last_publish_seq(), out.delivery_tag);
+        return;  // acked when the broker confirms the reply
+      }
     }
-    session.ack(out.delivery_tag);
+    if (same_connection) session.ack(out.delivery_tag);
   }
 
   // Puts a redelivered request back at the end of its queue with its delivery count, so the
@@ -355,7 +430,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
                    std::int64_t attempt) {
     const std::string& dlq = options_.dead_letter_queue;
     if (!dead_letter_declared_) {
-      auto declared = session.declare_queue({dlq, options_.durable, false, false});
+      auto declared = session.declare_queue(queue_spec(dlq));
       if (!declared) {
         detail::log(
             options_.logger, LogLevel::error,
@@ -380,6 +455,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     replied_error_.fetch_add(1, std::memory_order_relaxed);
     Outgoing out;
     out.delivery_tag = d.delivery_tag;
+    out.generation = generation_.load(std::memory_order_relaxed);
     out.reply_to = d.props.reply_to;
     detail::wire::encode_reply(Reply::error(StatusCode::internal, why), d.props.correlation_id,
                                out.props, out.body);
@@ -406,11 +482,15 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   bool cancel_requested_ = false;
   bool cancel_done_ = false;
   std::promise<void> consumers_cancelled_;
+  std::atomic<std::uint64_t> generation_{0};
 
   // I/O thread only.
   std::vector<Outgoing> batch_;
   std::vector<Job> incoming_;
   std::unordered_map<std::string, std::size_t> route_of_tag_;
+  std::map<std::uint64_t, std::uint64_t> unconfirmed_;  // reply's publish number -> request tag
+  detail::Session* session_for_confirms_ = nullptr;
+  bool blocked_ = false;
   bool warned_no_reply_to_ = false;
   bool dead_letter_declared_ = false;
 

@@ -8,6 +8,7 @@
 #include <stop_token>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "amqprpc/message.hpp"
 #include "amqprpc/status.hpp"
@@ -52,6 +53,22 @@ struct ConnectionOptions {
   std::string to_string() const;
 };
 
+// What a client or server does when its connection drops: reconnect with exponential backoff
+// and jitter, trying the endpoints in turn (`connection`, then `alternates`).
+struct ReconnectOptions {
+  bool enabled = true;
+  std::chrono::milliseconds initial_delay{100};
+  std::chrono::milliseconds max_delay{5'000};
+  double multiplier = 2.0;
+  double jitter = 0.2;  // each delay is randomly stretched or shrunk by up to this fraction
+};
+
+// What publishing does while the broker blocks the connection (memory or disk alarm).
+enum class BlockedPolicy {
+  wait,  // hold requests until the broker unblocks (each still bound by its deadline)
+  fail,  // fail new calls at once with resource_exhausted
+};
+
 // How replies find their way back to a client.
 enum class ReplyMode {
   direct_reply_to,  // RabbitMQ's amq.rabbitmq.reply-to pseudo-queue: no queue to declare
@@ -60,6 +77,11 @@ enum class ReplyMode {
 
 struct ClientOptions {
   ConnectionOptions connection;
+  std::vector<ConnectionOptions> alternates;  // other brokers (cluster nodes), tried in turn
+  ReconnectOptions reconnect;
+  BlockedPolicy when_blocked = BlockedPolicy::wait;
+  // Publisher confirms for requests: a request the broker refuses (nack) fails at once.
+  bool confirm_requests = false;
   ReplyMode reply_mode = ReplyMode::direct_reply_to;
   std::chrono::milliseconds default_timeout{30'000};  // for calls that set none
   Logger logger;
@@ -70,16 +92,27 @@ struct CallOptions {
   Headers headers;
   std::string content_type;
   std::optional<std::uint8_t> priority;  // for queues declared with x-max-priority
+  // Safe to send twice: if the connection drops before the reply, the call is sent again after
+  // reconnecting (within its deadline) instead of failing with unavailable.
+  bool idempotent = false;
   // Cancels the call when its source is asked to stop: the call completes at once with status
   // cancelled; a reply that still comes is dropped and counted as late. One source may cancel
   // many calls.
   std::stop_token cancel;
 };
 
+enum class QueueType { classic, quorum };
+
 struct ServerOptions {
   ConnectionOptions connection;
+  std::vector<ConnectionOptions> alternates;  // other brokers (cluster nodes), tried in turn
+  ReconnectOptions reconnect;
   std::string queue = "rpc_queue";
-  bool durable = false;         // the seed declares a plain, non-durable queue
+  bool durable = false;  // the seed declares a plain, non-durable queue
+  // quorum: durable and replicated across a cluster's nodes (implies durable).
+  QueueType queue_type = QueueType::classic;
+  // Publisher confirms for replies: a request is acked only once the broker confirmed its reply.
+  bool confirm_replies = false;
   std::uint16_t prefetch = 16;  // unacked requests this server holds at once
   // Handler threads. 0 runs handlers on the connection's I/O thread: the least latency, for
   // handlers that never block (a slow one would stall this server's connection).

@@ -4,17 +4,21 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <future>
 #include <system_error>
 
 #include "log.hpp"
 
 namespace amqprpc::detail {
 
-IoLoop::IoLoop(ConnectionOptions options, Hooks& hooks, Logger logger)
-    : options_(std::move(options)), hooks_(hooks), logger_(std::move(logger)) {
+IoLoop::IoLoop(std::vector<ConnectionOptions> endpoints, ReconnectOptions reconnect, Hooks& hooks,
+               Logger logger)
+    : endpoints_(std::move(endpoints)),
+      reconnect_(reconnect),
+      hooks_(hooks),
+      logger_(std::move(logger)) {
   wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
 }
@@ -25,6 +29,7 @@ IoLoop::~IoLoop() {
 }
 
 Status IoLoop::start() {
+  if (endpoints_.empty()) return {StatusCode::invalid_argument, "no broker to connect to"};
   std::promise<Status> started;
   auto ready = started.get_future();
   thread_ = std::thread([this, p = std::move(started)]() mutable { run(p); });
@@ -65,17 +70,83 @@ Status IoLoop::lost_reason() const {
   return lost_reason_;
 }
 
+std::string IoLoop::endpoint() const {
+  return endpoints_[current_.load(std::memory_order_relaxed) % endpoints_.size()].to_string();
+}
+
 void IoLoop::lose(Status why) {
   if (!session_) return;
   session_.reset();
   connected_.store(false, std::memory_order_release);
   log(logger_, LogLevel::error,
-      "connection to " + options_.to_string() + " lost: " + why.to_string());
+      "connection to " + endpoint() + " lost: " + why.to_string() +
+          (reconnect_.enabled ? "; reconnecting" : ""));
   {
     std::lock_guard lock(lost_mutex_);
     lost_reason_ = why;
   }
+  down_since_ = Clock::now();
+  attempts_ = 0;
+  backoff_ = reconnect_.initial_delay;
+  // Start with the endpoint after the one that failed: it is likelier to be up.
+  next_endpoint_ = current_.load(std::memory_order_relaxed) + 1;
   hooks_.on_lost(why);
+  schedule_reconnect();
+}
+
+void IoLoop::schedule_reconnect() {
+  if (!reconnect_.enabled || stop_requested_.load(std::memory_order_acquire)) {
+    next_attempt_.reset();
+    return;
+  }
+  std::uniform_real_distribution<double> spread(1.0 - reconnect_.jitter, 1.0 + reconnect_.jitter);
+  auto delay = std::chrono::milliseconds(
+      static_cast<std::int64_t>(static_cast<double>(backoff_.count()) * spread(rng_)));
+  next_attempt_ = Clock::now() + delay;
+  auto grown = std::chrono::milliseconds(
+      static_cast<std::int64_t>(static_cast<double>(backoff_.count()) * reconnect_.multiplier));
+  backoff_ = std::clamp(grown, reconnect_.initial_delay, reconnect_.max_delay);
+}
+
+void IoLoop::begin_connect() {
+  next_attempt_.reset();
+  connecting_endpoint_ = next_endpoint_++ % endpoints_.size();
+  ++attempts_;
+  ConnectionOptions target = endpoints_[connecting_endpoint_];
+  connecting_ = std::async(std::launch::async, [this, target] {
+    auto opened = Session::open(target);
+    std::uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof one);
+    return opened;
+  });
+}
+
+void IoLoop::finish_connect() {
+  auto opened = connecting_.get();
+  const std::string where = endpoints_[connecting_endpoint_].to_string();
+  if (!opened) {
+    log(logger_, LogLevel::warning,
+        "reconnect attempt " + std::to_string(attempts_) + " failed: " + opened.status().message());
+    schedule_reconnect();
+    return;
+  }
+  session_ = std::move(opened.value());
+  current_.store(connecting_endpoint_, std::memory_order_relaxed);
+  if (Status st = hooks_.on_open(*session_); !st.ok()) {
+    log(logger_, LogLevel::warning,
+        "reconnected to " + where + " but could not set up: " + st.to_string());
+    session_.reset();
+    schedule_reconnect();
+    return;
+  }
+  connected_.store(true, std::memory_order_release);
+  reconnects_.fetch_add(1, std::memory_order_relaxed);
+  auto down = std::chrono::duration_cast<std::chrono::milliseconds>(
+      Clock::now() - down_since_.value_or(Clock::now()));
+  log(logger_, LogLevel::info,
+      "reconnected to " + where + " after " + std::to_string(down.count()) + " ms (" +
+          std::to_string(attempts_) + " attempts)");
+  down_since_.reset();
 }
 
 void IoLoop::on_delivery(Delivery&& d) {
@@ -87,20 +158,32 @@ void IoLoop::on_return(Returned&& r) {
 void IoLoop::on_consumer_cancelled(const std::string& tag) {
   hooks_.on_consumer_cancelled(tag);
 }
+void IoLoop::on_confirm(std::uint64_t seq, bool multiple, bool ack) {
+  hooks_.on_confirm(seq, multiple, ack);
+}
 void IoLoop::on_blocked(bool blocked, const std::string& reason) {
   log(logger_, LogLevel::warning,
       blocked ? "broker blocked publishing on this connection: " + reason
               : std::string("broker unblocked publishing on this connection"));
+  hooks_.on_blocked(blocked, reason);
 }
 
 void IoLoop::run(std::promise<Status>& started) {
   {
-    auto opened = Session::open(options_);
-    if (!opened) {
-      started.set_value(opened.status());
+    Status last;
+    for (std::size_t i = 0; i < endpoints_.size() && !session_; ++i) {
+      auto opened = Session::open(endpoints_[i]);
+      if (opened) {
+        session_ = std::move(opened.value());
+        current_.store(i, std::memory_order_relaxed);
+      } else {
+        last = opened.status();
+      }
+    }
+    if (!session_) {
+      started.set_value(last);
       return;
     }
-    session_ = std::move(opened.value());
     if (Status st = hooks_.on_open(*session_); !st.ok()) {
       session_.reset();
       started.set_value(st);
@@ -111,6 +194,14 @@ void IoLoop::run(std::promise<Status>& started) {
   }
 
   while (!stop_requested_.load(std::memory_order_acquire)) {
+    if (!session_) {
+      if (connecting_.valid() &&
+          connecting_.wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
+        finish_connect();
+      } else if (!connecting_.valid() && next_attempt_ && Clock::now() >= *next_attempt_) {
+        begin_connect();
+      }
+    }
     hooks_.on_wake(session_.get());
     if (session_) {
       if (Status st = session_->pump(*this); !st.ok()) lose(st);
@@ -133,6 +224,8 @@ void IoLoop::run(std::promise<Status>& started) {
     if (auto deadline = hooks_.next_deadline()) consider(*deadline - now);
     if (session_) {
       if (auto tick = session_->heartbeat_tick()) consider(*tick);
+    } else if (next_attempt_ && !connecting_.valid()) {
+      consider(*next_attempt_ - now);
     }
     pollfd fds[2];
     fds[0] = {wake_fd_, POLLIN, 0};
@@ -152,6 +245,7 @@ void IoLoop::run(std::promise<Status>& started) {
     }
   }
 
+  if (connecting_.valid()) connecting_.wait();  // bounded by the connect timeout
   if (session_) {
     hooks_.on_closing(*session_);
     session_->close();

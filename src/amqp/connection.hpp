@@ -1,6 +1,8 @@
 // One connection, one I/O thread. The thread alone touches the rabbitmq-c handle (a Session);
 // other threads put work in their owner's outbox and call wake(). The loop polls the socket and
-// an eventfd, drains what rabbitmq-c has buffered before polling, and runs timers.
+// an eventfd, drains what rabbitmq-c has buffered before polling, runs timers, and reconnects
+// after a loss (exponential backoff with jitter, endpoints in turn; the TCP connect and login run
+// on a short-lived helper thread, so timers and outboxes keep being served meanwhile).
 #pragma once
 
 #include <atomic>
@@ -9,7 +11,9 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <thread>
+#include <vector>
 
 #include "amqp/session.hpp"
 #include "amqprpc/options.hpp"
@@ -24,7 +28,8 @@ class IoLoop final : private FrameSink {
   // What the owner (client or server) does on the I/O thread.
   class Hooks {
    public:
-    // Right after connecting: declare queues, start consumers. Non-ok aborts the start.
+    // After each (re)connection: declare queues, start consumers. Non-ok aborts the start (or,
+    // on a reconnection, drops the connection and tries again later).
     virtual Status on_open(Session& session) = 0;
     // Each turn of the loop: take work from outboxes. session is null while disconnected.
     virtual void on_wake(Session* session) = 0;
@@ -33,10 +38,12 @@ class IoLoop final : private FrameSink {
     virtual void on_pumped(Session&) {}
     virtual void on_return(Returned&&) {}
     virtual void on_consumer_cancelled(const std::string&) {}
+    virtual void on_blocked(bool /*blocked*/, const std::string& /*reason*/) {}
+    virtual void on_confirm(std::uint64_t /*seq*/, bool /*multiple*/, bool /*ack*/) {}
     // The earliest time on_timer wants to run, if any.
     virtual std::optional<Clock::time_point> next_deadline() { return std::nullopt; }
     virtual void on_timer(Clock::time_point) {}
-    // The connection is gone: fail what waits on it.
+    // The connection is gone: fail (or set aside) what waits on it.
     virtual void on_lost(const Status& why) = 0;
     // A polite stop: last chance to publish and ack before the connection closes.
     virtual void on_closing(Session&) {}
@@ -45,12 +52,14 @@ class IoLoop final : private FrameSink {
     ~Hooks() = default;
   };
 
-  IoLoop(ConnectionOptions options, Hooks& hooks, Logger logger);
+  IoLoop(std::vector<ConnectionOptions> endpoints, ReconnectOptions reconnect, Hooks& hooks,
+         Logger logger);
   ~IoLoop();
   IoLoop(const IoLoop&) = delete;
   IoLoop& operator=(const IoLoop&) = delete;
 
-  // Starts the thread; returns once connected and on_open ran, or why that failed.
+  // Starts the thread; returns once connected (to the first endpoint that answers) and on_open
+  // ran, or why that failed.
   Status start();
   // Makes the loop take a turn soon. Any thread. Callers that batch work in an outbox need only
   // wake when the outbox goes from empty to non-empty: the loop reads the wake-up before it
@@ -61,28 +70,50 @@ class IoLoop final : private FrameSink {
   void stop();
   bool in_io_thread() const { return std::this_thread::get_id() == thread_.get_id(); }
   bool connected() const { return connected_.load(std::memory_order_acquire); }
+  bool reconnecting() const { return reconnect_.enabled && !connected(); }
   // Why the loop lost its connection, once it has.
   Status lost_reason() const;
+  std::uint64_t reconnects() const { return reconnects_.load(std::memory_order_relaxed); }
+  // The endpoint in use (or last used), password masked.
+  std::string endpoint() const;
 
   const Logger& logger() const { return logger_; }
 
  private:
   void run(std::promise<Status>& started);
   void lose(Status why);
+  void schedule_reconnect();
+  void begin_connect();
+  void finish_connect();
   void on_delivery(Delivery&& d) override;
   void on_return(Returned&& r) override;
   void on_consumer_cancelled(const std::string& tag) override;
   void on_blocked(bool blocked, const std::string& reason) override;
+  void on_confirm(std::uint64_t seq, bool multiple, bool ack) override;
 
-  ConnectionOptions options_;
+  std::vector<ConnectionOptions> endpoints_;
+  ReconnectOptions reconnect_;
   Hooks& hooks_;
   Logger logger_;
   int wake_fd_ = -1;
   std::thread thread_;
   std::atomic<bool> stop_requested_{false};
   std::atomic<bool> connected_{false};
-  std::unique_ptr<Session> session_;  // I/O thread only
-  bool self_woken_ = false;           // I/O thread only
+  std::atomic<std::uint64_t> reconnects_{0};
+  std::atomic<std::size_t> current_{0};
+
+  // I/O thread only.
+  std::unique_ptr<Session> session_;
+  bool self_woken_ = false;
+  std::size_t next_endpoint_ = 0;
+  std::chrono::milliseconds backoff_{0};
+  std::optional<Clock::time_point> next_attempt_;
+  std::optional<Clock::time_point> down_since_;
+  std::size_t attempts_ = 0;
+  std::future<Result<std::unique_ptr<Session>>> connecting_;
+  std::size_t connecting_endpoint_ = 0;
+  std::mt19937 rng_{std::random_device{}()};
+
   mutable std::mutex lost_mutex_;
   Status lost_reason_;
 };

@@ -364,10 +364,19 @@ Status Session::publish(std::string_view exchange, std::string_view routing_key,
   }
   int rc = amqp_basic_publish(conn_, kChannel, to_bytes(exchange), to_bytes(routing_key),
                               mandatory ? 1 : 0, 0, &props, to_bytes(body));
+  if (confirming_) ++publish_seq_;
   if (rc != AMQP_STATUS_OK) {
     dead_ = true;
     return {StatusCode::unavailable, std::string("publish failed: ") + amqp_error_string2(rc)};
   }
+  return {};
+}
+
+Status Session::confirm_select() {
+  amqp_confirm_select(conn_, kChannel);
+  if (Status st = check_rpc("enable publisher confirms"); !st.ok()) return st;
+  confirming_ = true;
+  publish_seq_ = 0;
   return {};
 }
 
@@ -395,9 +404,18 @@ Status Session::qos(std::uint16_t prefetch) {
 }
 
 Result<std::string> Session::declare_queue(const QueueSpec& q) {
+  std::vector<amqp_table_entry_t> args;
+  for (const auto& [k, v] : q.arguments) {
+    amqp_table_entry_t e;
+    e.key = to_bytes(k);
+    e.value.kind = AMQP_FIELD_KIND_UTF8;
+    e.value.value.bytes = to_bytes(v);
+    args.push_back(e);
+  }
+  amqp_table_t table{static_cast<int>(args.size()), args.data()};
   amqp_queue_declare_ok_t* ok =
       amqp_queue_declare(conn_, kChannel, to_bytes(q.name), 0, q.durable ? 1 : 0,
-                         q.exclusive ? 1 : 0, q.auto_delete ? 1 : 0, amqp_empty_table);
+                         q.exclusive ? 1 : 0, q.auto_delete ? 1 : 0, table);
   if (Status st = check_rpc("declare queue '" + q.name + "'"); !st.ok()) return st;
   return to_string(ok->queue);
 }
@@ -468,6 +486,16 @@ Status Session::dispatch(const amqp_frame_t& frame, FrameSink& sink) {
           amqp_send_method(conn_, kChannel, AMQP_BASIC_CANCEL_OK_METHOD, &ok);
         }
         sink.on_consumer_cancelled(tag);
+        return {};
+      }
+      case AMQP_BASIC_ACK_METHOD: {
+        auto* a = static_cast<amqp_basic_ack_t*>(m.decoded);
+        sink.on_confirm(a->delivery_tag, a->multiple != 0, true);
+        return {};
+      }
+      case AMQP_BASIC_NACK_METHOD: {
+        auto* n = static_cast<amqp_basic_nack_t*>(m.decoded);
+        sink.on_confirm(n->delivery_tag, n->multiple != 0, false);
         return {};
       }
       case AMQP_CONNECTION_BLOCKED_METHOD: {

@@ -56,6 +56,9 @@ class FrameSink {
   virtual void on_return(Returned&& r) = 0;
   virtual void on_consumer_cancelled(const std::string& consumer_tag) = 0;
   virtual void on_blocked(bool blocked, const std::string& reason) = 0;
+  // Publisher confirms: the broker took (ack) or refused (nack) publish number `seq`, or all
+  // publishes up to it when `multiple`.
+  virtual void on_confirm(std::uint64_t seq, bool multiple, bool ack) = 0;
 
  protected:
   ~FrameSink() = default;
@@ -66,6 +69,7 @@ struct QueueSpec {
   bool durable = false;
   bool exclusive = false;
   bool auto_delete = false;
+  Headers arguments;  // e.g. x-queue-type = quorum
 };
 
 // A message being assembled from method, header and body frames.
@@ -112,6 +116,10 @@ class Session {
 
   Status publish(std::string_view exchange, std::string_view routing_key, bool mandatory,
                  const Properties& props, std::string_view body);
+  // Puts the channel in confirm mode; from then on each publish has a sequence number.
+  Status confirm_select();
+  // The sequence number of the last publish in confirm mode (0 before any, or not confirming).
+  std::uint64_t last_publish_seq() const { return publish_seq_; }
   Status ack(std::uint64_t delivery_tag);
   Status reject(std::uint64_t delivery_tag, bool requeue);
   Status qos(std::uint16_t prefetch);
@@ -137,6 +145,8 @@ class Session {
 
   amqp_connection_state_t conn_ = nullptr;
   bool channel_open_ = false;
+  bool confirming_ = false;
+  std::uint64_t publish_seq_ = 0;
   bool dead_ = false;
 
   std::optional<PartialMessage> partial_;
