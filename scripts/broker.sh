@@ -11,6 +11,7 @@
 #   url          print the AMQP URL (amqp://guest:guest@127.0.0.1:PORT/%2F)
 #   ctl ARGS...  run rabbitmqctl against this node (bounded by AMQPRPC_BROKER_CTL_TIMEOUT)
 #   logs         print the log directory
+#   pid          print the node's Erlang VM pid (fault tests kill it with SIGKILL)
 #   clean        stop, then delete the instance directory (all its data)
 #   stop-epmd    stop the private epmd, if this script started it and no instance uses it
 #
@@ -523,6 +524,10 @@ status) cmd_status ;;
 url) echo "$URL" ;;
 ctl) ctl "$@" ;;
 logs) echo "$LOG_DIR" ;;
+pid) # the Erlang VM's pid (for fault tests that kill it); exit 3 when not running
+    pid="$(read_pid "$BEAM_PID_FILE")"
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; else exit 3; fi
+    ;;
 clean) cmd_clean ;;
 stop-epmd) cmd_stop_epmd ;;
 -h | --help | help) usage ;;

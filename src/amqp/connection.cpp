@@ -113,16 +113,19 @@ void IoLoop::begin_connect() {
   connecting_endpoint_ = next_endpoint_++ % endpoints_.size();
   ++attempts_;
   ConnectionOptions target = endpoints_[connecting_endpoint_];
-  connecting_ = std::async(std::launch::async, [this, target] {
-    auto opened = Session::open(target);
+  std::promise<Result<std::unique_ptr<Session>>> result;
+  connecting_ = result.get_future();
+  connector_ = std::thread([this, target, result = std::move(result)]() mutable {
+    result.set_value(Session::open(target));
+    // Only now is the future ready: a wake-up sent earlier could be consumed too soon.
     std::uint64_t one = 1;
     [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof one);
-    return opened;
   });
 }
 
 void IoLoop::finish_connect() {
   auto opened = connecting_.get();
+  connector_.join();
   const std::string where = endpoints_[connecting_endpoint_].to_string();
   if (!opened) {
     log(logger_, LogLevel::warning,
@@ -245,7 +248,7 @@ void IoLoop::run(std::promise<Status>& started) {
     }
   }
 
-  if (connecting_.valid()) connecting_.wait();  // bounded by the connect timeout
+  if (connector_.joinable()) connector_.join();  // bounded by the connect timeout
   if (session_) {
     hooks_.on_closing(*session_);
     session_->close();
