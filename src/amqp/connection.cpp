@@ -143,6 +143,8 @@ void IoLoop::finish_connect() {
     return;
   }
   connected_.store(true, std::memory_order_release);
+  heartbeat_ = std::chrono::seconds(session_->heartbeat_seconds());
+  last_rx_ = Clock::now();
   reconnects_.fetch_add(1, std::memory_order_relaxed);
   auto down = std::chrono::duration_cast<std::chrono::milliseconds>(
       Clock::now() - down_since_.value_or(Clock::now()));
@@ -193,6 +195,8 @@ void IoLoop::run(std::promise<Status>& started) {
       return;
     }
     connected_.store(true, std::memory_order_release);
+    heartbeat_ = std::chrono::seconds(session_->heartbeat_seconds());
+    last_rx_ = Clock::now();
     started.set_value(Status{});
   }
 
@@ -209,6 +213,14 @@ void IoLoop::run(std::promise<Status>& started) {
     if (session_) {
       if (Status st = session_->pump(*this); !st.ok()) lose(st);
       if (session_) hooks_.on_pumped(*session_);
+    }
+    if (session_ && heartbeat_.count() > 0 && Clock::now() - last_rx_ > 2 * heartbeat_) {
+      // rabbitmq-c notices missed heartbeats only inside a blocking wait, which this loop never
+      // does: it watches the socket itself. Heartbeats (or any traffic) come every interval.
+      lose(Status{StatusCode::unavailable,
+                  "no data from the broker for " + std::to_string(2 * heartbeat_.count()) +
+                      " s (heartbeat " + std::to_string(heartbeat_.count()) +
+                      " s): connection presumed dead"});
     }
     hooks_.on_timer(Clock::now());
     if (self_woken_) {
@@ -240,6 +252,9 @@ void IoLoop::run(std::promise<Status>& started) {
     int rc = ::poll(fds, nfds, timeout_ms);
     if (rc < 0 && errno != EINTR) {
       lose(Status{StatusCode::internal, std::string("poll failed: ") + std::strerror(errno)});
+    }
+    if (rc > 0 && nfds == 2 && (fds[1].revents & (POLLIN | POLLHUP | POLLERR))) {
+      last_rx_ = Clock::now();
     }
     if (rc > 0 && (fds[0].revents & POLLIN)) {
       // Consume the wake-up before on_wake takes the outboxes (see wake()).

@@ -111,7 +111,9 @@ class IoLoop final : private FrameSink {
   std::optional<Clock::time_point> down_since_;
   std::size_t attempts_ = 0;
   std::future<Result<std::unique_ptr<Session>>> connecting_;
-  std::thread connector_;  // runs one connection attempt while the loop goes on
+  std::thread connector_;              // runs one connection attempt while the loop goes on
+  std::chrono::seconds heartbeat_{0};  // negotiated
+  Clock::time_point last_rx_;          // when the socket last had data for us
   std::size_t connecting_endpoint_ = 0;
   std::mt19937 rng_{std::random_device{}()};
 

@@ -109,6 +109,7 @@ class Session {
 
   int fd() const;
   int frame_max() const { return amqp_get_frame_max(conn_); }
+  int heartbeat_seconds() const { return amqp_get_heartbeat(conn_); }
   // Frames already read from the socket and not yet handed out: poll() would not see them.
   bool has_buffered() const;
   // How often to look at the connection when idle so heartbeats flow both ways.

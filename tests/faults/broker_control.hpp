@@ -31,16 +31,16 @@ class BrokerNode {
   const std::string& name() const { return name_; }
 
   int run(const std::string& args) const {
-    std::string cmd = "AMQPRPC_BROKER_NAME=" + name_ + " AMQPRPC_BROKER_PORT=" +
-                      std::to_string(port_) + " " + extra_env_ + " " + AMQPRPC_SOURCE_DIR +
-                      "/scripts/broker.sh " + args + " >/dev/null 2>&1";
+    std::string cmd = "AMQPRPC_BROKER_NAME=" + name_ +
+                      " AMQPRPC_BROKER_PORT=" + std::to_string(port_) + " " + extra_env_ + " " +
+                      AMQPRPC_SOURCE_DIR + "/scripts/broker.sh " + args + " >/dev/null 2>&1";
     int status = std::system(cmd.c_str());
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   }
   std::string output(const std::string& args) const {
-    std::string cmd = "AMQPRPC_BROKER_NAME=" + name_ + " AMQPRPC_BROKER_PORT=" +
-                      std::to_string(port_) + " " + extra_env_ + " " + AMQPRPC_SOURCE_DIR +
-                      "/scripts/broker.sh " + args + " 2>/dev/null";
+    std::string cmd = "AMQPRPC_BROKER_NAME=" + name_ +
+                      " AMQPRPC_BROKER_PORT=" + std::to_string(port_) + " " + extra_env_ + " " +
+                      AMQPRPC_SOURCE_DIR + "/scripts/broker.sh " + args + " 2>/dev/null";
     std::string out;
     if (FILE* p = popen(cmd.c_str(), "r")) {
       char buf[256];

@@ -7,11 +7,11 @@
 
 #include <atomic>
 #include <condition_variable>
-#include <map>
-#include <mutex>
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include "amqprpc/client.hpp"
@@ -39,6 +39,8 @@ struct Report {
   std::uint64_t duplicated = 0;
   double recovery_s = -1;  // first failure -> first right answer to a call sent after it
   std::map<std::string, int> failures;  // status code -> count
+  double first_failure_s = -1;          // fault injected -> first failed call (detection)
+  std::string sample;                   // the first failure's message
 
   std::string line() const {
     char buf[512];
@@ -48,7 +50,12 @@ struct Report {
                   scenario.c_str(), sent, right, failed_clearly, lost,
                   static_cast<unsigned long long>(duplicated), recovery_s);
     std::string out = buf;
+    if (first_failure_s >= 0) {
+      std::snprintf(buf, sizeof buf, " | first failure %.2f s after the fault", first_failure_s);
+      out += buf;
+    }
     for (const auto& [code, n] : failures) out += " | " + code + " " + std::to_string(n);
+    if (!sample.empty()) out += " | e.g. \"" + sample.substr(0, 140) + "\"";
     return out;
   }
 };
@@ -112,7 +119,11 @@ Report run_load(const std::string& scenario, Client& client, const std::string& 
     for (const Outcome& o : outcomes) {
       if (o.done && !o.right) first_failure = std::min(first_failure, o.completed);
     }
-    if (first_failure == Clock::time_point::max()) r.recovery_s = 0;
+    if (first_failure == Clock::time_point::max()) {
+      r.recovery_s = 0;
+    } else {
+      r.first_failure_s = std::chrono::duration<double>(first_failure - fault_time).count();
+    }
     Clock::time_point first_ok = Clock::time_point::max();
     for (const Outcome& o : outcomes) {
       if (!o.done) {
@@ -123,6 +134,7 @@ Report run_load(const std::string& scenario, Client& client, const std::string& 
       } else if (!o.status.ok() && !o.status.message().empty()) {
         r.failed_clearly++;
         r.failures[std::string(to_string(o.status.code()))]++;
+        if (r.sample.empty()) r.sample = o.status.message();
       } else {
         r.lost++;  // a wrong answer is as bad as none
       }
@@ -149,24 +161,28 @@ std::unique_ptr<Client> make_client(std::vector<ConnectionOptions> endpoints,
   o.reconnect = quick_reconnect();
   o.when_blocked = blocked;
   o.logger = [](LogLevel level, std::string_view line) {
-    if (level >= LogLevel::info) std::fprintf(stderr, "  client: %.*s\n", static_cast<int>(line.size()), line.data());
+    if (level >= LogLevel::info)
+      std::fprintf(stderr, "  client: %.*s\n", static_cast<int>(line.size()), line.data());
   };
   auto c = Client::connect(o);
   if (!c) throw std::runtime_error(c.status().to_string());
   return std::move(*c);
 }
 
-std::unique_ptr<Server> make_server(std::vector<ConnectionOptions> endpoints, const std::string& queue,
-                                    QueueType type = QueueType::classic) {
+std::unique_ptr<Server> make_server(std::vector<ConnectionOptions> endpoints,
+                                    const std::string& queue, QueueType type = QueueType::classic,
+                                    bool durable = false) {
   ServerOptions o;
   o.connection = endpoints.front();
   o.alternates.assign(endpoints.begin() + 1, endpoints.end());
   o.reconnect = quick_reconnect();
   o.queue = queue;
   o.queue_type = type;
+  o.durable = durable;
   o.workers = 2;
   o.logger = [](LogLevel level, std::string_view line) {
-    if (level >= LogLevel::info) std::fprintf(stderr, "  server: %.*s\n", static_cast<int>(line.size()), line.data());
+    if (level >= LogLevel::info)
+      std::fprintf(stderr, "  server: %.*s\n", static_cast<int>(line.size()), line.data());
   };
   auto s = Server::start(o, [](const Request& r) { return Reply::ok(r.body); });
   if (!s) throw std::runtime_error(s.status().to_string());
@@ -232,16 +248,16 @@ TEST_F(SingleNode, BrokerKilledWithSigkillAndStartedAgain) {
 
 TEST_F(SingleNode, OneOfTwoServersKilledMidCall) {
   setenv("AMQP_URL", node().url().c_str(), 1);
-  std::vector<std::string> args{AMQPRPC_TEST_SERVER, "--queue", queue, "--delay-ms", "20",
-                                "--workers", "4", "--prefetch", "8"};
+  std::vector<std::string> args{AMQPRPC_TEST_SERVER, "--queue", queue,        "--delay-ms", "20",
+                                "--workers",         "4",       "--prefetch", "8"};
   testbroker::Process a(args), b(args);
   ASSERT_TRUE(a.wait_for_output("ready", 10s));
   ASSERT_TRUE(b.wait_for_output("ready", 10s));
   auto client = make_client({node().options()});
   CallOptions call;
   call.timeout = 10s;
-  Report r = run_load("one of two servers SIGKILLed", *client, queue, 6s, 2s,
-                      [&] { a.signal(SIGKILL); }, call);
+  Report r = run_load(
+      "one of two servers SIGKILLed", *client, queue, 6s, 2s, [&] { a.signal(SIGKILL); }, call);
   record(r);
   EXPECT_EQ(r.lost, 0);
   // Its unacked requests went to the other server: nothing failed at all.
@@ -255,22 +271,28 @@ TEST_F(SingleNode, MemoryAlarmRaisedAndCleared) {
   auto waiting = make_client({node().options()}, BlockedPolicy::wait);
   CallOptions call;
   call.timeout = 8s;
-  Report r = run_load("memory alarm (policy wait)", *waiting, queue, 8s, 1s, [&] {
-    node().ctl("set_vm_memory_high_watermark 0.00001");
-    std::this_thread::sleep_for(3s);
-    node().ctl("set_vm_memory_high_watermark 0.4");
-  }, call);
+  Report r = run_load(
+      "memory alarm (policy wait)", *waiting, queue, 8s, 1s,
+      [&] {
+        node().ctl("set_vm_memory_high_watermark 0.00001");
+        std::this_thread::sleep_for(3s);
+        node().ctl("set_vm_memory_high_watermark 0.4");
+      },
+      call);
   record(r);
   EXPECT_EQ(r.lost, 0);
   EXPECT_EQ(r.failed_clearly, 0) << "held calls go out when the alarm clears, within deadlines";
 
   auto failing = make_client({node().options()}, BlockedPolicy::fail);
   call.timeout = 3s;
-  Report f = run_load("memory alarm (policy fail)", *failing, queue, 6s, 1s, [&] {
-    node().ctl("set_vm_memory_high_watermark 0.00001");
-    std::this_thread::sleep_for(3s);
-    node().ctl("set_vm_memory_high_watermark 0.4");
-  }, call);
+  Report f = run_load(
+      "memory alarm (policy fail)", *failing, queue, 6s, 1s,
+      [&] {
+        node().ctl("set_vm_memory_high_watermark 0.00001");
+        std::this_thread::sleep_for(3s);
+        node().ctl("set_vm_memory_high_watermark 0.4");
+      },
+      call);
   record(f);
   EXPECT_EQ(f.lost, 0);
   EXPECT_GT(f.failures["resource_exhausted"], 0) << f.line();
@@ -288,29 +310,39 @@ TEST_F(SingleNode, CutNetworkIsDetectedByHeartbeats) {
   CallOptions call;
   call.timeout = 20s;  // longer than the cut: only heartbeats can end these calls early
   auto cut_at = Clock::now();
-  Report r = run_load("network cut silently (heartbeat 2 s)", *client, queue, 16s, 2s, [&] {
-    cut_at = Clock::now();
-    proxy.blackhole(true);
-    std::this_thread::sleep_for(8s);
-    proxy.blackhole(false);
-  }, call, 20ms);
+  Report r = run_load(
+      "network cut silently (heartbeat 2 s)", *client, queue, 16s, 2s,
+      [&] {
+        cut_at = Clock::now();
+        proxy.blackhole(true);
+        std::this_thread::sleep_for(8s);
+        proxy.blackhole(false);
+      },
+      call, 20ms);
   record(r);
   EXPECT_EQ(r.lost, 0);
   EXPECT_GT(r.failures["unavailable"], 0) << "in-flight calls fail once heartbeats are missed";
+  EXPECT_LT(r.first_failure_s, 7.0) << "heartbeats (2 s) must notice the cut before it heals (8 s)";
+  EXPECT_NE(r.sample.find("heartbeat"), std::string::npos) << r.sample;
   EXPECT_GE(client->stats().reconnects, 1u);
   EXPECT_EQ(client->call(queue, "after"), "after");
 }
 
 TEST_F(SingleNode, IdempotentCallsAreResentAfterReconnectingInsteadOfFailing) {
-  auto server = make_server({node().options()}, queue);
+  // A durable queue outlives the restart, so re-sent calls have somewhere to go even before the
+  // server has reconnected (with a transient queue they would fail fast with "no route").
+  auto server = make_server({node().options()}, queue, QueueType::classic, /*durable=*/true);
   auto client = make_client({node().options()});
   CallOptions call;
   call.timeout = 15s;
   call.idempotent = true;
-  Report r = run_load("broker restarted, idempotent calls", *client, queue, 10s, 2s, [&] {
-    node().stop();
-    node().start();
-  }, call, 20ms);
+  Report r = run_load(
+      "broker restarted, idempotent calls", *client, queue, 10s, 2s,
+      [&] {
+        node().stop();
+        node().start();
+      },
+      call, 20ms);
   record(r);
   EXPECT_EQ(r.lost, 0);
   EXPECT_EQ(r.failed_clearly, 0) << r.line();
@@ -328,11 +360,15 @@ class Cluster : public testing::Test {
     return nodes[i];
   }
   static void SetUpTestSuite() {
-    ASSERT_EQ(std::system((std::string(AMQPRPC_SOURCE_DIR) + "/scripts/cluster.sh start >/dev/null 2>&1").c_str()), 0)
+    ASSERT_EQ(
+        std::system((std::string(AMQPRPC_SOURCE_DIR) + "/scripts/cluster.sh start >/dev/null 2>&1")
+                        .c_str()),
+        0)
         << "scripts/cluster.sh start failed";
   }
   static void TearDownTestSuite() {
-    std::system((std::string(AMQPRPC_SOURCE_DIR) + "/scripts/cluster.sh stop >/dev/null 2>&1").c_str());
+    std::system(
+        (std::string(AMQPRPC_SOURCE_DIR) + "/scripts/cluster.sh stop >/dev/null 2>&1").c_str());
   }
 };
 
@@ -341,8 +377,8 @@ TEST_F(Cluster, NodeOfTheClientStoppedCallsContinueThroughAnother) {
   auto server = make_server({node(1).options(), node(2).options(), node(0).options()}, queue,
                             QueueType::quorum);
   auto client = make_client({node(0).options(), node(1).options(), node(2).options()});
-  Report r = run_load("cluster: client's node stopped", *client, queue, 10s, 2s,
-                      [&] { node(0).stop(); });
+  Report r =
+      run_load("cluster: client's node stopped", *client, queue, 10s, 2s, [&] { node(0).stop(); });
   record(r);
   EXPECT_EQ(r.lost, 0);
   EXPECT_GT(r.right, 0);
