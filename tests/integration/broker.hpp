@@ -85,6 +85,28 @@ class Raw {
                        amqp_empty_table);
     check(amqp_get_rpc_reply(conn_), "queue.declare");
   }
+  // A queue with integer arguments (x-max-length...) and string ones (x-overflow...).
+  void declare_with(const std::string& queue, const std::vector<std::pair<std::string, long>>& ints,
+                    const std::vector<std::pair<std::string, std::string>>& strings) {
+    std::vector<amqp_table_entry_t> e;
+    for (const auto& [k, v] : ints) {
+      amqp_table_entry_t x;
+      x.key = amqp_cstring_bytes(k.c_str());
+      x.value.kind = AMQP_FIELD_KIND_I64;
+      x.value.value.i64 = v;
+      e.push_back(x);
+    }
+    for (const auto& [k, v] : strings) {
+      amqp_table_entry_t x;
+      x.key = amqp_cstring_bytes(k.c_str());
+      x.value.kind = AMQP_FIELD_KIND_UTF8;
+      x.value.value.bytes = amqp_cstring_bytes(v.c_str());
+      e.push_back(x);
+    }
+    amqp_table_t args{static_cast<int>(e.size()), e.data()};
+    amqp_queue_declare(conn_, 1, amqp_cstring_bytes(queue.c_str()), 0, 0, 0, 0, args);
+    check(amqp_get_rpc_reply(conn_), "queue.declare with arguments");
+  }
   void remove(const std::string& queue) {
     amqp_queue_delete(conn_, 1, amqp_cstring_bytes(queue.c_str()), 0, 0);
     check(amqp_get_rpc_reply(conn_), "queue.delete");

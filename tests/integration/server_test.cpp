@@ -280,3 +280,48 @@ TEST_F(ServerTest, ASlowHandlerDoesNotBlockTheConnectionOrOtherRequests) {
   EXPECT_EQ(slow.wait_for(0s), std::future_status::timeout) << "the slow one is still running";
   EXPECT_EQ(slow.get().body, "slow");
 }
+
+TEST_F(ServerTest, WithConfirmsARequestTheBrokerRefusesFailsAtOnce) {
+  testbroker::Raw raw;
+  raw.declare_with(queue, {{"x-max-length", 1}}, {{"x-overflow", "reject-publish"}});
+  ClientOptions o;
+  o.connection = testbroker::options();
+  o.confirm_requests = true;
+  auto c = Client::connect(o);
+  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  CallOptions co;
+  co.timeout = 20s;
+  auto first = (*c)->async_call(queue, "fills the queue", co);
+  auto start = std::chrono::steady_clock::now();
+  Reply second = (*c)->try_call(queue, "refused", co);
+  EXPECT_EQ(second.status.code(), StatusCode::unavailable);
+  EXPECT_NE(second.status.message().find("nack"), std::string::npos) << second.status.message();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s) << "must not wait for its deadline";
+  EXPECT_EQ(first.wait_for(0s), std::future_status::timeout) << "the first one still waits";
+}
+
+TEST_F(ServerTest, WithReplyConfirmsRequestsAreAckedOnceTheirRepliesAreConfirmed) {
+  auto o = server_options(queue);
+  o.confirm_replies = true;
+  auto server = start(o, echo);
+  auto c = client();
+  std::vector<std::future<Reply>> calls;
+  for (int i = 0; i < 50; ++i) calls.push_back(c->async_call(queue, std::to_string(i)));
+  for (int i = 0; i < 50; ++i) EXPECT_EQ(calls[i].get().body, std::to_string(i));
+  testbroker::Raw raw;
+  EXPECT_TRUE(eventually([&] { return raw.depth(queue) == 0; })) << "every request acked";
+  server.reset();
+  EXPECT_EQ(raw.depth(queue), 0u) << "nothing came back unacked when the server closed";
+}
+
+TEST_F(ServerTest, AQuorumRequestQueueWorksLikeAClassicOne) {
+  auto o = server_options(queue);
+  o.queue_type = QueueType::quorum;
+  auto server = start(o, echo);
+  EXPECT_EQ(client()->call(queue, "replicated"), "replicated");
+  // A classic declaration of the same name is refused: the queue really is a quorum queue.
+  auto classic = Server::start(server_options(queue), echo);
+  ASSERT_FALSE(classic.ok());
+  EXPECT_EQ(classic.status().code(), StatusCode::failed_precondition)
+      << classic.status().to_string();
+}
