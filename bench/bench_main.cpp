@@ -340,7 +340,17 @@ int main(int argc, char** argv) {
   std::uint64_t long_calls = 1'000'000;
   int pika_calls = 2000;
   int repeat = 3;
+  // Installed: the seed's programs are in ../share/amqprpc/seed; in the build tree, the source's.
   std::string seed_dir = AMQPRPC_SEED_DIR;
+  {
+    char buf[4096];
+    ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+    if (n > 0) {
+      std::string dir(buf, static_cast<std::size_t>(n));
+      dir = dir.substr(0, dir.find_last_of('/')) + "/../share/amqprpc/seed";
+      if (access((dir + "/seed_rpc_client.py").c_str(), R_OK) == 0) seed_dir = dir;
+    }
+  }
   std::string out_file;
   app.add_option("--seconds", seconds, "measured seconds per cell")->capture_default_str();
   app.add_option("--warmup", warmup, "unmeasured seconds before each cell")->capture_default_str();
@@ -420,14 +430,23 @@ int main(int argc, char** argv) {
      << "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   json all = json::array();
   double best_rpc = 0;
+  const bool live = isatty(STDERR_FILENO) != 0;
+  const std::size_t cells = sizes.size() * concurrency.size();
+  std::size_t cell_number = 0;
   std::vector<std::string> findings;
   for (std::size_t sz : sizes) {
     for (int c : concurrency) {
       // Runs alternate between implementations, `repeat` times; each implementation's median
       // run (by calls/s) stands for it, so drift and noise on a shared machine hit all alike.
       std::vector<std::vector<json>> runs(impls.size());
+      ++cell_number;
       for (int r = 0; r < repeat; ++r) {
         for (std::size_t i = 0; i < impls.size(); ++i) {
+          if (live) {  // a live progress line on a terminal
+            std::cerr << "\rbench: cell " << cell_number << "/" << cells << " (" << sz << " B, "
+                      << c << " in flight): " << impls[i].mode << " run " << (r + 1) << "/"
+                      << repeat << "          " << std::flush;
+          }
           runs[i].push_back(run_json({exe, common_url, "--seconds=" + fmt(seconds, 3),
                                       "--warmup=" + fmt(warmup, 3), "client",
                                       impls[i].mode == "raw" ? "raw" : "amqprpc", impls[i].queue,
@@ -448,7 +467,7 @@ int main(int argc, char** argv) {
       }
       const json& raw = median[0];
       json cell{{"size", sz}, {"concurrency", c}};
-      std::cerr << "bench: body " << sz << " B, " << c << " in flight:";
+      std::cerr << (live ? "\r" : "") << "bench: body " << sz << " B, " << c << " in flight:";
       for (std::size_t i = 0; i < impls.size(); ++i) {
         const json& j = median[i];
         double ratio = raw.value("calls_per_s", 0.0) > 0

@@ -41,6 +41,9 @@ else
   step "using the broker at AMQP_URL"
 fi
 
+# Each fault scenario appends its report line here; they are shown at the end.
+export AMQPRPC_FAULT_REPORT="$ROOT/build/fault-report.txt"
+rm -f "$AMQPRPC_FAULT_REPORT"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 status=0
@@ -51,5 +54,9 @@ ctest --test-dir build-asan --output-on-failure --timeout 300 || status=1
 step "fuzzing: each target for ${AMQPRPC_FUZZ_SECONDS:-20} s"
 ctest --test-dir build-fuzz --output-on-failure --timeout 600 || status=1
 
+if [[ -s "$AMQPRPC_FAULT_REPORT" ]]; then
+  step "fault reports (normal and sanitizer builds)"
+  cat "$AMQPRPC_FAULT_REPORT"
+fi
 if [[ $status -eq 0 ]]; then step "all tests passed"; else step "SOME TESTS FAILED"; fi
 exit "$status"

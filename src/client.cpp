@@ -17,6 +17,7 @@
 #include "amqp/connection.hpp"
 #include "deadline_heap.hpp"
 #include "log.hpp"
+#include "metrics_recorder.hpp"
 #include "uuid.hpp"
 #include "wire.hpp"
 
@@ -57,12 +58,17 @@ struct PendingCall {
   // Registered with options.cancel; unregistered when the call is destroyed.
   std::optional<std::stop_callback<CancelRequest>> on_cancel;
   std::size_t heap_index = detail::DeadlineHeap<PendingCall>::npos;
-  bool sent = false;              // on the wire on the current connection
+  bool sent = false;  // on the wire on the current connection
+  Clock::time_point submitted;
+  detail::LatencyRecorder* latency = nullptr;
+  detail::ErrorCounter* errors = nullptr;
   std::uint64_t confirm_seq = 0;  // its publish number when confirming requests
 
   // Runs the caller's continuation. An exception from a callback must not unwind through the
   // I/O loop: it is logged and dropped.
   void complete(Reply reply, const Logger& logger) {
+    if (latency != nullptr) latency->record(Clock::now() - submitted);
+    if (errors != nullptr && !reply.status.ok()) errors->count(reply.status.code());
     if (auto* p = std::get_if<std::promise<Reply>>(&done)) {
       p->set_value(std::move(reply));
       return;
@@ -168,6 +174,9 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
     call->body = std::move(body);
     call->options = options;
     call->timeout = options.timeout.value_or(options_.default_timeout);
+    call->submitted = Clock::now();
+    call->latency = &latency_;
+    call->errors = &errors_;
     return call;
   }
 
@@ -187,6 +196,8 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
     s.cancelled = cancelled_.load(std::memory_order_relaxed);
     s.duplicate_replies = duplicate_replies_.load(std::memory_order_relaxed);
     s.reconnects = loop_.reconnects();
+    s.errors = errors_.snapshot();
+    s.latency = latency_.snapshot();
     return s;
   }
 
@@ -503,6 +514,8 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
   std::string blocked_reason_;
   std::map<std::uint64_t, std::string> unconfirmed_;  // publish number -> correlation id
   std::unordered_set<std::string> recent_;
+  detail::LatencyRecorder latency_;
+  detail::ErrorCounter errors_;
   std::deque<std::string> recent_order_;
 
   mutable std::mutex reply_queue_mutex_;

@@ -12,6 +12,7 @@
 
 #include "amqp/connection.hpp"
 #include "log.hpp"
+#include "metrics_recorder.hpp"
 #include "wire.hpp"
 #include "worker_pool.hpp"
 
@@ -142,6 +143,9 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     s.redelivered = redelivered_.load(std::memory_order_relaxed);
     s.dead_lettered = dead_lettered_.load(std::memory_order_relaxed);
     s.requeued = requeued_.load(std::memory_order_relaxed);
+    s.reconnects = loop_.reconnects();
+    s.errors = errors_.snapshot();
+    s.handler_latency = handler_latency_.snapshot();
     return s;
   }
 
@@ -170,6 +174,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     req.redelivered = d.redelivered;
 
     Reply reply;
+    auto started = std::chrono::steady_clock::now();
     try {
       reply = route.handler(req);
     } catch (const std::exception& e) {
@@ -177,6 +182,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     } catch (...) {
       reply = Reply::error(StatusCode::internal, "the handler threw a non-standard exception");
     }
+    handler_latency_.record(std::chrono::steady_clock::now() - started);
+    if (!reply.status.ok()) errors_.count(reply.status.code());
     (reply.status.ok() ? replied_ok_ : replied_error_).fetch_add(1, std::memory_order_relaxed);
     out.reply_to = std::move(req.reply_to);
     detail::wire::encode_reply(std::move(reply), req.correlation_id, out.props, out.body);
@@ -483,6 +490,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   bool cancel_done_ = false;
   std::promise<void> consumers_cancelled_;
   std::atomic<std::uint64_t> generation_{0};
+  detail::LatencyRecorder handler_latency_;
+  detail::ErrorCounter errors_;
 
   // I/O thread only.
   std::vector<Outgoing> batch_;

@@ -3,10 +3,12 @@
 
 #include <functional>
 #include <future>
+#include <map>
 #include <memory>
 #include <string>
 
 #include "amqprpc/message.hpp"
+#include "amqprpc/metrics.hpp"
 #include "amqprpc/options.hpp"
 #include "amqprpc/status.hpp"
 
@@ -52,6 +54,8 @@ class Client {
     std::uint64_t cancelled = 0;          // cancelled through CallOptions::cancel while in flight
     std::uint64_t duplicate_replies = 0;  // second replies to a finished call (redelivery)
     std::uint64_t reconnects = 0;
+    std::map<StatusCode, std::uint64_t> errors;  // failed calls by status code
+    LatencyHistogram latency;                    // submit to completion, every call
   };
   Stats stats() const;
 

@@ -3,11 +3,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "amqprpc/message.hpp"
+#include "amqprpc/metrics.hpp"
 #include "amqprpc/options.hpp"
 #include "amqprpc/status.hpp"
 
@@ -55,6 +57,9 @@ class Server {
     std::uint64_t redelivered = 0;    // came back after a crash or lost connection
     std::uint64_t dead_lettered = 0;  // failed max_attempts times: moved to the dead-letter queue
     std::uint64_t requeued = 0;       // not started when the server stopped: back to the broker
+    std::uint64_t reconnects = 0;
+    std::map<StatusCode, std::uint64_t> errors;  // error replies by status code
+    LatencyHistogram handler_latency;            // time spent in handlers
   };
   Stats stats() const;
 
