@@ -396,6 +396,10 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
 
   void on_lost(const Status& why) override {
     const std::string message = "connection lost before the reply came: " + why.message();
+    // The broker closing us for lack of permission is not a network problem: say so.
+    const StatusCode code = why.code() == StatusCode::permission_denied
+                                ? StatusCode::permission_denied
+                                : StatusCode::unavailable;
     unconfirmed_.clear();
     blocked_ = false;
     held_.clear();
@@ -414,9 +418,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
         it = pending_.erase(it);
       }
     }
-    for (auto& call : failed) {
-      call->complete(Reply::error(StatusCode::unavailable, message), options_.logger);
-    }
+    for (auto& call : failed) call->complete(Reply::error(code, message), options_.logger);
   }
 
   void on_blocked(bool blocked, const std::string& reason) override {

@@ -252,6 +252,12 @@ Result<std::unique_ptr<Session>> Session::open(const ConnectionOptions& o) {
                       std::to_string(o.connect_timeout.count()) +
                       " ms (is this a RabbitMQ AMQP port? amqp:// on a TLS port?)"};
     } else if (login.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+               login.library_error == AMQP_STATUS_SOCKET_ERROR) {
+      st = Status{StatusCode::unavailable,
+                  st.message() +
+                      " (the connection broke during the AMQP handshake: is this a "
+                      "TLS port? then use amqps://)"};
+    } else if (login.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
                login.library_error == AMQP_STATUS_CONNECTION_CLOSED) {
       // RabbitMQ drops the socket on a bad password when the client did not ask otherwise.
       st = Status{

@@ -34,6 +34,9 @@ int exit_code_for(const amqprpc::Status& s, bool connecting) {
       return kTimeout;
     case amqprpc::StatusCode::unavailable:
       return kUnreachable;
+    case amqprpc::StatusCode::permission_denied:
+      // The broker refused us (an error reply from a server carries the header, not this).
+      return kUnreachable;
     default:
       return kRemoteError;
   }

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The amqp-rpc command as a user meets it: call (plain, --json, headers, --stdin), serve with
+# the fib and echo handlers and --stats, exit codes for ok / error reply / usage / timeout /
+# unreachable, --help on every command.   Usage: run_cli_test.sh AMQP_RPC_BINARY  (needs AMQP_URL)
+set -euo pipefail
+CLI="$(realpath "$1")"
+: "${AMQP_URL:?AMQP_URL must point at a broker}"
+export AMQP_URL
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+passed=0
+failed=0
+check() { # NAME EXPECTED ACTUAL
+  if [[ "$2" == "$3" ]]; then
+    echo "ok   - $1"
+    passed=$((passed + 1))
+  else
+    echo "FAIL - $1: expected $(printf '%q' "$2"), got $(printf '%q' "$3")"
+    failed=$((failed + 1))
+  fi
+}
+run() { # prints "rc|stdout|stderr"
+  local out err rc=0
+  out=$("$@" 2>"$WORK/err") || rc=$?
+  err=$(cat "$WORK/err")
+  printf '%s|%s|%s' "$rc" "$out" "$err"
+}
+wait_serving() {
+  for _ in $(seq 1 100); do
+    grep -q "serving" "$1" && return 0
+    sleep 0.1
+  done
+  cat "$1" >&2
+  return 1
+}
+
+Q="cli-fib-$$"
+E="cli-echo-$$"
+"$CLI" serve -q --queue "$Q" --handler fib --stats --stats-interval 0.5 >"$WORK/fib.out" 2>"$WORK/fib.err" &
+FIB=$!
+PIDS+=("$FIB")
+"$CLI" serve -q --queue "$E" >"$WORK/echo.out" 2>"$WORK/echo.err" &
+PIDS+=($!)
+wait_serving "$WORK/fib.err"
+wait_serving "$WORK/echo.err"
+
+check "call prints the reply" "0|832040|" "$(run "$CLI" call "$Q" 30)"
+r=$(run "$CLI" call "$Q" abc)
+check "an error reply exits 1 and says why" "1||amqp-rpc call: invalid_argument: not a decimal number: 'abc'" "$r"
+check "--stdin sends standard input" "0|55|" "$(echo 10 | "$CLI" call --stdin "$Q" 2>&1 | { read -r x; echo "0|$x|"; })"
+json=$("$CLI" call --json -H trace=abc -H tenant=acme --content-type text/plain "$E" hi)
+check "--json: status, body, headers both ways, timing, metrics" "ok hi abc text/plain 1" \
+  "$(python3 -c 'import json,sys; j=json.loads(sys.argv[1]); print(j["status"], j["body"], j["headers"]["trace"], j["content_type"], j["metrics"]["replies"], end="") if "connect" in j["timing_ms"] and "latency" in j["metrics"] else print("missing")' "$json")"
+json=$("$CLI" call --json "$Q" -- -5 2>/dev/null) || true
+check "--json on an error reply: status and message" "invalid_argument" \
+  "$(python3 -c 'import json,sys; j=json.loads(sys.argv[1]); print(j["status"] if "n must be" in j["message"] else "bad", end="")' "$json")"
+check "no such queue exits 4 at once" "4" "$(run "$CLI" call --timeout 30 "no-such-queue-$$" x | cut -d'|' -f1)"
+check "unreachable broker exits 4" "4" "$(run "$CLI" call --url amqp://127.0.0.1:1/ "$Q" 1 | cut -d'|' -f1)"
+check "a bad URI exits 2 without echoing the password" "2" "$(run "$CLI" call --url 'amqp://u:hunter2@h:bad/' "$Q" 1 | cut -d'|' -f1)"
+check "...and does not print it" "no" "$("$CLI" call --url 'amqp://u:hunter2@h:bad/' "$Q" 1 2>&1 | grep -c hunter2 | sed 's/^0$/no/')"
+check "a bad --header exits 2" "2" "$(run "$CLI" call -H novalue "$Q" 1 | cut -d'|' -f1)"
+check "no queue given exits 2" "2" "$("$CLI" call >/dev/null 2>&1; echo $?)"
+
+# A queue nobody consumes: stop the echo server, its queue stays.
+kill -TERM "${PIDS[1]}"
+wait "${PIDS[1]}" || true
+start=$(date +%s%N)
+check "a timeout exits 3" "3" "$(run "$CLI" call --timeout 0.3 "$E" x | cut -d'|' -f1)"
+check "...after the timeout, not before and not much after" "yes" \
+  "$(python3 -c 'import sys; ms=(int(sys.argv[1])-int(sys.argv[2]))/1e6; print("yes" if 300 <= ms < 5000 else ms, end="")' "$(date +%s%N)" "$start")"
+
+for cmd in "" call serve bench; do
+  # shellcheck disable=SC2086
+  check "amqp-rpc $cmd --help" "0" "$("$CLI" $cmd --help >/dev/null 2>&1; echo $?)"
+done
+
+sleep 0.7  # one stats line
+kill -TERM "$FIB"
+wait "$FIB" || true
+check "serve --stats prints stats lines" "yes" "$(grep -q 'stats: received' "$WORK/fib.err" && echo yes || echo no)"
+check "serve --stats prints JSON at exit with the counts" "yes" \
+  "$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["stats"]; print("yes" if j["replied_ok"] == 2 and j["errors"].get("invalid_argument", 0) == 2 and j["handler_latency"]["count"] == 4 else j, end="")' "$WORK/fib.out")"
+
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 ]]
