@@ -284,17 +284,11 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     }
     if (d.body.size() > options_.max_request_size) {
       oversized_.fetch_add(1, std::memory_order_relaxed);
-      replied_error_.fetch_add(1, std::memory_order_relaxed);
-      Outgoing out;
-      out.delivery_tag = d.delivery_tag;
-      out.generation = generation_.load(std::memory_order_relaxed);
-      out.reply_to = d.props.reply_to;
-      detail::wire::encode_reply(Reply::error(StatusCode::resource_exhausted,
-                                              "request body is " + std::to_string(d.body.size()) +
-                                                  " bytes; this server takes at most " +
-                                                  std::to_string(options_.max_request_size)),
-                                 d.props.correlation_id, out.props, out.body);
-      send(session, out);
+      reply_error_now(session, d,
+                      Status{StatusCode::resource_exhausted,
+                             "request body is " + std::to_string(d.body.size()) +
+                                 " bytes; this server takes at most " +
+                                 std::to_string(options_.max_request_size)});
       return;
     }
     Job job{std::move(d), route->second, generation_.load(std::memory_order_relaxed)};
@@ -459,12 +453,18 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     dead.headers.insert_or_assign(std::string(detail::wire::kDeadReasonHeader), why);
     if (!session.publish("", dlq, /*mandatory=*/false, dead, d.body).ok()) return;
     dead_lettered_.fetch_add(1, std::memory_order_relaxed);
+    reply_error_now(session, d, Status{StatusCode::internal, why});
+  }
+
+  // Answers a request with an error from the I/O thread (no handler involved), then acks it.
+  void reply_error_now(detail::Session& session, const detail::Delivery& d, Status error) {
     replied_error_.fetch_add(1, std::memory_order_relaxed);
+    errors_.count(error.code());
     Outgoing out;
     out.delivery_tag = d.delivery_tag;
     out.generation = generation_.load(std::memory_order_relaxed);
     out.reply_to = d.props.reply_to;
-    detail::wire::encode_reply(Reply::error(StatusCode::internal, why), d.props.correlation_id,
+    detail::wire::encode_reply(Reply{std::move(error), {}, {}, {}}, d.props.correlation_id,
                                out.props, out.body);
     send(session, out);
   }
