@@ -13,9 +13,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (o->port == 0) std::abort();
     if (o->vhost.empty()) std::abort();
     std::string shown = o->to_string();
+    // A sentinel password with control characters: the printed user and vhost are
+    // percent-encoded and a host cannot hold them, so finding it raw means the password leaked.
     amqprpc::ConnectionOptions secret = *o;
-    secret.password = "S3CR3T-SENTINEL";
-    if (secret.to_string().find("S3CR3T") != std::string::npos) std::abort();  // password leaked
+    secret.password = "\x01PW\x02";
+    if (secret.to_string().find("\x01PW\x02") != std::string::npos) std::abort();
     // Printing and parsing again gives the same place (the password is masked).
     auto again = amqprpc::ConnectionOptions::from_uri(shown);
     if (!again || again->host != o->host || again->port != o->port || again->vhost != o->vhost ||
