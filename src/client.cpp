@@ -104,7 +104,9 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
   }
 
   ~Impl() {
-    loop_.stop();  // on_closing cancelled what was in flight
+    loop_.stop();  // on_closing cancelled what was in flight, if connected
+    // Held calls (disconnected or blocked) never saw on_closing; the loop is joined now.
+    fail_all(StatusCode::cancelled, "the client was closed before the reply came");
     // Calls submitted after the loop's last turn.
     std::vector<std::unique_ptr<PendingCall>> left;
     {
@@ -231,6 +233,10 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
       batch_.swap(outbox_);
       cancel_batch_.swap(cancels_);
     }
+    if (held_.size() > 2 * pending_.size() + 64) {
+      // Held calls that timed out or were cancelled leave stale ids behind: drop them.
+      std::erase_if(held_, [this](const std::string& id) { return !pending_.count(id); });
+    }
     const bool can_send = session != nullptr && broken_.ok() && !blocked_;
     std::optional<detail::Session::Cork> cork;
     if (can_send && batch_.size() + held_.size() > 1) cork.emplace(*session, true);
@@ -257,7 +263,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
             Reply::error(StatusCode::resource_exhausted,
                          "the broker blocks publishing (" + blocked_reason_ + "); not sent"),
             options_.logger);
-      } else if (session == nullptr && !call->options.idempotent) {
+      } else if (session == nullptr && (!call->options.idempotent || !loop_.reconnecting())) {
         call->complete(Reply::error(StatusCode::unavailable, not_connected()), options_.logger);
       } else {
         // Blocked (policy wait), or idempotent while reconnecting: hold until it can go out.
@@ -392,6 +398,8 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
                          "' (queue deleted?); no replies can arrive"};
     detail::log(options_.logger, LogLevel::error, broken_.message());
     fail_all(StatusCode::unavailable, broken_.message());
+    // A new connection brings a new reply queue.
+    if (options_.reconnect.enabled) loop_.drop(broken_);
   }
 
   void on_lost(const Status& why) override {
@@ -493,6 +501,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
     auto pending = std::move(pending_);
     pending_.clear();
     deadlines_.clear();
+    held_.clear();
     for (auto& [id, call] : pending) call->complete(Reply::error(code, message), options_.logger);
   }
 

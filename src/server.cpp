@@ -91,8 +91,10 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     return loop_.start();
   }
 
+  bool in_own_thread() const { return loop_.in_io_thread() || (pool_ && pool_->is_worker()); }
+
   void stop() {
-    if (loop_.in_io_thread() || (pool_ && pool_->is_worker())) {
+    if (in_own_thread()) {
       // From a handler (a "shutdown" request) or the I/O thread: stopping joins these very
       // threads, so it happens on a thread of its own; wait() tells when it is done.
       std::lock_guard lock(stopper_mutex_);
@@ -116,9 +118,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       if (pool_) {
         auto unstarted = pool_->stop();
         std::lock_guard lock(outbox_mutex_);
-        for (auto& job : unstarted) {
-          if (job.generation == generation_) requeue_.push_back(job.delivery.delivery_tag);
-        }
+        for (auto& job : unstarted)
+          requeue_.emplace_back(job.delivery.delivery_tag, job.generation);
       }
       // 3. on_closing sends the last replies, acks and requeues, then the connection closes.
       loop_.stop();
@@ -211,11 +212,18 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       if (!tag) return tag.status();
       route_of_tag_[*tag] = i;
     }
+    if (options_.max_attempts > 0) {
+      // Declared now, so a dead-letter queue the broker refuses (declared differently, no
+      // permission) is a start-up error, not a channel lost in the middle of serving.
+      auto dlq = session.declare_queue(queue_spec(options_.dead_letter_queue));
+      if (!dlq) return dlq.status();
+      dead_letter_declared_ = true;
+    }
     return {};
   }
 
   void on_wake(detail::Session* session) override {
-    std::vector<std::uint64_t> requeue;
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> requeue;
     bool cancel = false;
     {
       std::lock_guard lock(outbox_mutex_);
@@ -229,7 +237,9 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     if (session != nullptr) {
       detail::Session::Cork cork(*session, batch_.size() + requeue.size() > 1);
       for (auto& out : batch_) send(*session, out);
-      for (auto tag : requeue) {
+      for (auto [tag, generation] : requeue) {
+        // Tags of an earlier connection are dead: the broker requeued those itself.
+        if (generation != generation_.load(std::memory_order_relaxed)) continue;
         if (session->reject(tag, /*requeue=*/true).ok()) {
           requeued_.fetch_add(1, std::memory_order_relaxed);
         }
@@ -266,6 +276,10 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     }
     if (d.redelivered) redelivered_.fetch_add(1, std::memory_order_relaxed);
     if (options_.max_attempts > 0) {
+      if (options_.queue_type != QueueType::quorum) {
+        // Only quorum queues count deliveries; on a classic queue this header came from a client.
+        d.props.headers.erase(std::string(detail::wire::kDeliveryCountHeader));
+      }
       std::int64_t attempt = detail::wire::attempt_of(d.props.headers, d.redelivered);
       if (attempt > options_.max_attempts) {
         dead_letter(session, std::move(d), queue, attempt);
@@ -357,6 +371,9 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   }
 
   void on_closing(detail::Session& session) override { on_wake(&session); }
+
+  // Replies sent but not yet confirmed: their requests are acked when the confirms arrive.
+  bool closing_needs_more() override { return !unconfirmed_.empty(); }
 
  private:
   detail::QueueSpec queue_spec(const std::string& name) const {
@@ -485,7 +502,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
 
   std::mutex outbox_mutex_;
   std::vector<Outgoing> outbox_;
-  std::vector<std::uint64_t> requeue_;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> requeue_;  // delivery tag, generation
   bool cancel_requested_ = false;
   bool cancel_done_ = false;
   std::promise<void> consumers_cancelled_;
@@ -531,6 +548,12 @@ Result<std::unique_ptr<Server>> Server::start(ServerOptions options, std::vector
 
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Server::~Server() {
+  if (impl_ && impl_->in_own_thread()) {
+    // Destroyed from a handler or the I/O thread: stopping joins those very threads, so the
+    // teardown finishes on a thread of its own.
+    std::thread([impl = std::move(impl_)]() mutable { impl.reset(); }).detach();
+    return;
+  }
   stop();
 }
 void Server::stop() {

@@ -30,6 +30,13 @@ IoLoop::~IoLoop() {
 
 Status IoLoop::start() {
   if (endpoints_.empty()) return {StatusCode::invalid_argument, "no broker to connect to"};
+  const auto& r = reconnect_;
+  if (r.enabled && (r.initial_delay.count() < 1 || r.max_delay < r.initial_delay ||
+                    r.multiplier < 1.0 || r.jitter < 0.0 || r.jitter >= 1.0)) {
+    return {StatusCode::invalid_argument,
+            "reconnect options: need initial_delay >= 1 ms, max_delay >= initial_delay, "
+            "multiplier >= 1 and 0 <= jitter < 1"};
+  }
   std::promise<Status> started;
   auto ready = started.get_future();
   thread_ = std::thread([this, p = std::move(started)]() mutable { run(p); });
@@ -87,7 +94,11 @@ void IoLoop::lose(Status why) {
   }
   down_since_ = Clock::now();
   attempts_ = 0;
-  backoff_ = reconnect_.initial_delay;
+  // A connection that died soon after it came up keeps the grown backoff: no reconnect storms
+  // against a broker that accepts and then drops us.
+  if (backoff_.count() == 0 || Clock::now() - up_since_ > std::chrono::seconds(10)) {
+    backoff_ = reconnect_.initial_delay;
+  }
   // Start with the endpoint after the one that failed: it is likelier to be up.
   next_endpoint_ = current_.load(std::memory_order_relaxed) + 1;
   hooks_.on_lost(why);
@@ -144,7 +155,7 @@ void IoLoop::finish_connect() {
   }
   connected_.store(true, std::memory_order_release);
   heartbeat_ = std::chrono::seconds(session_->heartbeat_seconds());
-  last_rx_ = Clock::now();
+  last_rx_ = up_since_ = Clock::now();
   reconnects_.fetch_add(1, std::memory_order_relaxed);
   auto down = std::chrono::duration_cast<std::chrono::milliseconds>(
       Clock::now() - down_since_.value_or(Clock::now()));
@@ -196,7 +207,7 @@ void IoLoop::run(std::promise<Status>& started) {
     }
     connected_.store(true, std::memory_order_release);
     heartbeat_ = std::chrono::seconds(session_->heartbeat_seconds());
-    last_rx_ = Clock::now();
+    last_rx_ = up_since_ = Clock::now();
     started.set_value(Status{});
   }
 
@@ -211,8 +222,15 @@ void IoLoop::run(std::promise<Status>& started) {
     }
     hooks_.on_wake(session_.get());
     if (session_) {
+      auto frames = session_->frames_read();
       if (Status st = session_->pump(*this); !st.ok()) lose(st);
+      if (session_ && session_->frames_read() != frames) last_rx_ = Clock::now();
       if (session_) hooks_.on_pumped(*session_);
+    }
+    if (pending_drop_) {
+      Status why = std::move(*pending_drop_);
+      pending_drop_.reset();
+      lose(why);
     }
     if (session_ && heartbeat_.count() > 0 && Clock::now() - last_rx_ > 2 * heartbeat_) {
       // rabbitmq-c notices missed heartbeats only inside a blocking wait, which this loop never
@@ -266,6 +284,13 @@ void IoLoop::run(std::promise<Status>& started) {
   if (connector_.joinable()) connector_.join();  // bounded by the connect timeout
   if (session_) {
     hooks_.on_closing(*session_);
+    // E.g. publisher confirms of the last replies: read them before closing, for a while.
+    const auto until = Clock::now() + std::chrono::seconds(2);
+    while (hooks_.closing_needs_more() && Clock::now() < until) {
+      pollfd fd{session_->fd(), POLLIN, 0};
+      ::poll(&fd, 1, 50);
+      if (!session_->pump(*this).ok()) break;
+    }
     session_->close();
     session_.reset();
   }

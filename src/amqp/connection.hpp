@@ -47,6 +47,8 @@ class IoLoop final : private FrameSink {
     virtual void on_lost(const Status& why) = 0;
     // A polite stop: last chance to publish and ack before the connection closes.
     virtual void on_closing(Session&) {}
+    // After on_closing: whether to keep reading (bounded) before closing, e.g. for confirms.
+    virtual bool closing_needs_more() { return false; }
 
    protected:
     ~Hooks() = default;
@@ -68,6 +70,9 @@ class IoLoop final : private FrameSink {
   // Closes politely (on_closing, then channel and connection) and joins. Idempotent; not from
   // the I/O thread itself.
   void stop();
+  // From a hook on the I/O thread: give up this connection (and reconnect, if enabled) once
+  // the hook returns.
+  void drop(Status why) { pending_drop_ = std::move(why); }
   bool in_io_thread() const { return std::this_thread::get_id() == thread_.get_id(); }
   bool connected() const { return connected_.load(std::memory_order_acquire); }
   bool reconnecting() const { return reconnect_.enabled && !connected(); }
@@ -113,7 +118,9 @@ class IoLoop final : private FrameSink {
   std::future<Result<std::unique_ptr<Session>>> connecting_;
   std::thread connector_;              // runs one connection attempt while the loop goes on
   std::chrono::seconds heartbeat_{0};  // negotiated
-  Clock::time_point last_rx_;          // when the socket last had data for us
+  std::optional<Status> pending_drop_;
+  Clock::time_point up_since_;
+  Clock::time_point last_rx_;  // when the socket last had data for us
   std::size_t connecting_endpoint_ = 0;
   std::mt19937 rng_{std::random_device{}()};
 

@@ -315,6 +315,8 @@ Status Session::check_rpc(std::string_view what) {
     amqp_channel_close_ok_t ok{};
     amqp_send_method(conn_, kChannel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
     channel_open_ = false;
+    auto* close = static_cast<amqp_channel_close_t*>(r.reply.decoded);
+    channel_error_ = to_string(close->reply_text);
   }
   if (r.reply_type != AMQP_RESPONSE_SERVER_EXCEPTION ||
       r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
@@ -441,6 +443,11 @@ Status Session::cancel(const std::string& consumer_tag) {
 
 Status Session::pump(FrameSink& sink) {
   if (dead_) return {StatusCode::unavailable, "connection is closed"};
+  if (!channel_open_) {
+    // Closed by the broker during a synchronous call (e.g. a declaration it refused): without
+    // its one channel the session is of no use; the owner drops it (and reconnects).
+    return {StatusCode::unavailable, "the broker closed the channel: " + channel_error_};
+  }
   timeval zero{};
   for (;;) {
     amqp_frame_t frame;
@@ -453,6 +460,7 @@ Status Session::pump(FrameSink& sink) {
       }
       return {StatusCode::unavailable, std::string("connection lost: ") + amqp_error_string2(rc)};
     }
+    ++frames_read_;
     if (Status st = dispatch(frame, sink); !st.ok()) return st;
   }
   if (!amqp_frames_enqueued(conn_)) amqp_maybe_release_buffers(conn_);

@@ -110,6 +110,8 @@ class Session {
   int fd() const;
   int frame_max() const { return amqp_get_frame_max(conn_); }
   int heartbeat_seconds() const { return amqp_get_heartbeat(conn_); }
+  // Frames handed out by pump() so far: a change means the broker sent something.
+  std::uint64_t frames_read() const { return frames_read_; }
   // Frames already read from the socket and not yet handed out: poll() would not see them.
   bool has_buffered() const;
   // How often to look at the connection when idle so heartbeats flow both ways.
@@ -147,6 +149,8 @@ class Session {
   amqp_connection_state_t conn_ = nullptr;
   bool channel_open_ = false;
   bool confirming_ = false;
+  std::uint64_t frames_read_ = 0;
+  std::string channel_error_;  // why the broker closed our channel, once it has
   std::uint64_t publish_seq_ = 0;
   bool dead_ = false;
 

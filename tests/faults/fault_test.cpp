@@ -18,6 +18,7 @@
 #include "amqprpc/server.hpp"
 #include "faults/broker_control.hpp"
 #include "faults/tcp_proxy.hpp"
+#include "integration/broker.hpp"
 #include "integration/process.hpp"
 
 using namespace amqprpc;
@@ -393,4 +394,30 @@ TEST_F(Cluster, NodeOfTheClientStoppedCallsContinueThroughAnother) {
   EXPECT_GT(r.right, 0);
   EXPECT_GE(client->stats().reconnects, 1u);
   EXPECT_EQ(client->call(queue, "after"), "after");
+}
+
+TEST_F(SingleNode, AClientClosedWhileReconnectingEndsEveryCall) {
+  auto server = make_server({node().options()}, queue);
+  std::unique_ptr<Client> client;
+  std::future<Reply> held, plain;
+  {
+    faults::TcpProxy proxy(static_cast<std::uint16_t>(node().port()));
+    ConnectionOptions via_proxy = node().options();
+    via_proxy.port = proxy.port();
+    client = make_client({via_proxy});
+    EXPECT_EQ(client->call(queue, "before"), "before");
+  }  // the proxy goes away: the connection drops and reconnecting cannot succeed
+  CallOptions idempotent;
+  idempotent.idempotent = true;
+  idempotent.timeout = 60s;
+  ASSERT_TRUE(testbroker::eventually(
+      [&] {
+        return client->stats().reconnects == 0 && !client->try_call(queue, "probe").status.ok();
+      },
+      10s));
+  held = client->async_call(queue, "held while reconnecting", idempotent);
+  std::this_thread::sleep_for(200ms);
+  client.reset();
+  ASSERT_EQ(held.wait_for(5s), std::future_status::ready) << "a held call outlived its client";
+  EXPECT_EQ(held.get().status.code(), StatusCode::cancelled);
 }

@@ -325,3 +325,22 @@ TEST_F(ServerTest, AQuorumRequestQueueWorksLikeAClassicOne) {
   EXPECT_EQ(classic.status().code(), StatusCode::failed_precondition)
       << classic.status().to_string();
 }
+
+TEST_F(ServerTest, AServerMayBeDestroyedFromItsOwnHandler) {
+  std::unique_ptr<Server> server;
+  std::atomic<bool> destroyed{false};
+  server = start(server_options(queue), [&](const Request&) {
+    server.reset();  // the teardown finishes on another thread, after this handler returns
+    destroyed = true;
+    return Reply::ok("bye");
+  });
+  auto c = client();
+  Reply r = c->try_call(queue, "x", [] {
+    CallOptions o;
+    o.timeout = 10s;
+    return o;
+  }());
+  EXPECT_TRUE(destroyed);
+  EXPECT_EQ(r.body, "bye") << r.status.to_string()
+                           << ": the reply of the last request still goes out";
+}
