@@ -302,6 +302,13 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
   // Publishes an accepted call; a call that cannot be published completes here.
   void send(detail::Session& session, PendingCall& call) {
     Status st = publish(session, call);
+    if (!st.ok() && st.code() == StatusCode::unavailable && call.options.idempotent &&
+        options_.reconnect.enabled) {
+      // The connection broke under this publish: an idempotent call waits for the next one.
+      call.sent = false;
+      held_.push_back(call.correlation_id);
+      return;
+    }
     if (!st.ok()) {
       auto owned = take(pending_.find(call.correlation_id));
       owned->complete(Reply{st, {}, {}, {}}, options_.logger);

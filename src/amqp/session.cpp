@@ -217,6 +217,13 @@ Result<std::unique_ptr<Session>> Session::open(const ConnectionOptions& o) {
       why = "no answer within " + std::to_string(o.connect_timeout.count()) + " ms";
     return Status{StatusCode::unavailable, "cannot connect to " + where + ": " + why};
   }
+  if (o.heartbeat.count() > 0) {
+    // A peer that stops reading (a cut network, a hung broker) would block a publish forever:
+    // rabbitmq-c sends without a deadline. The kernel gives up on data unacknowledged (or a
+    // window kept shut) for two heartbeat intervals, which fails the send and frees the loop.
+    unsigned int ms = static_cast<unsigned int>(o.heartbeat.count() * 2000);
+    ::setsockopt(amqp_get_sockfd(s->conn_), IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
+  }
   amqp_set_handshake_timeout(s->conn_, &tv);
   amqp_set_rpc_timeout(s->conn_, &tv);
 

@@ -76,7 +76,8 @@ class TcpProxy {
           continue;
         }
         for (ssize_t off = 0; off < n;) {
-          ssize_t w = ::write(to, buf + off, static_cast<std::size_t>(n - off));
+          // MSG_NOSIGNAL: a peer that went away must not kill the test with SIGPIPE.
+          ssize_t w = ::send(to, buf + off, static_cast<std::size_t>(n - off), MSG_NOSIGNAL);
           if (w <= 0) break;
           off += w;
         }
