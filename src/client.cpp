@@ -237,7 +237,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
       // Held calls that timed out or were cancelled leave stale ids behind: drop them.
       std::erase_if(held_, [this](const std::string& id) { return !pending_.count(id); });
     }
-    const bool can_send = session != nullptr && broken_.ok() && !blocked_;
+    const bool can_send = session != nullptr && broken_.ok() && !blocked_ && !loop_.suspect();
     std::optional<detail::Session::Cork> cork;
     if (can_send && batch_.size() + held_.size() > 1) cork.emplace(*session, true);
     if (can_send && !held_.empty()) {
@@ -266,7 +266,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
       } else if (session == nullptr && (!call->options.idempotent || !loop_.reconnecting())) {
         call->complete(Reply::error(StatusCode::unavailable, not_connected()), options_.logger);
       } else {
-        // Blocked (policy wait), or idempotent while reconnecting: hold until it can go out.
+        // Blocked (policy wait), a silent connection, or idempotent while reconnecting: hold.
         held_.push_back(call->correlation_id);
         accept(std::move(call));
       }

@@ -227,7 +227,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     bool cancel = false;
     {
       std::lock_guard lock(outbox_mutex_);
-      if (!blocked_ || session == nullptr) {  // blocked: replies wait in the outbox
+      // Blocked, or silent for a heartbeat interval: replies wait in the outbox.
+      if ((!blocked_ && !loop_.suspect()) || session == nullptr) {
         batch_.swap(outbox_);
         requeue.swap(requeue_);
       }

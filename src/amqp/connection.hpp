@@ -73,6 +73,10 @@ class IoLoop final : private FrameSink {
   // From a hook on the I/O thread: give up this connection (and reconnect, if enabled) once
   // the hook returns.
   void drop(Status why) { pending_drop_ = std::move(why); }
+  // I/O thread: nothing heard from the broker for a whole heartbeat interval (it sends twice an
+  // interval). Publishing into such a connection may block this thread inside rabbitmq-c (which
+  // sends without a deadline) before the two-interval check can declare it dead: hold output.
+  bool suspect() const { return heartbeat_.count() > 0 && Clock::now() - last_rx_ > heartbeat_; }
   bool in_io_thread() const { return std::this_thread::get_id() == thread_.get_id(); }
   bool connected() const { return connected_.load(std::memory_order_acquire); }
   bool reconnecting() const { return reconnect_.enabled && !connected(); }
