@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "amqp/connection.hpp"
+#include "confirms.hpp"
 #include "deadline_heap.hpp"
 #include "log.hpp"
 #include "metrics_recorder.hpp"
@@ -455,19 +456,9 @@ class Client::Impl final : public detail::IoLoop::Hooks, private CancelSink {
   }
 
   void on_confirm(std::uint64_t seq, bool multiple, bool ack) override {
-    auto begin = unconfirmed_.begin();
-    auto end = unconfirmed_.upper_bound(seq);
-    if (!multiple) {
-      begin = unconfirmed_.find(seq);
-      if (begin == unconfirmed_.end()) return;
-      end = std::next(begin);
-    }
-    std::vector<std::string> refused;
-    if (!ack) {
-      for (auto it = begin; it != end; ++it) refused.push_back(it->second);
-    }
-    unconfirmed_.erase(begin, end);
-    for (const auto& id : refused) {
+    auto settled = detail::take_confirmed(unconfirmed_, seq, multiple);
+    if (ack) return;  // taken: the call goes on waiting for its reply
+    for (const auto& id : settled) {
       auto it = pending_.find(id);
       if (it == pending_.end()) continue;
       auto call = take(it);

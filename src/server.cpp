@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "amqp/connection.hpp"
+#include "confirms.hpp"
 #include "log.hpp"
 #include "metrics_recorder.hpp"
 #include "wire.hpp"
@@ -350,16 +351,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   }
 
   void on_confirm(std::uint64_t seq, bool multiple, bool ack) override {
-    auto begin = unconfirmed_.begin();
-    auto end = unconfirmed_.upper_bound(seq);
-    if (!multiple) {
-      begin = unconfirmed_.find(seq);
-      if (begin == unconfirmed_.end()) return;
-      end = std::next(begin);
-    }
-    std::vector<std::uint64_t> tags;
-    for (auto it = begin; it != end; ++it) tags.push_back(it->second);
-    unconfirmed_.erase(begin, end);
+    auto tags = detail::take_confirmed(unconfirmed_, seq, multiple);
     if (!session_for_confirms_) return;
     for (auto tag : tags) {
       // Confirmed: the request is done. Refused: hand it back to be tried again.
