@@ -92,8 +92,13 @@ struct CallOptions {
   Headers headers;
   std::string content_type;
   std::optional<std::uint8_t> priority;  // for queues declared with x-max-priority
-  // Safe to send twice: if the connection drops before the reply, the call is sent again after
-  // reconnecting (within its deadline) instead of failing with unavailable.
+  // Wait for the connection (gRPC's wait-for-ready): a call made while the client is
+  // (re)connecting is held and sent once connected, within its deadline, instead of failing at
+  // once with unavailable. Without it calls fail fast.
+  bool wait_for_ready = false;
+  // Safe to send twice: if the connection drops after the call was sent and before its reply,
+  // the call is sent again after reconnecting (within its deadline) instead of failing with
+  // unavailable. Whether a call made while disconnected waits is wait_for_ready's business.
   bool idempotent = false;
   // Cancels the call when its source is asked to stop: the call completes at once with status
   // cancelled; a reply that still comes is dropped and counted as late. One source may cancel

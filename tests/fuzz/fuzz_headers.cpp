@@ -7,8 +7,8 @@
 #include <cstdint>
 #include <cstdlib>
 
-#include "amqp/session.hpp"
-#include "wire.hpp"
+#include "amqp/table.hpp"
+#include "protocol/wire.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   amqp_pool_t pool;
@@ -17,11 +17,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   amqp_table_t table;
   std::size_t offset = 0;
   if (amqp_decode_table(encoded, &pool, &table, &offset) == AMQP_STATUS_OK) {
-    amqprpc::Headers headers = amqprpc::detail::headers_from_table(table);
+    amqprpc::Headers headers = amqprpc::detail::amqp::headers_from_table(table);
     (void)amqprpc::detail::wire::int_header(headers, amqprpc::detail::wire::kDeadlineHeader);
-    std::int64_t attempt = amqprpc::detail::wire::attempt_of(headers, size % 2 == 0);
+    std::int64_t attempt = amqprpc::detail::wire::attempt_of(headers, size % 2 == 0, size % 3 == 0);
     if (attempt < 1) std::abort();
-    amqprpc::detail::Properties props;
+    amqprpc::detail::amqp::Properties props;
     props.headers = headers;
     amqprpc::Reply reply = amqprpc::detail::wire::decode_reply(std::move(props), "body");
     auto name = amqprpc::to_string(reply.status.code());

@@ -1,4 +1,4 @@
-#include "deadline_heap.hpp"
+#include "client/deadline_heap.hpp"
 
 #include <gtest/gtest.h>
 

@@ -1,4 +1,4 @@
-#include "wire.hpp"
+#include "protocol/wire.hpp"
 
 #include <gtest/gtest.h>
 
@@ -6,7 +6,7 @@ using namespace amqprpc;
 namespace wire = amqprpc::detail::wire;
 
 TEST(Wire, SuccessReplyIsTheBodyAloneLikeTheSeed) {
-  detail::Properties props;
+  detail::amqp::Properties props;
   std::string body;
   wire::encode_reply(Reply::ok("832040"), "corr-1", props, body);
   EXPECT_EQ(body, "832040");
@@ -16,7 +16,7 @@ TEST(Wire, SuccessReplyIsTheBodyAloneLikeTheSeed) {
 }
 
 TEST(Wire, ErrorReplyCarriesCodeAndMessage) {
-  detail::Properties props;
+  detail::amqp::Properties props;
   std::string body;
   wire::encode_reply(Reply::error(StatusCode::invalid_argument, "bad n"), "c", props, body);
   EXPECT_EQ(props.headers.at("x-rpc-status"), "invalid_argument");
@@ -30,13 +30,13 @@ TEST(Wire, ErrorReplyCarriesCodeAndMessage) {
 }
 
 TEST(Wire, PlainReplyFromASeedServerIsOk) {
-  Reply r = wire::decode_reply(detail::Properties{}, "55");
+  Reply r = wire::decode_reply(detail::amqp::Properties{}, "55");
   EXPECT_TRUE(r.status.ok());
   EXPECT_EQ(r.body, "55");
 }
 
 TEST(Wire, UnknownStatusNameBecomesUnknownAndSaysSo) {
-  detail::Properties props;
+  detail::amqp::Properties props;
   props.headers["x-rpc-status"] = "quota_blown";
   Reply r = wire::decode_reply(std::move(props), "over quota");
   EXPECT_EQ(r.status.code(), StatusCode::unknown);
@@ -45,7 +45,7 @@ TEST(Wire, UnknownStatusNameBecomesUnknownAndSaysSo) {
 }
 
 TEST(Wire, UserHeadersSurviveBothWays) {
-  detail::Properties props;
+  detail::amqp::Properties props;
   std::string body;
   Reply reply = Reply::ok("x");
   reply.headers["trace-id"] = "abc";

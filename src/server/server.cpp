@@ -5,65 +5,74 @@
 #include <condition_variable>
 #include <exception>
 #include <future>
-#include <map>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
 
-#include "amqp/connection.hpp"
-#include "confirms.hpp"
+#include "io/confirm_tracker.hpp"
+#include "io/io_loop.hpp"
+#include "io/outbox.hpp"
+#include "io/worker_pool.hpp"
 #include "log.hpp"
 #include "metrics_recorder.hpp"
-#include "wire.hpp"
-#include "worker_pool.hpp"
+#include "protocol/wire.hpp"
+#include "server/triage.hpp"
 
 namespace amqprpc {
+
+namespace amqp = detail::amqp;
 
 namespace {
 
 // A request on its way to a handler.
 struct Job {
-  detail::Delivery delivery;
+  amqp::Delivery delivery;
   std::size_t route = 0;
   std::uint64_t generation = 0;  // the connection it came on: tags die with their connection
 };
 
-// A finished request on its way back through the I/O thread: the reply (if any), then the ack.
+// What a request's end asks of the I/O thread.
+enum class Settle {
+  reply_then_ack,  // publish the reply, then ack (once the reply is confirmed, if confirming)
+  ack,             // done without a reply (expired)
+  requeue,         // never started: back to the broker for another server
+};
+
 struct Outgoing {
+  Settle settle = Settle::reply_then_ack;
   std::uint64_t delivery_tag = 0;
   std::uint64_t generation = 0;
-  bool has_reply = true;
   std::string reply_to;
-  detail::Properties props;
+  amqp::Properties props;
   std::string body;
 };
 
-std::int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
+std::vector<ConnectionOptions> endpoints(const ServerOptions& o) {
+  std::vector<ConnectionOptions> all{o.connection};
+  all.insert(all.end(), o.alternates.begin(), o.alternates.end());
+  return all;
 }
 
 }  // namespace
 
+// Thread safety: start/stop/wait/stats from any thread (stop also from a handler); handle()
+// on worker threads (or the I/O thread when handlers run inline); the hooks on the I/O thread.
+// Workers hand finished requests to the I/O thread through the outbox.
 class Server::Impl final : public detail::IoLoop::Hooks {
  public:
   Impl(ServerOptions options, std::vector<Route> routes)
       : options_(std::move(options)),
         routes_(std::move(routes)),
+        policy_{options_.max_attempts, options_.queue_type == QueueType::quorum,
+                options_.max_request_size},
         loop_(endpoints(options_), options_.reconnect, *this, options_.logger),
+        out_([this] { loop_.wake(); }),
         pool_(options_.workers == 0 ? nullptr
                                     : std::make_unique<detail::WorkerPool<Job>>(
                                           options_.workers, [this](Job& j) { handle(j); })) {
     if (options_.dead_letter_queue.empty() && !routes_.empty()) {
       options_.dead_letter_queue = routes_.front().queue + ".dead-letter";
     }
-  }
-
-  static std::vector<ConnectionOptions> endpoints(const ServerOptions& o) {
-    std::vector<ConnectionOptions> all{o.connection};
-    all.insert(all.end(), o.alternates.begin(), o.alternates.end());
-    return all;
   }
 
   ~Impl() {
@@ -109,18 +118,15 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     std::call_once(stop_once_, [this] {
       // 1. No new requests: cancel the consumers (bounded wait; moot if the connection is gone).
       auto cancelled = consumers_cancelled_.get_future();
-      {
-        std::lock_guard lock(outbox_mutex_);
-        cancel_requested_ = true;
-      }
+      cancel_requested_.store(true, std::memory_order_release);
       loop_.wake();
       if (loop_.connected()) cancelled.wait_for(std::chrono::seconds(10));
       // 2. Let running handlers finish; what no handler started goes back to the broker.
       if (pool_) {
-        auto unstarted = pool_->stop();
-        std::lock_guard lock(outbox_mutex_);
-        for (auto& job : unstarted)
-          requeue_.emplace_back(job.delivery.delivery_tag, job.generation);
+        for (auto& job : pool_->stop()) {
+          out_.push(
+              Outgoing{Settle::requeue, job.delivery.delivery_tag, job.generation, {}, {}, {}});
+        }
       }
       // 3. on_closing sends the last replies, acks and requeues, then the connection closes.
       loop_.stop();
@@ -154,27 +160,17 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   // ---- worker threads (or the I/O thread when handlers run inline) ----
 
   void handle(Job& job) {
-    detail::Delivery& d = job.delivery;
-    Outgoing out;
-    out.delivery_tag = d.delivery_tag;
-    out.generation = job.generation;
-    if (expired(d.props.headers)) {
-      // The caller has given up: computing the answer would only waste this worker.
+    amqp::Delivery& d = job.delivery;
+    if (detail::wire::expired(d.props.headers, detail::wire::epoch_ms())) {
+      // The caller has given up while this waited for a worker: computing the answer would
+      // only waste it.
       expired_.fetch_add(1, std::memory_order_relaxed);
-      out.has_reply = false;
-      push(std::move(out));
+      out_.push(Outgoing{Settle::ack, d.delivery_tag, job.generation, {}, {}, {}});
       return;
     }
+    Outgoing out{Settle::reply_then_ack, d.delivery_tag, job.generation, {}, {}, {}};
     const Route& route = routes_[job.route];
-    Request req;
-    req.queue = route.queue;
-    req.body = std::move(d.body);
-    req.content_type = std::move(d.props.content_type);
-    req.correlation_id = d.props.correlation_id;
-    req.reply_to = d.props.reply_to;
-    req.headers = std::move(d.props.headers);
-    req.redelivered = d.redelivered;
-
+    Request req = detail::wire::decode_request(std::move(d), route.queue);
     Reply reply;
     auto started = std::chrono::steady_clock::now();
     try {
@@ -185,152 +181,119 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       reply = Reply::error(StatusCode::internal, "the handler threw a non-standard exception");
     }
     handler_latency_.record(std::chrono::steady_clock::now() - started);
-    if (!reply.status.ok()) errors_.count(reply.status.code());
-    (reply.status.ok() ? replied_ok_ : replied_error_).fetch_add(1, std::memory_order_relaxed);
+    count_reply(reply.status);
     out.reply_to = std::move(req.reply_to);
     detail::wire::encode_reply(std::move(reply), req.correlation_id, out.props, out.body);
-    push(std::move(out));
+    out_.push(std::move(out));
   }
 
   // ---- I/O thread ----
 
-  Status on_open(detail::Session& session) override {
+  Status on_open(amqp::Channel& channel) override {
     // A new connection: delivery tags and confirm numbers of the old one mean nothing here.
+    link_ = Link{};
     generation_.fetch_add(1, std::memory_order_relaxed);
-    route_of_tag_.clear();
-    unconfirmed_.clear();
-    session_for_confirms_ = nullptr;
-    blocked_ = false;
-    dead_letter_declared_ = false;
-    if (Status st = session.qos(options_.prefetch); !st.ok()) return st;
+    if (Status st = channel.qos(options_.prefetch); !st.ok()) return st;
     if (options_.confirm_replies) {
-      if (Status st = session.confirm_select(); !st.ok()) return st;
+      if (Status st = channel.confirm_select(); !st.ok()) return st;
     }
     for (std::size_t i = 0; i < routes_.size(); ++i) {
-      auto declared = session.declare_queue(queue_spec(routes_[i].queue));
+      auto declared = channel.declare_queue(queue_spec(routes_[i].queue));
       if (!declared) return declared.status();
-      auto tag = session.consume(routes_[i].queue, /*no_ack=*/false, /*exclusive=*/false);
+      auto tag = channel.consume(routes_[i].queue, /*no_ack=*/false, /*exclusive=*/false);
       if (!tag) return tag.status();
-      route_of_tag_[*tag] = i;
+      link_.route_of_tag[*tag] = i;
     }
     if (options_.max_attempts > 0) {
       // Declared now, so a dead-letter queue the broker refuses (declared differently, no
       // permission) is a start-up error, not a channel lost in the middle of serving.
-      auto dlq = session.declare_queue(queue_spec(options_.dead_letter_queue));
+      auto dlq = channel.declare_queue(queue_spec(options_.dead_letter_queue));
       if (!dlq) return dlq.status();
-      dead_letter_declared_ = true;
     }
     return {};
   }
 
-  void on_wake(detail::Session* session) override {
-    std::vector<std::pair<std::uint64_t, std::uint64_t>> requeue;
-    bool cancel = false;
-    {
-      std::lock_guard lock(outbox_mutex_);
-      // Blocked, or silent for a heartbeat interval: replies wait in the outbox.
-      if ((!blocked_ && !loop_.suspect()) || session == nullptr) {
-        batch_.swap(outbox_);
-        requeue.swap(requeue_);
-      }
-      cancel = cancel_requested_ && !cancel_done_;
-      if (cancel) cancel_done_ = true;
+  void on_wake(amqp::Channel* channel) override {
+    // Blocked, or silent for a heartbeat interval: replies wait in the outbox. Disconnected:
+    // nothing can be acked any more (the broker requeues it all), so what waits is dropped.
+    if (channel == nullptr || loop_.can_publish()) out_.take(batch_);
+    if (channel != nullptr) {
+      amqp::Channel::Cork cork(*channel, batch_.size() > 1);
+      for (auto& out : batch_) settle(*channel, out);
     }
-    if (session != nullptr) {
-      detail::Session::Cork cork(*session, batch_.size() + requeue.size() > 1);
-      for (auto& out : batch_) send(*session, out);
-      for (auto [tag, generation] : requeue) {
-        // Tags of an earlier connection are dead: the broker requeued those itself.
-        if (generation != generation_.load(std::memory_order_relaxed)) continue;
-        if (session->reject(tag, /*requeue=*/true).ok()) {
-          requeued_.fetch_add(1, std::memory_order_relaxed);
-        }
-      }
-    }  // else: nothing can be acked any more; the broker requeues it all
     batch_.clear();
-    if (cancel) {
-      if (session != nullptr) {
-        for (const auto& [tag, route] : route_of_tag_) session->cancel(tag);
+    if (cancel_requested_.load(std::memory_order_acquire) && !cancel_done_) {
+      cancel_done_ = true;
+      if (channel != nullptr) {
+        for (const auto& [tag, route] : link_.route_of_tag) channel->cancel(tag);
       }
       consumers_cancelled_.set_value();
     }
   }
 
-  void on_delivery(detail::Session& session, detail::Delivery&& d) override {
+  void on_delivery(amqp::Channel& channel, amqp::Delivery&& d) override {
     received_.fetch_add(1, std::memory_order_relaxed);
-    auto route = route_of_tag_.find(d.consumer_tag);
-    if (route == route_of_tag_.end()) {  // not ours: cannot happen on our own channel
-      session.reject(d.delivery_tag, /*requeue=*/true);
+    auto route = link_.route_of_tag.find(d.consumer_tag);
+    if (route == link_.route_of_tag.end()) {  // not ours: cannot happen on our own channel
+      channel.reject(d.delivery_tag, /*requeue=*/true);
       return;
     }
     const std::string& queue = routes_[route->second].queue;
-    if (d.props.reply_to.empty()) {
-      rejected_.fetch_add(1, std::memory_order_relaxed);
-      if (!warned_no_reply_to_) {
-        warned_no_reply_to_ = true;
-        detail::log(options_.logger, LogLevel::warning,
-                    "rejected a request on '" + queue +
-                        "' without reply_to (nowhere to answer); further ones are rejected "
-                        "silently");
-      }
-      session.reject(d.delivery_tag, /*requeue=*/false);
-      return;
-    }
     if (d.redelivered) redelivered_.fetch_add(1, std::memory_order_relaxed);
-    if (options_.max_attempts > 0) {
-      if (options_.queue_type != QueueType::quorum) {
-        // Only quorum queues count deliveries; on a classic queue this header came from a client.
-        d.props.headers.erase(std::string(detail::wire::kDeliveryCountHeader));
-      }
-      std::int64_t attempt = detail::wire::attempt_of(d.props.headers, d.redelivered);
-      if (attempt > options_.max_attempts) {
-        dead_letter(session, std::move(d), queue, attempt);
-        return;
-      }
-      if (d.redelivered && !d.props.headers.count(detail::wire::kDeliveryCountHeader)) {
-        // Classic queues do not count deliveries: carry the count in the message itself.
-        recount(session, std::move(d), queue, attempt);
-        return;
-      }
+    if (options_.max_attempts > 0 && !policy_.quorum) {
+      // Only quorum queues count deliveries; on a classic queue this header came from a client.
+      d.props.headers.erase(std::string(detail::wire::kDeliveryCountHeader));
     }
-    if (expired(d.props.headers)) {
-      expired_.fetch_add(1, std::memory_order_relaxed);
-      session.ack(d.delivery_tag);
-      return;
-    }
-    if (d.body.size() > options_.max_request_size) {
-      oversized_.fetch_add(1, std::memory_order_relaxed);
-      reply_error_now(session, d,
-                      Status{StatusCode::resource_exhausted,
-                             "request body is " + std::to_string(d.body.size()) +
-                                 " bytes; this server takes at most " +
-                                 std::to_string(options_.max_request_size)});
-      return;
+    const detail::Triage t = detail::triage(d, policy_, detail::wire::epoch_ms());
+    switch (t.verdict) {
+      case detail::Verdict::reject:
+        reject_no_reply_to(channel, d, queue);
+        return;
+      case detail::Verdict::dead_letter:
+        dead_letter(channel, std::move(d), queue, t.attempt);
+        return;
+      case detail::Verdict::expired:
+        expired_.fetch_add(1, std::memory_order_relaxed);
+        channel.ack(d.delivery_tag);
+        return;
+      case detail::Verdict::recount:
+        recount(channel, std::move(d), queue, t.attempt);
+        return;
+      case detail::Verdict::oversized:
+        oversized_.fetch_add(1, std::memory_order_relaxed);
+        reply_error_now(channel, d,
+                        Status{StatusCode::resource_exhausted,
+                               "request body is " + std::to_string(d.body.size()) +
+                                   " bytes; this server takes at most " +
+                                   std::to_string(options_.max_request_size)});
+        return;
+      case detail::Verdict::serve:
+        break;
     }
     Job job{std::move(d), route->second, generation_.load(std::memory_order_relaxed)};
     if (pool_) {
-      incoming_.push_back(std::move(job));  // handed to the pool in one go by on_pumped
+      link_.incoming.push_back(std::move(job));  // handed to the pool in one go after the read
     } else {
       handle(job);  // inline: the reply goes out on this loop's next turn
     }
   }
 
-  void on_pumped(detail::Session& session) override {
-    if (incoming_.empty()) return;
-    if (!pool_->submit_all(incoming_)) {
+  void on_read_batch(amqp::Channel& channel) override {
+    if (link_.incoming.empty()) return;
+    if (!pool_->submit_all(link_.incoming)) {
       // Stopping: these were never started, so they go back to the broker at once.
-      for (auto& job : incoming_) {
-        if (session.reject(job.delivery.delivery_tag, /*requeue=*/true).ok()) {
+      for (auto& job : link_.incoming) {
+        if (channel.reject(job.delivery.delivery_tag, /*requeue=*/true).ok()) {
           requeued_.fetch_add(1, std::memory_order_relaxed);
         }
       }
     }
-    incoming_.clear();
+    link_.incoming.clear();
   }
 
-  void on_consumer_cancelled(const std::string& tag) override {
-    auto route = route_of_tag_.find(tag);
-    std::string queue = route == route_of_tag_.end() ? tag : routes_[route->second].queue;
+  void on_consumer_cancelled(amqp::Channel&, const std::string& tag) override {
+    auto route = link_.route_of_tag.find(tag);
+    std::string queue = route == link_.route_of_tag.end() ? tag : routes_[route->second].queue;
     detail::log(options_.logger, LogLevel::error,
                 "the broker cancelled the consumer of '" + queue +
                     "' (queue deleted?); this server no longer receives its requests");
@@ -338,39 +301,35 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   }
 
   void on_lost(const Status& why) override {
-    unconfirmed_.clear();
-    session_for_confirms_ = nullptr;
-    blocked_ = false;
-    incoming_.clear();  // unacked on a dead connection: the broker has requeued them
     if (!options_.reconnect.enabled) finish(why);
   }
 
-  void on_blocked(bool blocked, const std::string&) override {
-    blocked_ = blocked;
-    if (!blocked) loop_.wake();
-  }
-
-  void on_confirm(std::uint64_t seq, bool multiple, bool ack) override {
-    auto tags = detail::take_confirmed(unconfirmed_, seq, multiple);
-    if (!session_for_confirms_) return;
-    for (auto tag : tags) {
+  void on_confirm(amqp::Channel& channel, std::uint64_t seq, bool multiple, bool ack) override {
+    for (auto tag : link_.unconfirmed.settle(seq, multiple)) {
       // Confirmed: the request is done. Refused: hand it back to be tried again.
       if (ack) {
-        session_for_confirms_->ack(tag);
+        channel.ack(tag);
       } else {
-        session_for_confirms_->reject(tag, /*requeue=*/true);
+        channel.reject(tag, /*requeue=*/true);
       }
     }
   }
 
-  void on_closing(detail::Session& session) override { on_wake(&session); }
+  void on_closing(amqp::Channel& channel) override { on_wake(&channel); }
 
   // Replies sent but not yet confirmed: their requests are acked when the confirms arrive.
-  bool closing_needs_more() override { return !unconfirmed_.empty(); }
+  bool closing_needs_more() override { return !link_.unconfirmed.empty(); }
 
  private:
-  detail::QueueSpec queue_spec(const std::string& name) const {
-    detail::QueueSpec spec{name, options_.durable, false, false, {}};
+  // What lives and dies with one connection.
+  struct Link {
+    std::unordered_map<std::string, std::size_t> route_of_tag;  // consumer tag -> route
+    detail::ConfirmTracker<std::uint64_t> unconfirmed;  // reply's publish number -> request tag
+    std::vector<Job> incoming;                          // read in this batch, for the worker pool
+  };
+
+  amqp::QueueSpec queue_spec(const std::string& name) const {
+    amqp::QueueSpec spec{name, options_.durable, false, false, {}};
     if (options_.queue_type == QueueType::quorum) {
       spec.durable = true;
       spec.arguments["x-queue-type"] = "quorum";
@@ -378,26 +337,37 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     return spec;
   }
 
-  static bool expired(const Headers& headers) {
-    auto deadline = detail::wire::int_header(headers, detail::wire::kDeadlineHeader);
-    return deadline && *deadline < now_ms();
+  void count_reply(const Status& status) {
+    if (!status.ok()) errors_.count(status.code());
+    (status.ok() ? replied_ok_ : replied_error_).fetch_add(1, std::memory_order_relaxed);
   }
 
-  void push(Outgoing&& out) {
-    bool was_empty;
-    {
-      std::lock_guard lock(outbox_mutex_);
-      was_empty = outbox_.empty();
-      outbox_.push_back(std::move(out));
+  void reject_no_reply_to(amqp::Channel& channel, const amqp::Delivery& d,
+                          const std::string& queue) {
+    rejected_.fetch_add(1, std::memory_order_relaxed);
+    if (!warned_no_reply_to_) {
+      warned_no_reply_to_ = true;
+      detail::log(options_.logger, LogLevel::warning,
+                  "rejected a request on '" + queue +
+                      "' without reply_to (nowhere to answer); further ones are rejected "
+                      "silently");
     }
-    if (was_empty) loop_.wake();
+    channel.reject(d.delivery_tag, /*requeue=*/false);
   }
 
-  void send(detail::Session& session, Outgoing& out) {
+  // Carries out what a finished request asks: reply then ack, ack alone, or requeue.
+  void settle(amqp::Channel& channel, Outgoing& out) {
+    // Tags of an earlier connection are dead: the broker requeued those requests itself.
     const bool same_connection = out.generation == generation_.load(std::memory_order_relaxed);
-    if (out.has_reply) {
+    if (out.settle == Settle::requeue) {
+      if (same_connection && channel.reject(out.delivery_tag, /*requeue=*/true).ok()) {
+        requeued_.fetch_add(1, std::memory_order_relaxed);
+      }
+      return;
+    }
+    if (out.settle == Settle::reply_then_ack) {
       if (Status bad = detail::wire::validate_outgoing(out.props, out.body.size(),
-                                                       session.frame_max(), "the handler's reply");
+                                                       channel.frame_max(), "the handler's reply");
           !bad.ok()) {
         // Sending it would break the connection; the caller learns why instead.
         detail::log(options_.logger, LogLevel::error, bad.message());
@@ -409,74 +379,58 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       // Reply first, then ack: a crash in between leads to a redelivery, never a lost request.
       // A reply to a request from a previous connection still goes out (its caller may wait),
       // but that request cannot be acked: it was requeued, and its duplicate reply is dropped.
-      if (!session.publish("", out.reply_to, /*mandatory=*/false, out.props, out.body).ok()) {
-        return;
-      }
+      auto seq = channel.publish("", out.reply_to, /*mandatory=*/false, out.props, out.body);
+      if (!seq) return;
       if (same_connection && options_.confirm_replies) {
-        session_for_confirms_ = &session;
-        unconfirmed_.emplace(session.last_publish_seq(), out.delivery_tag);
+        link_.unconfirmed.track(*seq, out.delivery_tag);
         return;  // acked when the broker confirms the reply
       }
     }
-    if (same_connection) session.ack(out.delivery_tag);
+    if (same_connection) channel.ack(out.delivery_tag);
   }
 
   // Puts a redelivered request back at the end of its queue with its delivery count, so the
   // next crash is counted too; the original is acked once the copy is published.
-  void recount(detail::Session& session, detail::Delivery&& d, const std::string& queue,
+  void recount(amqp::Channel& channel, amqp::Delivery&& d, const std::string& queue,
                std::int64_t attempt) {
-    if (expired(d.props.headers)) {
-      expired_.fetch_add(1, std::memory_order_relaxed);
-      session.ack(d.delivery_tag);
-      return;
-    }
     d.props.headers.insert_or_assign(std::string(detail::wire::kAttemptsHeader),
                                      std::to_string(attempt));
-    if (session.publish("", queue, /*mandatory=*/false, d.props, d.body).ok()) {
-      session.ack(d.delivery_tag);
+    if (channel.publish("", queue, /*mandatory=*/false, d.props, d.body).ok()) {
+      channel.ack(d.delivery_tag);
     }
   }
 
-  void dead_letter(detail::Session& session, detail::Delivery&& d, const std::string& queue,
+  void dead_letter(amqp::Channel& channel, amqp::Delivery&& d, const std::string& queue,
                    std::int64_t attempt) {
     const std::string& dlq = options_.dead_letter_queue;
-    if (!dead_letter_declared_) {
-      auto declared = session.declare_queue(queue_spec(dlq));
-      if (!declared) {
-        detail::log(
-            options_.logger, LogLevel::error,
-            "cannot declare dead-letter queue '" + dlq + "': " + declared.status().message());
-        return;  // the session is unusable now; the request stays unacked and is requeued
-      }
-      dead_letter_declared_ = true;
-    }
     const std::string why = "the request on '" + queue + "' was delivered " +
                             std::to_string(attempt) +
                             " times and its server crashed or lost its connection each time; "
                             "moved to dead-letter queue '" +
                             dlq + "'";
     detail::log(options_.logger, LogLevel::error, why);
-    detail::Properties dead = d.props;
+    amqp::Properties dead = d.props;
     dead.expiration.clear();  // kept for inspection, whatever the caller's deadline was
     dead.headers.insert_or_assign(std::string(detail::wire::kAttemptsHeader),
                                   std::to_string(attempt));
     dead.headers.insert_or_assign(std::string(detail::wire::kDeadReasonHeader), why);
-    if (!session.publish("", dlq, /*mandatory=*/false, dead, d.body).ok()) return;
+    if (!channel.publish("", dlq, /*mandatory=*/false, dead, d.body).ok()) return;
     dead_lettered_.fetch_add(1, std::memory_order_relaxed);
-    reply_error_now(session, d, Status{StatusCode::internal, why});
+    reply_error_now(channel, d, Status{StatusCode::internal, why});
   }
 
   // Answers a request with an error from the I/O thread (no handler involved), then acks it.
-  void reply_error_now(detail::Session& session, const detail::Delivery& d, Status error) {
-    replied_error_.fetch_add(1, std::memory_order_relaxed);
-    errors_.count(error.code());
-    Outgoing out;
-    out.delivery_tag = d.delivery_tag;
-    out.generation = generation_.load(std::memory_order_relaxed);
-    out.reply_to = d.props.reply_to;
+  void reply_error_now(amqp::Channel& channel, const amqp::Delivery& d, Status error) {
+    count_reply(error);
+    Outgoing out{Settle::reply_then_ack,
+                 d.delivery_tag,
+                 generation_.load(std::memory_order_relaxed),
+                 d.props.reply_to,
+                 {},
+                 {}};
     detail::wire::encode_reply(Reply{std::move(error), {}, {}, {}}, d.props.correlation_id,
                                out.props, out.body);
-    send(session, out);
+    settle(channel, out);
   }
 
   void finish(Status why) {
@@ -491,27 +445,21 @@ class Server::Impl final : public detail::IoLoop::Hooks {
 
   ServerOptions options_;
   std::vector<Route> routes_;
+  const detail::TriagePolicy policy_;
   detail::IoLoop loop_;
+  detail::Outbox<Outgoing> out_;  // from workers (and stop) to the I/O thread
 
-  std::mutex outbox_mutex_;
-  std::vector<Outgoing> outbox_;
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> requeue_;  // delivery tag, generation
-  bool cancel_requested_ = false;
-  bool cancel_done_ = false;
+  std::atomic<bool> cancel_requested_{false};
   std::promise<void> consumers_cancelled_;
-  std::atomic<std::uint64_t> generation_{0};
+  std::atomic<std::uint64_t> generation_{0};  // of the connection; read by workers
   detail::LatencyRecorder handler_latency_;
   detail::ErrorCounter errors_;
 
   // I/O thread only.
+  Link link_;
   std::vector<Outgoing> batch_;
-  std::vector<Job> incoming_;
-  std::unordered_map<std::string, std::size_t> route_of_tag_;
-  std::map<std::uint64_t, std::uint64_t> unconfirmed_;  // reply's publish number -> request tag
-  detail::Session* session_for_confirms_ = nullptr;
-  bool blocked_ = false;
+  bool cancel_done_ = false;
   bool warned_no_reply_to_ = false;
-  bool dead_letter_declared_ = false;
 
   std::once_flag stop_once_;
   std::mutex stopper_mutex_;

@@ -1,31 +1,12 @@
-// The wire contract shared by client and server (docs/PROTOCOL.md explains it for other
-// languages). Success replies are the body alone, as the seed expects; errors add headers.
-#pragma once
-
-#include <cstdint>
-#include <optional>
-#include <string_view>
-
-#include "amqp/session.hpp"
-#include "amqprpc/message.hpp"
+#include "protocol/wire.hpp"
 
 namespace amqprpc::detail::wire {
 
-inline constexpr std::string_view kDirectReplyTo = "amq.rabbitmq.reply-to";
-// Error replies: the status code's wire name, and its message (also the body, as text).
-inline constexpr std::string_view kStatusHeader = "x-rpc-status";
-inline constexpr std::string_view kMessageHeader = "x-rpc-message";
-// Requests: the caller's absolute deadline, milliseconds since the Unix epoch.
-inline constexpr std::string_view kDeadlineHeader = "x-rpc-deadline";
-// Requests: how many times a server has been handed this request (poison-message accounting).
-inline constexpr std::string_view kAttemptsHeader = "x-rpc-attempts";
-// Set by quorum queues on redelivered messages: how many times it was returned.
-inline constexpr std::string_view kDeliveryCountHeader = "x-delivery-count";
-// Dead-lettered requests: why.
-inline constexpr std::string_view kDeadReasonHeader = "x-rpc-dead-reason";
+std::int64_t epoch_ms(std::chrono::system_clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+}
 
-// A non-negative decimal integer header; nullopt when absent or not such a number.
-inline std::optional<std::int64_t> int_header(const Headers& headers, std::string_view name) {
+std::optional<std::int64_t> int_header(const Headers& headers, std::string_view name) {
   auto it = headers.find(name);
   if (it == headers.end() || it->second.empty() || it->second.size() > 18) return std::nullopt;
   std::int64_t v = 0;
@@ -36,23 +17,22 @@ inline std::optional<std::int64_t> int_header(const Headers& headers, std::strin
   return v;
 }
 
-// Which delivery of this request this is (1 = the first), from the quorum queue's count or our
-// own header, and the broker's redelivered flag.
-inline std::int64_t attempt_of(const Headers& headers, bool redelivered) {
-  if (auto count = int_header(headers, kDeliveryCountHeader)) return *count + 1;
+std::int64_t attempt_of(const Headers& headers, bool redelivered, bool trust_delivery_count) {
+  if (trust_delivery_count) {
+    if (auto count = int_header(headers, kDeliveryCountHeader)) return *count + 1;
+  }
   std::int64_t base = int_header(headers, kAttemptsHeader).value_or(1);
   if (base < 1) base = 1;
   return redelivered ? base + 1 : base;
 }
 
-// RabbitMQ's default max_message_size (128 MiB); larger bodies make the broker close the channel.
-inline constexpr std::size_t kMaxBodySize = 128u * 1024 * 1024;
+bool expired(const Headers& headers, std::int64_t now_ms) {
+  auto deadline = int_header(headers, kDeadlineHeader);
+  return deadline && *deadline < now_ms;
+}
 
-// Checks what rabbitmq-c and the broker would refuse only after part of the message is on the
-// wire (which breaks the connection): short strings over 255 bytes, a header table too large
-// for one frame, a body over the broker's limit. `what` names the message in the error.
-inline Status validate_outgoing(const Properties& p, std::size_t body_size, int frame_max,
-                                std::string_view what) {
+Status validate_outgoing(const amqp::Properties& p, std::size_t body_size, int frame_max,
+                         std::string_view what) {
   auto too_long = [&](std::string_view field, std::size_t size) {
     return Status{StatusCode::invalid_argument, std::string(what) + ": " + std::string(field) +
                                                     " is " + std::to_string(size) +
@@ -81,9 +61,36 @@ inline Status validate_outgoing(const Properties& p, std::size_t body_size, int 
   return {};
 }
 
-// The properties and body of the reply a server sends for `reply` to a request.
-inline void encode_reply(Reply&& reply, std::string_view correlation_id, Properties& props,
-                         std::string& body) {
+amqp::Properties encode_request(const CallOptions& options, std::string correlation_id,
+                                std::string reply_to, std::chrono::milliseconds time_left) {
+  amqp::Properties props;
+  props.correlation_id = std::move(correlation_id);
+  props.reply_to = std::move(reply_to);
+  props.content_type = options.content_type;
+  props.priority = options.priority;
+  props.headers = options.headers;
+  // The broker drops a request nobody waits for any more; servers can skip expired work.
+  if (time_left.count() < 1) time_left = std::chrono::milliseconds(1);
+  props.expiration = std::to_string(time_left.count());
+  props.headers.insert_or_assign(std::string(kDeadlineHeader),
+                                 std::to_string(epoch_ms() + time_left.count()));
+  return props;
+}
+
+Request decode_request(amqp::Delivery&& d, const std::string& queue) {
+  Request req;
+  req.queue = queue;
+  req.body = std::move(d.body);
+  req.content_type = std::move(d.props.content_type);
+  req.correlation_id = std::move(d.props.correlation_id);
+  req.reply_to = std::move(d.props.reply_to);
+  req.headers = std::move(d.props.headers);
+  req.redelivered = d.redelivered;
+  return req;
+}
+
+void encode_reply(Reply&& reply, std::string_view correlation_id, amqp::Properties& props,
+                  std::string& body) {
   props.correlation_id = correlation_id;
   props.headers = std::move(reply.headers);
   props.content_type = std::move(reply.content_type);
@@ -98,8 +105,7 @@ inline void encode_reply(Reply&& reply, std::string_view correlation_id, Propert
   body = reply.status.message();
 }
 
-// What a client makes of a reply message.
-inline Reply decode_reply(Properties&& props, std::string&& body) {
+Reply decode_reply(amqp::Properties&& props, std::string&& body) {
   Reply reply;
   reply.content_type = std::move(props.content_type);
   reply.headers = std::move(props.headers);

@@ -31,17 +31,6 @@ class WorkerPool {
     return false;
   }
 
-  // False once stopping: the job was not taken.
-  bool submit(Job job) {
-    {
-      std::lock_guard lock(mutex_);
-      if (stopping_) return false;
-      jobs_.push_back(std::move(job));
-    }
-    cv_.notify_one();
-    return true;
-  }
-
   // Takes every job of `jobs` (moved from) with one lock and one wake-up.
   bool submit_all(std::vector<Job>& jobs) {
     {

@@ -1,0 +1,395 @@
+#include "amqp/channel.hpp"
+
+#include <amqp.h>
+#include <amqp_ssl_socket.h>
+#include <amqp_tcp_socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+
+#include <cstring>
+
+#include "amqp/errors.hpp"
+#include "amqp/table.hpp"
+
+namespace amqprpc::detail::amqp {
+namespace {
+
+constexpr amqp_channel_t kChannel = 1;
+
+timeval to_timeval(std::chrono::milliseconds ms) {
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(ms.count() / 1000);
+  tv.tv_usec = static_cast<suseconds_t>((ms.count() % 1000) * 1000);
+  return tv;
+}
+
+void set_string(amqp_basic_properties_t& props, amqp_flags_t flag, amqp_bytes_t& field,
+                const std::string& value) {
+  if (value.empty()) return;
+  props._flags |= flag;
+  field = as_bytes(value);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Channel>> Channel::open(const ConnectionOptions& o) {
+  std::unique_ptr<Channel> s(new Channel());
+  s->conn_ = amqp_new_connection();
+  if (s->conn_ == nullptr) return Status{StatusCode::resource_exhausted, "out of memory"};
+  const std::string where = o.to_string();
+
+  amqp_socket_t* socket = nullptr;
+  if (o.tls.enabled) {
+    socket = amqp_ssl_socket_new(s->conn_);
+    if (socket == nullptr) return Status{StatusCode::internal, "cannot create a TLS socket"};
+    amqp_ssl_socket_set_verify_peer(socket, o.tls.verify_peer ? 1 : 0);
+    amqp_ssl_socket_set_verify_hostname(socket, o.tls.verify_hostname ? 1 : 0);
+    if (!o.tls.ca_file.empty() &&
+        amqp_ssl_socket_set_cacert(socket, o.tls.ca_file.c_str()) != AMQP_STATUS_OK) {
+      return Status{StatusCode::invalid_argument,
+                    "cannot load the CA file '" + o.tls.ca_file + "'"};
+    }
+    if (!o.tls.cert_file.empty()) {
+      const std::string& key = o.tls.key_file.empty() ? o.tls.cert_file : o.tls.key_file;
+      if (amqp_ssl_socket_set_key(socket, o.tls.cert_file.c_str(), key.c_str()) != AMQP_STATUS_OK) {
+        return Status{StatusCode::invalid_argument,
+                      "cannot load the client certificate '" + o.tls.cert_file + "' or its key"};
+      }
+    }
+  } else {
+    socket = amqp_tcp_socket_new(s->conn_);
+    if (socket == nullptr) return Status{StatusCode::internal, "cannot create a TCP socket"};
+  }
+
+  timeval tv = to_timeval(o.connect_timeout);
+  int rc = amqp_socket_open_noblock(socket, o.host.c_str(), o.port, &tv);
+  if (rc != AMQP_STATUS_OK) {
+    std::string why = amqp_error_string2(rc);
+    // rabbitmq-c folds refused, unreachable and the like into "a socket error occurred".
+    if (rc == AMQP_STATUS_SOCKET_ERROR) why = "connection refused or network unreachable";
+    if (rc == AMQP_STATUS_TIMEOUT)
+      why = "no answer within " + std::to_string(o.connect_timeout.count()) + " ms";
+    return Status{StatusCode::unavailable, "cannot connect to " + where + ": " + why};
+  }
+  if (o.heartbeat.count() > 0) {
+    // A peer that stops reading (a cut network, a hung broker) would block a publish forever:
+    // rabbitmq-c sends without a deadline. The kernel gives up on data unacknowledged (or a
+    // window kept shut) for two heartbeat intervals, which fails the send and frees the loop.
+    unsigned int ms = static_cast<unsigned int>(o.heartbeat.count() * 2000);
+    ::setsockopt(amqp_get_sockfd(s->conn_), IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
+  }
+  amqp_set_handshake_timeout(s->conn_, &tv);
+  amqp_set_rpc_timeout(s->conn_, &tv);
+
+  // Ask for the notifications we handle; rabbitmq-c merges these with its own capabilities.
+  amqp_table_entry_t caps[2];
+  caps[0].key = amqp_cstring_bytes("consumer_cancel_notify");
+  caps[0].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+  caps[0].value.value.boolean = 1;
+  caps[1].key = amqp_cstring_bytes("connection.blocked");
+  caps[1].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+  caps[1].value.value.boolean = 1;
+  amqp_table_entry_t props[2];
+  props[0].key = amqp_cstring_bytes("capabilities");
+  props[0].value.kind = AMQP_FIELD_KIND_TABLE;
+  props[0].value.value.table.num_entries = 2;
+  props[0].value.value.table.entries = caps;
+  props[1].key = amqp_cstring_bytes("product");
+  props[1].value.kind = AMQP_FIELD_KIND_UTF8;
+  props[1].value.value.bytes = amqp_cstring_bytes("amqp-rpc");
+  amqp_table_t client_properties{2, props};
+
+  const int heartbeat = static_cast<int>(o.heartbeat.count());
+  amqp_rpc_reply_t login = amqp_login_with_properties(
+      s->conn_, o.vhost.c_str(), 0, o.frame_max, heartbeat, &client_properties,
+      AMQP_SASL_METHOD_PLAIN, o.user.c_str(), o.password.c_str());
+  if (login.reply_type != AMQP_RESPONSE_NORMAL) {
+    s->dead_ = true;
+    Status st = status_from_rpc_reply(login, "login to " + where + " as '" + o.user + "'");
+    if (login.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+        login.library_error == AMQP_STATUS_TIMEOUT) {
+      st = Status{StatusCode::unavailable,
+                  "cannot connect to " + where + ": no AMQP handshake within " +
+                      std::to_string(o.connect_timeout.count()) +
+                      " ms (is this a RabbitMQ AMQP port? amqp:// on a TLS port?)"};
+    } else if (login.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+               login.library_error == AMQP_STATUS_SOCKET_ERROR) {
+      st = Status{StatusCode::unavailable,
+                  st.message() +
+                      " (the connection broke during the AMQP handshake: is this a "
+                      "TLS port? then use amqps://)"};
+    } else if (login.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+               login.library_error == AMQP_STATUS_CONNECTION_CLOSED) {
+      // RabbitMQ drops the socket on a bad password when the client did not ask otherwise.
+      st = Status{
+          StatusCode::permission_denied,
+          st.message() + " (wrong user name or password, or no access to vhost '" + o.vhost + "')"};
+    }
+    return st;
+  }
+
+  amqp_channel_open(s->conn_, kChannel);
+  if (Status st = s->check_rpc("open channel"); !st.ok()) return st;
+  s->open_ = true;
+  return s;
+}
+
+Channel::~Channel() {
+  close();
+  if (conn_ != nullptr) amqp_destroy_connection(conn_);
+}
+
+void Channel::close() {
+  if (conn_ == nullptr || dead_) return;
+  if (open_) amqp_channel_close(conn_, kChannel, AMQP_REPLY_SUCCESS);
+  open_ = false;
+  amqp_connection_close(conn_, AMQP_REPLY_SUCCESS);
+  dead_ = true;
+}
+
+int Channel::fd() const {
+  return amqp_get_sockfd(conn_);
+}
+
+int Channel::frame_max() const {
+  return amqp_get_frame_max(conn_);
+}
+
+std::chrono::seconds Channel::heartbeat() const {
+  return std::chrono::seconds(amqp_get_heartbeat(conn_));
+}
+
+void Channel::cork(bool on) {
+  int value = on ? 1 : 0;
+  // Best effort: a socket that refuses only costs a few more packets.
+  ::setsockopt(fd(), IPPROTO_TCP, TCP_CORK, &value, sizeof value);
+}
+
+bool Channel::has_buffered() const {
+  return amqp_frames_enqueued(conn_) || amqp_data_in_buffer(conn_);
+}
+
+std::optional<std::chrono::milliseconds> Channel::heartbeat_tick() const {
+  int hb = amqp_get_heartbeat(conn_);
+  if (hb <= 0) return std::nullopt;
+  // rabbitmq-c sends a heartbeat when half the interval passed without sending; look twice as
+  // often so one is never late.
+  return std::chrono::milliseconds(hb * 1000 / 4);
+}
+
+Status Channel::check_rpc(std::string_view what) {
+  amqp_rpc_reply_t r = amqp_get_rpc_reply(conn_);
+  if (r.reply_type == AMQP_RESPONSE_NORMAL) return {};
+  if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION && r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+    amqp_channel_close_ok_t ok{};
+    amqp_send_method(conn_, kChannel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+    open_ = false;
+    auto* close = static_cast<amqp_channel_close_t*>(r.reply.decoded);
+    channel_error_ = to_string(close->reply_text);
+  }
+  if (r.reply_type != AMQP_RESPONSE_SERVER_EXCEPTION ||
+      r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
+    dead_ = true;
+  }
+  return status_from_rpc_reply(r, what);
+}
+
+Result<std::uint64_t> Channel::publish(std::string_view exchange, std::string_view routing_key,
+                                       bool mandatory, const Properties& p, std::string_view body) {
+  amqp_basic_properties_t props{};
+  set_string(props, AMQP_BASIC_CONTENT_TYPE_FLAG, props.content_type, p.content_type);
+  set_string(props, AMQP_BASIC_CORRELATION_ID_FLAG, props.correlation_id, p.correlation_id);
+  set_string(props, AMQP_BASIC_REPLY_TO_FLAG, props.reply_to, p.reply_to);
+  set_string(props, AMQP_BASIC_EXPIRATION_FLAG, props.expiration, p.expiration);
+  set_string(props, AMQP_BASIC_MESSAGE_ID_FLAG, props.message_id, p.message_id);
+  if (p.priority) {
+    props._flags |= AMQP_BASIC_PRIORITY_FLAG;
+    props.priority = *p.priority;
+  }
+  if (p.delivery_mode != 0) {
+    props._flags |= AMQP_BASIC_DELIVERY_MODE_FLAG;
+    props.delivery_mode = p.delivery_mode;
+  }
+  TableView headers(p.headers);
+  if (!p.headers.empty()) {
+    props._flags |= AMQP_BASIC_HEADERS_FLAG;
+    props.headers = headers.table();
+  }
+  int rc = amqp_basic_publish(conn_, kChannel, as_bytes(exchange), as_bytes(routing_key),
+                              mandatory ? 1 : 0, 0, &props, as_bytes(body));
+  // The broker numbers every publish in confirm mode, even one that failed half-way.
+  if (confirming_) ++publish_seq_;
+  if (rc != AMQP_STATUS_OK) {
+    dead_ = true;
+    return Status{StatusCode::unavailable,
+                  std::string("publish failed: ") + amqp_error_string2(rc)};
+  }
+  return confirming_ ? publish_seq_ : 0;
+}
+
+Status Channel::confirm_select() {
+  amqp_confirm_select(conn_, kChannel);
+  if (Status st = check_rpc("enable publisher confirms"); !st.ok()) return st;
+  confirming_ = true;
+  publish_seq_ = 0;
+  return {};
+}
+
+Status Channel::ack(std::uint64_t delivery_tag) {
+  int rc = amqp_basic_ack(conn_, kChannel, delivery_tag, 0);
+  if (rc != AMQP_STATUS_OK) {
+    dead_ = true;
+    return {StatusCode::unavailable, std::string("ack failed: ") + amqp_error_string2(rc)};
+  }
+  return {};
+}
+
+Status Channel::reject(std::uint64_t delivery_tag, bool requeue) {
+  int rc = amqp_basic_reject(conn_, kChannel, delivery_tag, requeue ? 1 : 0);
+  if (rc != AMQP_STATUS_OK) {
+    dead_ = true;
+    return {StatusCode::unavailable, std::string("reject failed: ") + amqp_error_string2(rc)};
+  }
+  return {};
+}
+
+Status Channel::qos(std::uint16_t prefetch) {
+  amqp_basic_qos(conn_, kChannel, 0, prefetch, 0);
+  return check_rpc("set prefetch to " + std::to_string(prefetch));
+}
+
+Result<std::string> Channel::declare_queue(const QueueSpec& q) {
+  TableView args(q.arguments);
+  amqp_queue_declare_ok_t* ok =
+      amqp_queue_declare(conn_, kChannel, as_bytes(q.name), 0, q.durable ? 1 : 0,
+                         q.exclusive ? 1 : 0, q.auto_delete ? 1 : 0, args.table());
+  if (Status st = check_rpc("declare queue '" + q.name + "'"); !st.ok()) return st;
+  return to_string(ok->queue);
+}
+
+Result<std::string> Channel::consume(const std::string& queue, bool no_ack, bool exclusive) {
+  amqp_basic_consume_ok_t* ok =
+      amqp_basic_consume(conn_, kChannel, as_bytes(queue), amqp_empty_bytes, 0, no_ack ? 1 : 0,
+                         exclusive ? 1 : 0, amqp_empty_table);
+  if (Status st = check_rpc("consume from '" + queue + "'"); !st.ok()) return st;
+  return to_string(ok->consumer_tag);
+}
+
+Status Channel::cancel(const std::string& consumer_tag) {
+  amqp_basic_cancel(conn_, kChannel, as_bytes(consumer_tag));
+  return check_rpc("cancel consumer '" + consumer_tag + "'");
+}
+
+Status Channel::read(Events& events) {
+  if (dead_) return {StatusCode::unavailable, "connection is closed"};
+  if (!open_) {
+    // Closed by the broker during a synchronous call (e.g. a declaration it refused): without
+    // its one channel the session is of no use; the owner drops it (and reconnects).
+    return {StatusCode::unavailable, "the broker closed the channel: " + channel_error_};
+  }
+  timeval zero{};
+  for (;;) {
+    amqp_frame_t frame;
+    int rc = amqp_simple_wait_frame_noblock(conn_, &frame, &zero);
+    if (rc == AMQP_STATUS_TIMEOUT) break;
+    if (rc != AMQP_STATUS_OK) {
+      dead_ = true;
+      if (rc == AMQP_STATUS_HEARTBEAT_TIMEOUT) {
+        return {StatusCode::unavailable, "broker missed heartbeats: connection presumed dead"};
+      }
+      return {StatusCode::unavailable, std::string("connection lost: ") + amqp_error_string2(rc)};
+    }
+    ++frames_read_;
+    if (Status st = dispatch(frame, events); !st.ok()) return st;
+  }
+  if (!amqp_frames_enqueued(conn_)) amqp_maybe_release_buffers(conn_);
+  return {};
+}
+
+Status Channel::dispatch(const amqp_frame_t& frame, Events& events) {
+  if (frame.frame_type == AMQP_FRAME_METHOD) {
+    const amqp_method_t& m = frame.payload.method;
+    switch (m.id) {
+      case AMQP_BASIC_DELIVER_METHOD: {
+        auto* d = static_cast<amqp_basic_deliver_t*>(m.decoded);
+        Delivery delivery;
+        delivery.delivery_tag = d->delivery_tag;
+        delivery.redelivered = d->redelivered != 0;
+        delivery.consumer_tag = to_string(d->consumer_tag);
+        assembler_.begin(std::move(delivery));
+        return {};
+      }
+      case AMQP_BASIC_RETURN_METHOD: {
+        auto* r = static_cast<amqp_basic_return_t*>(m.decoded);
+        Returned returned;
+        returned.reply_code = r->reply_code;
+        returned.reply_text = to_string(r->reply_text);
+        assembler_.begin(std::move(returned));
+        return {};
+      }
+      case AMQP_BASIC_CANCEL_METHOD: {
+        auto* c = static_cast<amqp_basic_cancel_t*>(m.decoded);
+        std::string tag = to_string(c->consumer_tag);
+        if (!c->nowait) {
+          amqp_basic_cancel_ok_t ok{};
+          ok.consumer_tag = c->consumer_tag;
+          amqp_send_method(conn_, kChannel, AMQP_BASIC_CANCEL_OK_METHOD, &ok);
+        }
+        events.on_consumer_cancelled(tag);
+        return {};
+      }
+      case AMQP_BASIC_ACK_METHOD: {
+        auto* a = static_cast<amqp_basic_ack_t*>(m.decoded);
+        events.on_confirm(a->delivery_tag, a->multiple != 0, true);
+        return {};
+      }
+      case AMQP_BASIC_NACK_METHOD: {
+        auto* n = static_cast<amqp_basic_nack_t*>(m.decoded);
+        events.on_confirm(n->delivery_tag, n->multiple != 0, false);
+        return {};
+      }
+      case AMQP_CONNECTION_BLOCKED_METHOD: {
+        auto* b = static_cast<amqp_connection_blocked_t*>(m.decoded);
+        events.on_blocked(true, to_string(b->reason));
+        return {};
+      }
+      case AMQP_CONNECTION_UNBLOCKED_METHOD:
+        events.on_blocked(false, {});
+        return {};
+      case AMQP_CHANNEL_CLOSE_METHOD: {
+        auto* c = static_cast<amqp_channel_close_t*>(m.decoded);
+        amqp_channel_close_ok_t ok{};
+        amqp_send_method(conn_, frame.channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+        open_ = false;
+        // The caller drops the session on this status; closing it then ends the connection
+        // politely.
+        return {code_for_reply_code(c->reply_code),
+                "broker closed the channel: " + to_string(c->reply_text)};
+      }
+      case AMQP_CONNECTION_CLOSE_METHOD: {
+        auto* c = static_cast<amqp_connection_close_t*>(m.decoded);
+        amqp_connection_close_ok_t ok{};
+        amqp_send_method(conn_, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+        dead_ = true;
+        return {code_for_reply_code(c->reply_code) == StatusCode::internal
+                    ? StatusCode::unavailable
+                    : code_for_reply_code(c->reply_code),
+                "broker closed the connection: " + to_string(c->reply_text)};
+      }
+      default:
+        return {};  // acks of things we did not ask for, etc.: nothing to do
+    }
+  }
+  if (auto message = assembler_.add(frame)) {
+    if (auto* d = std::get_if<Delivery>(&*message)) {
+      events.on_delivery(std::move(*d));
+    } else {
+      events.on_return(std::get<Returned>(std::move(*message)));
+    }
+  }
+  return {};
+}
+
+}  // namespace amqprpc::detail::amqp

@@ -1,0 +1,109 @@
+// One AMQP connection and the one channel the library uses on it, behind RAII.
+//
+// Thread safety: none. rabbitmq-c handles are not thread-safe; a Channel belongs to one thread
+// at a time (the connector thread that opens it, then the I/O loop that uses it).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "amqp/frames.hpp"
+#include "amqp/message.hpp"
+#include "amqprpc/options.hpp"
+#include "amqprpc/status.hpp"
+
+struct amqp_connection_state_t_;  // rabbitmq-c's connection, kept out of this header
+
+namespace amqprpc::detail::amqp {
+
+class Channel {
+ public:
+  // What read() finds on the connection, besides heartbeats and replies to our own methods.
+  class Events {
+   public:
+    virtual void on_delivery(Delivery&& d) = 0;
+    virtual void on_return(Returned&& r) = 0;
+    virtual void on_consumer_cancelled(const std::string& consumer_tag) = 0;
+    virtual void on_blocked(bool blocked, const std::string& reason) = 0;
+    // Publisher confirms: the broker took (ack) or refused (nack) publish number `seq`, or all
+    // publishes up to it when `multiple`.
+    virtual void on_confirm(std::uint64_t seq, bool multiple, bool ack) = 0;
+
+   protected:
+    ~Events() = default;
+  };
+
+  // Holds back partial TCP segments for a scope, so a batch of publishes leaves in few packets
+  // (less work for the kernel and the broker).
+  class Cork {
+   public:
+    Cork(Channel& c, bool enable) : channel_(enable ? &c : nullptr) {
+      if (channel_) channel_->cork(true);
+    }
+    ~Cork() {
+      if (channel_) channel_->cork(false);
+    }
+    Cork(const Cork&) = delete;
+    Cork& operator=(const Cork&) = delete;
+
+   private:
+    Channel* channel_;
+  };
+
+  // Connects (TCP or TLS), logs in, opens the channel. Bounded by options.connect_timeout.
+  static Result<std::unique_ptr<Channel>> open(const ConnectionOptions& options);
+  ~Channel();
+  Channel(const Channel&) = delete;
+  Channel& operator=(const Channel&) = delete;
+
+  int fd() const;
+  int frame_max() const;
+  std::chrono::seconds heartbeat() const;
+  // Frames handed out by read() so far: a change means the broker sent something.
+  std::uint64_t frames_read() const { return frames_read_; }
+  // Frames already read from the socket and not yet handed out: poll() would not see them.
+  bool has_buffered() const;
+  // How often to look at the connection when idle so heartbeats flow both ways.
+  std::optional<std::chrono::milliseconds> heartbeat_tick() const;
+
+  // Publishes a message. Returns its publish sequence number once the channel is in confirm
+  // mode (the number the broker's basic.ack/nack will name), 0 before.
+  Result<std::uint64_t> publish(std::string_view exchange, std::string_view routing_key,
+                                bool mandatory, const Properties& props, std::string_view body);
+  // Puts the channel in confirm mode; from then on each publish has a sequence number.
+  Status confirm_select();
+  Status ack(std::uint64_t delivery_tag);
+  Status reject(std::uint64_t delivery_tag, bool requeue);
+  Status qos(std::uint16_t prefetch);
+  Result<std::string> declare_queue(const QueueSpec& spec);
+  Result<std::string> consume(const std::string& queue, bool no_ack, bool exclusive);
+  Status cancel(const std::string& consumer_tag);
+
+  // Reads what is available without blocking (also sends a heartbeat when one is due) and hands
+  // each complete message and notification to `events`. Non-ok: the connection is unusable.
+  Status read(Events& events);
+
+  // Closes channel and connection politely (bounded); the destructor does it too.
+  void close();
+
+ private:
+  Channel() = default;
+  void cork(bool on);
+  Status check_rpc(std::string_view what);
+  Status dispatch(const struct amqp_frame_t_& frame, Events& events);
+
+  amqp_connection_state_t_* conn_ = nullptr;
+  bool open_ = false;  // the channel, as far as we know
+  bool confirming_ = false;
+  bool dead_ = false;  // the connection
+  std::uint64_t frames_read_ = 0;
+  std::uint64_t publish_seq_ = 0;
+  std::string channel_error_;  // why the broker closed our channel, once it has
+  FrameAssembler assembler_;
+};
+
+}  // namespace amqprpc::detail::amqp

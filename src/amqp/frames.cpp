@@ -1,0 +1,52 @@
+#include "amqp/frames.hpp"
+
+#include <amqp.h>
+
+#include <utility>
+
+#include "amqp/table.hpp"
+
+namespace amqprpc::detail::amqp {
+
+Properties properties_from(const amqp_basic_properties_t& p) {
+  Properties out;
+  if (p._flags & AMQP_BASIC_CONTENT_TYPE_FLAG) out.content_type = to_string(p.content_type);
+  if (p._flags & AMQP_BASIC_CORRELATION_ID_FLAG) out.correlation_id = to_string(p.correlation_id);
+  if (p._flags & AMQP_BASIC_REPLY_TO_FLAG) out.reply_to = to_string(p.reply_to);
+  if (p._flags & AMQP_BASIC_EXPIRATION_FLAG) out.expiration = to_string(p.expiration);
+  if (p._flags & AMQP_BASIC_MESSAGE_ID_FLAG) out.message_id = to_string(p.message_id);
+  if (p._flags & AMQP_BASIC_PRIORITY_FLAG) out.priority = p.priority;
+  if (p._flags & AMQP_BASIC_DELIVERY_MODE_FLAG) out.delivery_mode = p.delivery_mode;
+  if (p._flags & AMQP_BASIC_HEADERS_FLAG) out.headers = headers_from_table(p.headers);
+  return out;
+}
+
+void FrameAssembler::begin(Incoming message) {
+  partial_ = std::move(message);
+  body_size_ = 0;
+  have_header_ = false;
+}
+
+std::optional<Incoming> FrameAssembler::add(const amqp_frame_t& frame) {
+  if (!partial_) return std::nullopt;
+  auto [props, body] = std::visit(
+      [](auto& m) { return std::pair<Properties*, std::string*>(&m.props, &m.body); }, *partial_);
+  if (frame.frame_type == AMQP_FRAME_HEADER) {
+    have_header_ = true;
+    body_size_ = frame.payload.properties.body_size;
+    *props = properties_from(
+        *static_cast<const amqp_basic_properties_t*>(frame.payload.properties.decoded));
+    body->reserve(body_size_);
+  } else if (frame.frame_type == AMQP_FRAME_BODY && have_header_) {
+    body->append(static_cast<const char*>(frame.payload.body_fragment.bytes),
+                 frame.payload.body_fragment.len);
+  } else {
+    return std::nullopt;
+  }
+  if (!have_header_ || body->size() < body_size_) return std::nullopt;
+  std::optional<Incoming> done = std::move(partial_);
+  partial_.reset();
+  return done;
+}
+
+}  // namespace amqprpc::detail::amqp

@@ -1,0 +1,54 @@
+// The AMQP messages the library sends and receives, as plain C++ values: no rabbitmq-c type
+// here, so the protocol, client and server code above src/amqp/ never sees <amqp.h>.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <variant>
+
+#include "amqprpc/message.hpp"
+
+namespace amqprpc::detail::amqp {
+
+// The basic.properties the library uses. Empty strings and nullopt are "not set".
+struct Properties {
+  std::string content_type;
+  std::string correlation_id;
+  std::string reply_to;
+  std::string expiration;  // per-message TTL in ms, as text
+  std::string message_id;
+  std::optional<std::uint8_t> priority;
+  std::uint8_t delivery_mode = 0;  // 0: unset, 1: transient, 2: persistent
+  Headers headers;
+};
+
+// A whole message pushed to one of our consumers.
+struct Delivery {
+  std::uint64_t delivery_tag = 0;
+  bool redelivered = false;
+  std::string consumer_tag;
+  Properties props;
+  std::string body;
+};
+
+// A mandatory message the broker could not route, sent back to us.
+struct Returned {
+  std::uint16_t reply_code = 0;
+  std::string reply_text;
+  Properties props;
+  std::string body;
+};
+
+// What the frame assembler hands out once a message's last frame has arrived.
+using Incoming = std::variant<Delivery, Returned>;
+
+struct QueueSpec {
+  std::string name;  // empty: the broker picks a name
+  bool durable = false;
+  bool exclusive = false;
+  bool auto_delete = false;
+  Headers arguments;  // e.g. x-queue-type = quorum
+};
+
+}  // namespace amqprpc::detail::amqp

@@ -1,0 +1,101 @@
+#include "amqp/table.hpp"
+
+namespace amqprpc::detail::amqp {
+namespace {
+
+std::string field_to_string(const amqp_field_value_t& v, int depth) {
+  switch (v.kind) {
+    case AMQP_FIELD_KIND_UTF8:
+    case AMQP_FIELD_KIND_BYTES:
+      return to_string(v.value.bytes);
+    case AMQP_FIELD_KIND_BOOLEAN:
+      return v.value.boolean ? "true" : "false";
+    case AMQP_FIELD_KIND_I8:
+      return std::to_string(v.value.i8);
+    case AMQP_FIELD_KIND_U8:
+      return std::to_string(v.value.u8);
+    case AMQP_FIELD_KIND_I16:
+      return std::to_string(v.value.i16);
+    case AMQP_FIELD_KIND_U16:
+      return std::to_string(v.value.u16);
+    case AMQP_FIELD_KIND_I32:
+      return std::to_string(v.value.i32);
+    case AMQP_FIELD_KIND_U32:
+      return std::to_string(v.value.u32);
+    case AMQP_FIELD_KIND_I64:
+      return std::to_string(v.value.i64);
+    case AMQP_FIELD_KIND_U64:
+    case AMQP_FIELD_KIND_TIMESTAMP:
+      return std::to_string(v.value.u64);
+    case AMQP_FIELD_KIND_F32:
+      return std::to_string(v.value.f32);
+    case AMQP_FIELD_KIND_F64:
+      return std::to_string(v.value.f64);
+    case AMQP_FIELD_KIND_DECIMAL: {
+      std::string digits = std::to_string(v.value.decimal.value);
+      unsigned places = v.value.decimal.decimals;
+      if (places == 0) return digits;
+      if (digits.size() <= places) digits.insert(0, places - digits.size() + 1, '0');
+      digits.insert(digits.size() - places, ".");
+      return digits;
+    }
+    case AMQP_FIELD_KIND_ARRAY: {
+      if (depth >= 4) return "[...]";
+      std::string out = "[";
+      for (int i = 0; i < v.value.array.num_entries; ++i) {
+        if (i > 0) out += ',';
+        out += field_to_string(v.value.array.entries[i], depth + 1);
+      }
+      return out + "]";
+    }
+    case AMQP_FIELD_KIND_TABLE: {
+      if (depth >= 4) return "{...}";
+      std::string out = "{";
+      for (int i = 0; i < v.value.table.num_entries; ++i) {
+        if (i > 0) out += ',';
+        const amqp_table_entry_t& e = v.value.table.entries[i];
+        out += to_string(e.key) + "=" + field_to_string(e.value, depth + 1);
+      }
+      return out + "}";
+    }
+    default:
+      return {};  // void
+  }
+}
+
+}  // namespace
+
+amqp_bytes_t as_bytes(std::string_view s) {
+  amqp_bytes_t b;
+  b.len = s.size();
+  b.bytes = const_cast<char*>(s.data());
+  return b;
+}
+
+std::string to_string(amqp_bytes_t b) {
+  return b.len == 0 ? std::string{} : std::string(static_cast<const char*>(b.bytes), b.len);
+}
+
+Headers headers_from_table(const amqp_table_t& table) {
+  Headers out;
+  for (int i = 0; i < table.num_entries; ++i) {
+    const amqp_table_entry_t& e = table.entries[i];
+    out.emplace(to_string(e.key), field_to_string(e.value, 0));
+  }
+  return out;
+}
+
+TableView::TableView(const Headers& headers) {
+  entries_.reserve(headers.size());
+  for (const auto& [key, value] : headers) {
+    amqp_table_entry_t e;
+    e.key = as_bytes(key);
+    e.value.kind = AMQP_FIELD_KIND_UTF8;
+    e.value.value.bytes = as_bytes(value);
+    entries_.push_back(e);
+  }
+  table_.num_entries = static_cast<int>(entries_.size());
+  table_.entries = entries_.data();
+}
+
+}  // namespace amqprpc::detail::amqp

@@ -1,0 +1,38 @@
+// The field-table codec: AMQP tables to our text headers and back (the role of rabbitmq-c's
+// amqp_table.c, one level up).
+#pragma once
+
+#include <amqp.h>
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "amqprpc/message.hpp"
+
+namespace amqprpc::detail::amqp {
+
+// A view of a string as rabbitmq-c bytes (no copy: the string must outlive the use).
+amqp_bytes_t as_bytes(std::string_view s);
+// A copy of rabbitmq-c bytes.
+std::string to_string(amqp_bytes_t b);
+
+// Application headers as text: strings as they are, numbers in decimal, booleans as
+// true/false, decimals with the point placed, arrays as [a,b] and tables as {k=v}, nested at
+// most a few levels (deeper parts become "...").
+Headers headers_from_table(const amqp_table_t& table);
+
+// Headers as an AMQP table of long strings. Views the headers: they must outlive the table.
+class TableView {
+ public:
+  explicit TableView(const Headers& headers);
+  TableView(const TableView&) = delete;
+  TableView& operator=(const TableView&) = delete;
+  const amqp_table_t& table() const { return table_; }
+
+ private:
+  std::vector<amqp_table_entry_t> entries_;
+  amqp_table_t table_{};
+};
+
+}  // namespace amqprpc::detail::amqp

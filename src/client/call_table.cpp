@@ -1,0 +1,118 @@
+#include "client/call_table.hpp"
+
+#include "log.hpp"
+
+namespace amqprpc::detail {
+
+void PendingCall::complete(Reply reply, const Logger& logger) {
+  if (latency != nullptr) latency->record(Clock::now() - submitted);
+  if (errors != nullptr && !reply.status.ok()) errors->count(reply.status.code());
+  if (auto* p = std::get_if<std::promise<Reply>>(&done)) {
+    p->set_value(std::move(reply));
+    return;
+  }
+  auto& fn = std::get<std::function<void(Reply)>>(done);
+  if (!fn) return;
+  try {
+    fn(std::move(reply));
+  } catch (const std::exception& e) {
+    log(logger, LogLevel::error, std::string("a call's completion callback threw: ") + e.what());
+  } catch (...) {
+    log(logger, LogLevel::error, "a call's completion callback threw");
+  }
+}
+
+PendingCall& CallTable::accept(Ptr call) {
+  PendingCall& ref = *call;
+  deadlines_.push(call.get());
+  std::string key = call->correlation_id;
+  calls_.emplace(std::move(key), std::move(call));
+  return ref;
+}
+
+PendingCall* CallTable::find(const std::string& correlation_id) {
+  auto it = calls_.find(correlation_id);
+  return it == calls_.end() ? nullptr : it->second.get();
+}
+
+CallTable::Ptr CallTable::take(const std::string& correlation_id) {
+  auto it = calls_.find(correlation_id);
+  if (it == calls_.end()) return nullptr;
+  Ptr call = std::move(it->second);
+  calls_.erase(it);
+  deadlines_.remove(call.get());
+  remember(call->correlation_id);
+  return call;
+}
+
+bool CallTable::finished_recently(const std::string& correlation_id) const {
+  return recent_.count(correlation_id) != 0;
+}
+
+void CallTable::hold(PendingCall& call) {
+  call.sent = false;
+  if (held_.size() > 2 * calls_.size() + 64) {
+    // Held calls that timed out or were cancelled leave stale ids behind: drop them.
+    std::erase_if(held_, [this](const std::string& id) { return !calls_.count(id); });
+  }
+  held_.push_back(call.correlation_id);
+}
+
+std::vector<PendingCall*> CallTable::take_held() {
+  std::vector<PendingCall*> out;
+  out.reserve(held_.size());
+  for (const auto& id : held_) {
+    auto it = calls_.find(id);
+    if (it != calls_.end() && !it->second->sent) out.push_back(it->second.get());
+  }
+  held_.clear();
+  return out;
+}
+
+std::optional<Clock::time_point> CallTable::next_deadline() const {
+  if (deadlines_.empty()) return std::nullopt;
+  return deadlines_.top()->deadline;
+}
+
+CallTable::Ptr CallTable::take_expired(Clock::time_point now) {
+  if (deadlines_.empty() || deadlines_.top()->deadline > now) return nullptr;
+  return take(deadlines_.top()->correlation_id);
+}
+
+std::vector<CallTable::Ptr> CallTable::take_all() {
+  std::vector<Ptr> out;
+  out.reserve(calls_.size());
+  for (auto& [id, call] : calls_) {
+    remember(id);
+    out.push_back(std::move(call));
+  }
+  calls_.clear();
+  deadlines_.clear();
+  held_.clear();
+  return out;
+}
+
+std::vector<CallTable::Ptr> CallTable::take_unless(const std::function<bool(PendingCall&)>& keep) {
+  std::vector<Ptr> out;
+  for (auto it = calls_.begin(); it != calls_.end();) {
+    if (keep(*it->second)) {
+      ++it;
+      continue;
+    }
+    deadlines_.remove(it->second.get());
+    remember(it->first);
+    out.push_back(std::move(it->second));
+    it = calls_.erase(it);
+  }
+  return out;
+}
+
+void CallTable::remember(const std::string& id) {
+  if (recent_order_.size() >= kRecent) {
+    recent_.erase(recent_order_.front());
+    recent_order_.pop_front();
+  }
+  if (recent_.insert(id).second) recent_order_.push_back(id);
+}
+
+}  // namespace amqprpc::detail

@@ -1,0 +1,112 @@
+// The client's calls in flight: by correlation id, by deadline, the ones held back (accepted,
+// not sent), and the ids of recently finished calls (a reply for one of those is a duplicate,
+// not a stray).
+//
+// Thread safety: none; the client's I/O thread owns the table and every call in it.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <future>
+#include <memory>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <variant>
+#include <vector>
+
+#include "amqprpc/message.hpp"
+#include "amqprpc/options.hpp"
+#include "client/deadline_heap.hpp"
+#include "metrics_recorder.hpp"
+
+namespace amqprpc::detail {
+
+using Clock = std::chrono::steady_clock;
+
+// Where cancellations go: the client's I/O thread, through its outbox.
+class CancelSink {
+ public:
+  virtual void request_cancel(const std::string& correlation_id) = 0;
+
+ protected:
+  ~CancelSink() = default;
+};
+
+class CancelRequest {
+ public:
+  CancelRequest(CancelSink& sink, std::string correlation_id)
+      : sink_(&sink), correlation_id_(std::move(correlation_id)) {}
+  void operator()() const { sink_->request_cancel(correlation_id_); }
+
+ private:
+  CancelSink* sink_;
+  std::string correlation_id_;
+};
+
+struct PendingCall {
+  std::string queue;
+  std::string body;  // kept only while the call may have to be sent (again)
+  CallOptions options;
+  std::chrono::milliseconds timeout{};
+  Clock::time_point deadline;
+  Clock::time_point submitted;
+  std::string correlation_id;
+  std::variant<std::promise<Reply>, std::function<void(Reply)>> done;
+  // Registered with options.cancel; unregistered when the call is destroyed.
+  std::optional<std::stop_callback<CancelRequest>> on_cancel;
+  std::size_t heap_index = DeadlineHeap<PendingCall>::npos;
+  bool sent = false;  // on the wire on the current connection
+  LatencyRecorder* latency = nullptr;
+  ErrorCounter* errors = nullptr;
+
+  // Runs the caller's continuation. An exception from a callback must not unwind through the
+  // I/O loop: it is logged and dropped.
+  void complete(Reply reply, const Logger& logger);
+};
+
+class CallTable {
+ public:
+  using Ptr = std::unique_ptr<PendingCall>;
+
+  bool empty() const { return calls_.empty(); }
+  std::size_t size() const { return calls_.size(); }
+
+  // Takes a call in (by id and by deadline); from now on the table owns it.
+  PendingCall& accept(Ptr call);
+  PendingCall* find(const std::string& correlation_id);
+  // Takes a call out (nullptr if it is not here) and remembers its id as finished.
+  Ptr take(const std::string& correlation_id);
+  // Whether a call with this id finished recently (among the last few thousand).
+  bool finished_recently(const std::string& correlation_id) const;
+
+  // Sets an accepted call aside until it can be sent (sent = false); held calls go out in the
+  // order they were held.
+  void hold(PendingCall& call);
+  // The held calls still in the table, in order; the held list is empty afterwards.
+  std::vector<PendingCall*> take_held();
+
+  std::optional<Clock::time_point> next_deadline() const;
+  // The call whose deadline passed first, or nullptr when none has by `now`.
+  Ptr take_expired(Clock::time_point now);
+  // Every call, in no particular order; the table is empty afterwards.
+  std::vector<Ptr> take_all();
+  // The calls `keep` returns false for; `keep` may change the ones it keeps.
+  std::vector<Ptr> take_unless(const std::function<bool(PendingCall&)>& keep);
+
+ private:
+  void remember(const std::string& correlation_id);
+  static constexpr std::size_t kRecent = 4096;
+
+  std::unordered_map<std::string, Ptr> calls_;
+  DeadlineHeap<PendingCall> deadlines_;
+  std::vector<std::string> held_;
+  std::unordered_set<std::string> recent_;
+  std::deque<std::string> recent_order_;
+};
+
+}  // namespace amqprpc::detail

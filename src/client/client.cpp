@@ -1,0 +1,437 @@
+#include "amqprpc/client.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "client/call_table.hpp"
+#include "io/confirm_tracker.hpp"
+#include "io/io_loop.hpp"
+#include "io/outbox.hpp"
+#include "log.hpp"
+#include "metrics_recorder.hpp"
+#include "protocol/wire.hpp"
+#include "uuid.hpp"
+
+namespace amqprpc {
+
+using detail::Clock;
+using detail::PendingCall;
+namespace amqp = detail::amqp;
+
+namespace {
+
+// Longer timeouts are clamped: time_point arithmetic must not overflow.
+constexpr std::chrono::milliseconds kMaxTimeout = std::chrono::hours(24 * 30);
+
+std::vector<ConnectionOptions> endpoints(const ClientOptions& o) {
+  std::vector<ConnectionOptions> all{o.connection};
+  all.insert(all.end(), o.alternates.begin(), o.alternates.end());
+  return all;
+}
+
+}  // namespace
+
+// Thread safety: the public entry points (submit, request_cancel, stats, reply_queue) are safe
+// from any thread; they hand work to the I/O thread through the outboxes. Everything under
+// "I/O thread" runs there alone.
+class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelSink {
+ public:
+  explicit Impl(ClientOptions options)
+      : options_(std::move(options)),
+        loop_(endpoints(options_), options_.reconnect, *this, options_.logger),
+        calls_out_([this] { loop_.wake(); }),
+        cancels_out_([this] { loop_.wake(); }) {}
+
+  ~Impl() {
+    loop_.stop();  // on_closing cancelled what was in flight, if connected
+    // The loop is joined: what it left is ours. Held calls (disconnected or blocked) never saw
+    // on_closing; calls submitted after its last turn are still in the outbox.
+    for (auto& call : table_.take_all()) {
+      call->complete(
+          Reply::error(StatusCode::cancelled, "the client was closed before the reply came"),
+          options_.logger);
+    }
+    for (auto& call : calls_out_.close()) {
+      call->complete(Reply::error(StatusCode::cancelled, "the client was closed"), options_.logger);
+    }
+    cancels_out_.close();
+  }
+
+  Status start() { return loop_.start(); }
+
+  void submit(std::unique_ptr<PendingCall> call) {
+    calls_.fetch_add(1, std::memory_order_relaxed);
+    if (call->timeout <= std::chrono::milliseconds::zero()) {
+      call->complete(Reply::error(StatusCode::invalid_argument,
+                                  "timeout must be positive, got " +
+                                      std::to_string(call->timeout.count()) + " ms"),
+                     options_.logger);
+      return;
+    }
+    call->timeout = std::min(call->timeout, kMaxTimeout);
+    if (call->queue.size() > 255) {
+      call->complete(Reply::error(StatusCode::invalid_argument, "queue name longer than 255 bytes"),
+                     options_.logger);
+      return;
+    }
+    call->deadline = Clock::now() + call->timeout;
+    {
+      std::lock_guard lock(uuid_mutex_);
+      call->correlation_id = uuids_.next();
+    }
+    if (call->options.cancel.stop_possible()) {
+      // May run at once, or on any thread later; the I/O thread also checks the token before
+      // publishing, so a cancel that overtakes its call still counts.
+      call->on_cancel.emplace(call->options.cancel,
+                              detail::CancelRequest(*this, call->correlation_id));
+    }
+    if (!calls_out_.push(call)) {
+      call->complete(Reply::error(StatusCode::cancelled, "the client was closed"), options_.logger);
+    }
+  }
+
+  void request_cancel(const std::string& correlation_id) override {
+    cancels_out_.push(std::string(correlation_id));
+  }
+
+  std::unique_ptr<PendingCall> make_call(const std::string& queue, std::string body,
+                                         const CallOptions& options) {
+    auto call = std::make_unique<PendingCall>();
+    call->queue = queue;
+    call->body = std::move(body);
+    call->options = options;
+    call->timeout = options.timeout.value_or(options_.default_timeout);
+    call->submitted = Clock::now();
+    call->latency = &latency_;
+    call->errors = &errors_;
+    return call;
+  }
+
+  bool in_io_thread() const { return loop_.in_io_thread(); }
+  std::string reply_queue() const {
+    std::lock_guard lock(reply_queue_mutex_);
+    return reply_queue_;
+  }
+
+  Stats stats() const {
+    Stats s;
+    s.calls = calls_.load(std::memory_order_relaxed);
+    s.replies = replies_.load(std::memory_order_relaxed);
+    s.timeouts = timeouts_.load(std::memory_order_relaxed);
+    s.unroutable = unroutable_.load(std::memory_order_relaxed);
+    s.late_replies = late_replies_.load(std::memory_order_relaxed);
+    s.cancelled = cancelled_.load(std::memory_order_relaxed);
+    s.duplicate_replies = duplicate_replies_.load(std::memory_order_relaxed);
+    s.reconnects = loop_.reconnects();
+    s.errors = errors_.snapshot();
+    s.latency = latency_.snapshot();
+    return s;
+  }
+
+  // ---- I/O thread ----
+
+  Status on_open(amqp::Channel& channel) override {
+    link_ = Link{};
+    std::string queue;
+    if (options_.reply_mode == ReplyMode::direct_reply_to) {
+      queue = std::string(detail::wire::kDirectReplyTo);
+    } else {
+      auto declared = channel.declare_queue({"", false, true, true, {}});
+      if (!declared) return declared.status();
+      queue = *declared;
+    }
+    auto tag = channel.consume(queue, /*no_ack=*/true, /*exclusive=*/true);
+    if (!tag) return tag.status();
+    if (options_.confirm_requests) {
+      if (Status st = channel.confirm_select(); !st.ok()) return st;
+    }
+    std::lock_guard lock(reply_queue_mutex_);
+    reply_queue_ = queue;
+    return {};
+  }
+
+  void on_wake(amqp::Channel* channel) override {
+    calls_out_.take(batch_);
+    cancels_out_.take(cancel_batch_);
+    const bool can_send = channel != nullptr && link_.replies_lost.ok() && loop_.can_publish();
+    std::vector<PendingCall*> held;
+    if (can_send) held = table_.take_held();
+    std::optional<amqp::Channel::Cork> cork;
+    if (can_send && batch_.size() + held.size() > 1) cork.emplace(*channel, true);
+    // Calls set aside while disconnected or blocked go first, in their order.
+    for (PendingCall* call : held) send(*channel, *call);
+    for (auto& call : batch_) {
+      if (call->options.cancel.stop_requested()) {
+        call->complete(Reply::error(StatusCode::cancelled, "cancelled before it was sent"),
+                       options_.logger);
+      } else if (can_send) {
+        send(*channel, table_.accept(std::move(call)));
+      } else if (Status refused = refuse_unsent(channel != nullptr, *call); !refused.ok()) {
+        call->complete(Reply{std::move(refused), {}, {}, {}}, options_.logger);
+      } else {
+        table_.hold(table_.accept(std::move(call)));
+      }
+    }
+    batch_.clear();
+    cork.reset();
+    for (const auto& id : cancel_batch_) {
+      auto call = table_.take(id);
+      if (!call) continue;  // already completed
+      cancelled_.fetch_add(1, std::memory_order_relaxed);
+      call->complete(Reply::error(StatusCode::cancelled, "cancelled by the caller"),
+                     options_.logger);
+    }
+    cancel_batch_.clear();
+  }
+
+  void on_delivery(amqp::Channel&, amqp::Delivery&& d) override {
+    auto call = table_.take(d.props.correlation_id);
+    if (!call) {
+      if (table_.finished_recently(d.props.correlation_id)) {
+        duplicate_replies_.fetch_add(1, std::memory_order_relaxed);
+      }
+      late_replies_.fetch_add(1, std::memory_order_relaxed);
+      detail::log(options_.logger, LogLevel::debug,
+                  "dropped a reply with unknown correlation id '" + d.props.correlation_id + "'");
+      return;
+    }
+    replies_.fetch_add(1, std::memory_order_relaxed);
+    call->complete(detail::wire::decode_reply(std::move(d.props), std::move(d.body)),
+                   options_.logger);
+  }
+
+  void on_return(amqp::Channel&, amqp::Returned&& r) override {
+    auto call = table_.take(r.props.correlation_id);
+    if (!call) return;
+    unroutable_.fetch_add(1, std::memory_order_relaxed);
+    call->complete(
+        Reply::error(StatusCode::unavailable, "no route to queue '" + call->queue +
+                                                  "': the broker has no such queue (" +
+                                                  std::to_string(r.reply_code) + " " +
+                                                  r.reply_text + "); is a server running?"),
+        options_.logger);
+  }
+
+  std::optional<Clock::time_point> next_deadline() override { return table_.next_deadline(); }
+
+  void on_timer(Clock::time_point now) override {
+    while (auto call = table_.take_expired(now)) {
+      timeouts_.fetch_add(1, std::memory_order_relaxed);
+      call->complete(Reply::error(StatusCode::deadline_exceeded,
+                                  "no reply from queue '" + call->queue + "' within " +
+                                      std::to_string(call->timeout.count()) + " ms"),
+                     options_.logger);
+    }
+  }
+
+  void on_consumer_cancelled(amqp::Channel&, const std::string&) override {
+    // The reply queue is gone (deleted, or its node left the cluster): no reply can come back.
+    link_.replies_lost = Status{StatusCode::unavailable,
+                                "the broker cancelled this client's reply consumer on '" +
+                                    reply_queue() + "' (queue deleted?); no replies can arrive"};
+    detail::log(options_.logger, LogLevel::error, link_.replies_lost.message());
+    fail_all(StatusCode::unavailable, link_.replies_lost.message());
+    // A new connection brings a new reply queue.
+    if (options_.reconnect.enabled) loop_.drop(link_.replies_lost);
+  }
+
+  void on_lost(const Status& why) override {
+    const std::string message = "connection lost before the reply came: " + why.message();
+    // The broker closing us for lack of permission is not a network problem: say so.
+    const StatusCode code = why.code() == StatusCode::permission_denied
+                                ? StatusCode::permission_denied
+                                : StatusCode::unavailable;
+    table_.take_held();  // what stays is held again below, in the table's order
+    auto failed = table_.take_unless([this](PendingCall& call) {
+      if (!may_wait_for_reconnect(call)) return false;
+      table_.hold(call);
+      return true;
+    });
+    for (auto& call : failed) call->complete(Reply::error(code, message), options_.logger);
+  }
+
+  void on_blocked(amqp::Channel&, bool blocked) override {
+    if (!blocked || options_.when_blocked != BlockedPolicy::fail) return;
+    // Held calls would wait for an unblock that may never come within their deadlines.
+    for (PendingCall* held : table_.take_held()) {
+      auto call = table_.take(held->correlation_id);
+      call->complete(Reply{blocked_status(), {}, {}, {}}, options_.logger);
+    }
+  }
+
+  void on_confirm(amqp::Channel&, std::uint64_t seq, bool multiple, bool ack) override {
+    auto settled = link_.unconfirmed.settle(seq, multiple);
+    if (ack) return;  // taken: the call goes on waiting for its reply
+    for (const auto& id : settled) {
+      auto call = table_.take(id);
+      if (!call) continue;
+      call->complete(
+          Reply::error(StatusCode::unavailable, "the broker refused the request to '" +
+                                                    call->queue + "' (publisher confirm: nack)"),
+          options_.logger);
+    }
+  }
+
+  void on_closing(amqp::Channel&) override {
+    fail_all(StatusCode::cancelled, "the client was closed before the reply came");
+  }
+
+ private:
+  // What lives and dies with one connection.
+  struct Link {
+    detail::ConfirmTracker<std::string> unconfirmed;  // request's publish number -> its id
+    Status replies_lost;  // set when replies can no longer arrive on this connection
+  };
+
+  // Whether a call that cannot be sent on this connection may wait for the next one: an
+  // idempotent call may be sent again; a wait_for_ready call that never left may be sent late.
+  bool may_wait_for_reconnect(const PendingCall& call) const {
+    if (!loop_.reconnecting()) return false;
+    return call.options.idempotent || (call.options.wait_for_ready && !call.sent);
+  }
+
+  // Why a call that cannot be sent now fails at once instead of being held (ok: hold it).
+  Status refuse_unsent(bool have_channel, const PendingCall& call) const {
+    if (have_channel && !link_.replies_lost.ok()) return link_.replies_lost;
+    if (have_channel && loop_.blocked() && options_.when_blocked == BlockedPolicy::fail) {
+      return blocked_status();
+    }
+    if (!have_channel && !(call.options.wait_for_ready && loop_.reconnecting())) {
+      return {StatusCode::unavailable, not_connected()};
+    }
+    return {};  // blocked (policy wait), a quiet connection, or waiting for ready
+  }
+
+  Status blocked_status() const {
+    return {StatusCode::resource_exhausted,
+            "the broker blocks publishing (" + loop_.blocked_reason() + "); not sent"};
+  }
+
+  std::string not_connected() const {
+    std::string why = loop_.lost_reason().message();
+    return loop_.reconnecting() ? "not connected (reconnecting after: " + why + ")"
+                                : "not connected: " + why;
+  }
+
+  // Publishes an accepted call; a call that cannot be published completes here, or waits for
+  // the next connection when it may.
+  void send(amqp::Channel& channel, PendingCall& call) {
+    Status st = publish(channel, call);
+    if (st.ok()) return;
+    if (st.code() == StatusCode::unavailable && options_.reconnect.enabled &&
+        (call.options.idempotent || call.options.wait_for_ready)) {
+      // The connection broke under this publish: the call waits for the next one.
+      table_.hold(call);
+      return;
+    }
+    auto owned = table_.take(call.correlation_id);
+    owned->complete(Reply{st, {}, {}, {}}, options_.logger);
+  }
+
+  Status publish(amqp::Channel& channel, PendingCall& call) {
+    amqp::Properties props = detail::wire::encode_request(
+        call.options, call.correlation_id, reply_queue_,
+        std::chrono::ceil<std::chrono::milliseconds>(call.deadline - Clock::now()));
+    if (Status bad = detail::wire::validate_outgoing(props, call.body.size(), channel.frame_max(),
+                                                     "request");
+        !bad.ok()) {
+      return bad;
+    }
+    auto seq = channel.publish("", call.queue, /*mandatory=*/true, props, call.body);
+    if (!seq) return Status{StatusCode::unavailable, seq.status().message()};
+    call.sent = true;
+    if (options_.confirm_requests) link_.unconfirmed.track(*seq, call.correlation_id);
+    // Keep the body only while it may have to be sent again.
+    if (!call.options.idempotent) {
+      call.body.clear();
+      call.body.shrink_to_fit();
+    }
+    return {};
+  }
+
+  void fail_all(StatusCode code, const std::string& message) {
+    for (auto& call : table_.take_all()) {
+      call->complete(Reply::error(code, message), options_.logger);
+    }
+  }
+
+  ClientOptions options_;
+  detail::IoLoop loop_;
+  detail::Outbox<std::unique_ptr<PendingCall>> calls_out_;
+  detail::Outbox<std::string> cancels_out_;
+
+  std::mutex uuid_mutex_;
+  detail::UuidGenerator uuids_;
+
+  // I/O thread only.
+  Link link_;
+  detail::CallTable table_;
+  std::vector<std::unique_ptr<PendingCall>> batch_;
+  std::vector<std::string> cancel_batch_;
+
+  detail::LatencyRecorder latency_;
+  detail::ErrorCounter errors_;
+
+  mutable std::mutex reply_queue_mutex_;
+  std::string reply_queue_;  // written on the I/O thread, read anywhere
+
+  std::atomic<std::uint64_t> calls_{0}, replies_{0}, timeouts_{0}, unroutable_{0}, late_replies_{0},
+      cancelled_{0}, duplicate_replies_{0};
+};
+
+Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
+  auto impl = std::make_unique<Impl>(std::move(options));
+  if (Status st = impl->start(); !st.ok()) return st;
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::~Client() {
+  if (impl_ && impl_->in_io_thread()) {
+    // Destroyed from one of its own callbacks: the I/O thread is still inside Impl. Finish the
+    // teardown on another thread once this callback has returned.
+    std::thread([impl = std::move(impl_)]() mutable { impl.reset(); }).detach();
+  }
+}
+
+std::future<Reply> Client::async_call(const std::string& queue, std::string body,
+                                      const CallOptions& options) {
+  auto call = impl_->make_call(queue, std::move(body), options);
+  auto& promise = call->done.emplace<std::promise<Reply>>();
+  auto future = promise.get_future();
+  impl_->submit(std::move(call));
+  return future;
+}
+
+void Client::async_call(const std::string& queue, std::string body, const CallOptions& options,
+                        std::function<void(Reply)> on_done) {
+  auto call = impl_->make_call(queue, std::move(body), options);
+  call->done = std::move(on_done);
+  impl_->submit(std::move(call));
+}
+
+Reply Client::try_call(const std::string& queue, std::string body, const CallOptions& options) {
+  if (impl_->in_io_thread()) {
+    return Reply::error(StatusCode::failed_precondition,
+                        "a blocking call from the client's own callback would deadlock");
+  }
+  return async_call(queue, std::move(body), options).get();
+}
+
+std::string Client::call(const std::string& queue, std::string body, const CallOptions& options) {
+  Reply reply = try_call(queue, std::move(body), options);
+  if (!reply.status.ok()) throw RpcError(reply.status);
+  return std::move(reply.body);
+}
+
+std::string Client::reply_queue() const {
+  return impl_->reply_queue();
+}
+Client::Stats Client::stats() const {
+  return impl_->stats();
+}
+
+}  // namespace amqprpc

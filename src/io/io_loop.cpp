@@ -1,0 +1,322 @@
+#include "io/io_loop.hpp"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <system_error>
+
+#include "io/backoff.hpp"
+#include "log.hpp"
+
+namespace amqprpc::detail {
+
+namespace {
+
+void signal_eventfd(int fd) {
+  std::uint64_t one = 1;
+  // EAGAIN means the counter is already non-zero: the loop will wake anyway.
+  [[maybe_unused]] ssize_t n = ::write(fd, &one, sizeof one);
+}
+
+}  // namespace
+
+IoLoop::IoLoop(std::vector<ConnectionOptions> endpoints, ReconnectOptions reconnect, Hooks& hooks,
+               Logger logger)
+    : endpoints_(std::move(endpoints)),
+      reconnect_(reconnect),
+      hooks_(hooks),
+      logger_(std::move(logger)) {
+  wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
+}
+
+IoLoop::~IoLoop() {
+  stop();
+  ::close(wake_fd_);
+}
+
+Status IoLoop::start() {
+  if (endpoints_.empty()) return {StatusCode::invalid_argument, "no broker to connect to"};
+  if (Status st = validate(reconnect_); !st.ok()) return st;
+  std::promise<Status> started;
+  auto ready = started.get_future();
+  thread_ = std::thread([this, p = std::move(started)]() mutable { run(p); });
+  Status st = ready.get();
+  if (!st.ok()) {
+    stop_requested_ = true;
+    thread_.join();
+  }
+  return st;
+}
+
+void IoLoop::wake() {
+  if (in_io_thread()) {
+    // Work handed over from a callback on this thread: no syscall, just another turn.
+    self_woken_ = true;
+    return;
+  }
+  signal_eventfd(wake_fd_);
+}
+
+void IoLoop::stop() {
+  stop_requested_.store(true, std::memory_order_release);
+  wake();
+  if (thread_.joinable()) {
+    if (in_io_thread()) {
+      log(logger_, LogLevel::error, "IoLoop::stop called from its own thread; not joining");
+      thread_.detach();
+      return;
+    }
+    thread_.join();
+  }
+}
+
+bool IoLoop::can_publish() const {
+  if (!link_.channel || link_.blocked) return false;
+  return link_.heartbeat.count() == 0 || Clock::now() - link_.last_rx <= link_.heartbeat;
+}
+
+Status IoLoop::lost_reason() const {
+  std::lock_guard lock(lost_mutex_);
+  return lost_reason_;
+}
+
+std::string IoLoop::endpoint() const {
+  return endpoints_[current_.load(std::memory_order_relaxed) % endpoints_.size()].to_string();
+}
+
+void IoLoop::up(std::unique_ptr<amqp::Channel> channel, std::size_t endpoint) {
+  link_ = Link{};
+  link_.heartbeat = channel->heartbeat();
+  link_.last_rx = link_.up_since = Clock::now();
+  link_.channel = std::move(channel);
+  current_.store(endpoint, std::memory_order_relaxed);
+}
+
+void IoLoop::lose(Status why) {
+  if (!link_.channel) return;
+  const Clock::time_point up_since = link_.up_since;
+  link_ = Link{};
+  connected_.store(false, std::memory_order_release);
+  log(logger_, LogLevel::error,
+      "connection to " + endpoint() + " lost: " + why.to_string() +
+          (reconnect_.enabled ? "; reconnecting" : ""));
+  {
+    std::lock_guard lock(lost_mutex_);
+    lost_reason_ = why;
+  }
+  down_since_ = Clock::now();
+  attempts_ = 0;
+  // A connection that died soon after it came up keeps the grown backoff: no reconnect storms
+  // against a broker that accepts and then drops us.
+  if (backoff_.count() == 0 || Clock::now() - up_since > std::chrono::seconds(10)) {
+    backoff_ = reconnect_.initial_delay;
+  }
+  // Start with the endpoint after the one that failed: it is likelier to be up.
+  next_endpoint_ = current_.load(std::memory_order_relaxed) + 1;
+  hooks_.on_lost(why);
+  schedule_reconnect();
+}
+
+void IoLoop::schedule_reconnect() {
+  if (!reconnect_.enabled || stop_requested_.load(std::memory_order_acquire)) {
+    next_attempt_.reset();
+    return;
+  }
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  next_attempt_ = Clock::now() + backoff_delay(backoff_, reconnect_, unit(rng_));
+  backoff_ = backoff_grow(backoff_, reconnect_);
+}
+
+void IoLoop::begin_connect() {
+  next_attempt_.reset();
+  connecting_endpoint_ = next_endpoint_++ % endpoints_.size();
+  ++attempts_;
+  ConnectionOptions target = endpoints_[connecting_endpoint_];
+  std::promise<Result<std::unique_ptr<amqp::Channel>>> result;
+  connecting_ = result.get_future();
+  connector_ = std::thread([this, target, result = std::move(result)]() mutable {
+    result.set_value(amqp::Channel::open(target));
+    // Only now is the future ready: a wake-up sent earlier could be consumed too soon.
+    signal_eventfd(wake_fd_);
+  });
+}
+
+void IoLoop::finish_connect() {
+  auto opened = connecting_.get();
+  connector_.join();
+  const std::string where = endpoints_[connecting_endpoint_].to_string();
+  if (!opened) {
+    log(logger_, LogLevel::warning,
+        "reconnect attempt " + std::to_string(attempts_) + " failed: " + opened.status().message());
+    schedule_reconnect();
+    return;
+  }
+  up(std::move(opened.value()), connecting_endpoint_);
+  if (Status st = hooks_.on_open(*link_.channel); !st.ok()) {
+    log(logger_, LogLevel::warning,
+        "reconnected to " + where + " but could not set up: " + st.to_string());
+    link_ = Link{};
+    schedule_reconnect();
+    return;
+  }
+  connected_.store(true, std::memory_order_release);
+  reconnects_.fetch_add(1, std::memory_order_relaxed);
+  auto down = std::chrono::duration_cast<std::chrono::milliseconds>(
+      Clock::now() - down_since_.value_or(Clock::now()));
+  log(logger_, LogLevel::info,
+      "reconnected to " + where + " after " + std::to_string(down.count()) + " ms (" +
+          std::to_string(attempts_) + " attempts)");
+  down_since_.reset();
+}
+
+void IoLoop::on_delivery(amqp::Delivery&& d) {
+  hooks_.on_delivery(*link_.channel, std::move(d));
+}
+void IoLoop::on_return(amqp::Returned&& r) {
+  hooks_.on_return(*link_.channel, std::move(r));
+}
+void IoLoop::on_consumer_cancelled(const std::string& tag) {
+  hooks_.on_consumer_cancelled(*link_.channel, tag);
+}
+void IoLoop::on_confirm(std::uint64_t seq, bool multiple, bool ack) {
+  hooks_.on_confirm(*link_.channel, seq, multiple, ack);
+}
+void IoLoop::on_blocked(bool blocked, const std::string& reason) {
+  log(logger_, LogLevel::warning,
+      blocked ? "broker blocked publishing on this connection: " + reason
+              : std::string("broker unblocked publishing on this connection"));
+  link_.blocked = blocked;
+  link_.blocked_reason = reason;
+  hooks_.on_blocked(*link_.channel, blocked);
+  if (!blocked) self_woken_ = true;  // send what was held
+}
+
+Status IoLoop::open_first() {
+  Status last;
+  for (std::size_t i = 0; i < endpoints_.size(); ++i) {
+    auto opened = amqp::Channel::open(endpoints_[i]);
+    if (!opened) {
+      last = opened.status();
+      continue;
+    }
+    up(std::move(opened.value()), i);
+    if (Status st = hooks_.on_open(*link_.channel); !st.ok()) {
+      link_ = Link{};
+      return st;
+    }
+    connected_.store(true, std::memory_order_release);
+    return {};
+  }
+  return last;
+}
+
+void IoLoop::run(std::promise<Status>& started) {
+  io_thread_id_.store(std::this_thread::get_id());
+  {
+    Status st = open_first();
+    started.set_value(st);
+    if (!st.ok()) return;
+  }
+  while (!stop_requested_.load(std::memory_order_acquire)) {
+    serve_turn();
+    if (self_woken_) {
+      self_woken_ = false;
+      continue;
+    }
+    if (link_.channel && link_.channel->has_buffered()) continue;
+    poll_once();
+  }
+  close_politely();
+  io_thread_id_.store({});
+}
+
+void IoLoop::serve_turn() {
+  if (!link_.channel) {
+    if (connecting_.valid() &&
+        connecting_.wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
+      finish_connect();
+    } else if (!connecting_.valid() && next_attempt_ && Clock::now() >= *next_attempt_) {
+      begin_connect();
+    }
+  }
+  hooks_.on_wake(link_.channel.get());
+  if (link_.channel) {
+    auto frames = link_.channel->frames_read();
+    if (Status st = link_.channel->read(*this); !st.ok()) lose(st);
+    if (link_.channel && link_.channel->frames_read() != frames) link_.last_rx = Clock::now();
+    if (link_.channel) hooks_.on_read_batch(*link_.channel);
+  }
+  if (pending_drop_) {
+    Status why = std::move(*pending_drop_);
+    pending_drop_.reset();
+    lose(why);
+  }
+  if (link_.channel && link_.heartbeat.count() > 0 &&
+      Clock::now() - link_.last_rx > 2 * link_.heartbeat) {
+    // rabbitmq-c notices missed heartbeats only inside a blocking wait, which this loop never
+    // does: it watches the socket itself. Heartbeats (or any traffic) come every interval.
+    lose(Status{StatusCode::unavailable,
+                "no data from the broker for " + std::to_string(2 * link_.heartbeat.count()) +
+                    " s (heartbeat " + std::to_string(link_.heartbeat.count()) +
+                    " s): connection presumed dead"});
+  }
+  hooks_.on_timer(Clock::now());
+}
+
+void IoLoop::poll_once() {
+  int timeout_ms = -1;
+  auto now = Clock::now();
+  auto consider = [&](Clock::duration d) {
+    auto ms = std::chrono::ceil<std::chrono::milliseconds>(d).count();
+    if (ms < 0) ms = 0;
+    if (timeout_ms < 0 || ms < timeout_ms) timeout_ms = static_cast<int>(ms);
+  };
+  if (auto deadline = hooks_.next_deadline()) consider(*deadline - now);
+  if (link_.channel) {
+    if (auto tick = link_.channel->heartbeat_tick()) consider(*tick);
+  } else if (next_attempt_ && !connecting_.valid()) {
+    consider(*next_attempt_ - now);
+  }
+  pollfd fds[2];
+  fds[0] = {wake_fd_, POLLIN, 0};
+  int nfds = 1;
+  if (link_.channel) {
+    fds[1] = {link_.channel->fd(), POLLIN, 0};
+    nfds = 2;
+  }
+  int rc = ::poll(fds, nfds, timeout_ms);
+  if (rc < 0 && errno != EINTR) {
+    lose(Status{StatusCode::internal, std::string("poll failed: ") + std::strerror(errno)});
+  }
+  if (rc > 0 && nfds == 2 && (fds[1].revents & (POLLIN | POLLHUP | POLLERR))) {
+    link_.last_rx = Clock::now();
+  }
+  if (rc > 0 && (fds[0].revents & POLLIN)) {
+    // Consume the wake-up before on_wake takes the outboxes (see wake()).
+    std::uint64_t counter;
+    [[maybe_unused]] ssize_t n = ::read(wake_fd_, &counter, sizeof counter);
+  }
+}
+
+void IoLoop::close_politely() {
+  if (connector_.joinable()) connector_.join();  // bounded by the connect timeout
+  if (link_.channel) {
+    hooks_.on_closing(*link_.channel);
+    // E.g. publisher confirms of the last replies: read them before closing, for a while.
+    const auto until = Clock::now() + std::chrono::seconds(2);
+    while (link_.channel && hooks_.closing_needs_more() && Clock::now() < until) {
+      pollfd fd{link_.channel->fd(), POLLIN, 0};
+      ::poll(&fd, 1, 50);
+      if (!link_.channel->read(*this).ok()) break;
+    }
+    link_.channel->close();
+    link_ = Link{};
+  }
+  connected_.store(false, std::memory_order_release);
+}
+
+}  // namespace amqprpc::detail

@@ -1,0 +1,163 @@
+// One connection, one I/O thread. The thread alone touches the rabbitmq-c handle (an
+// amqp::Channel); other threads put work in their owner's outboxes and call wake(). The loop
+// polls the socket and an eventfd, drains what rabbitmq-c has buffered before polling, runs
+// timers, watches heartbeats, and reconnects after a loss (exponential backoff with jitter,
+// endpoints in turn; the TCP connect and login run on a short-lived connector thread, so timers
+// and outboxes keep being served meanwhile).
+//
+// Thread safety: wake(), connected(), reconnecting(), lost_reason(), reconnects(), endpoint()
+// and in_io_thread() from any thread; start() and stop() from the owner's thread; the rest from
+// the I/O thread (the hooks run there).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "amqp/channel.hpp"
+#include "amqprpc/options.hpp"
+#include "amqprpc/status.hpp"
+
+namespace amqprpc::detail {
+
+using Clock = std::chrono::steady_clock;
+
+class IoLoop final : private amqp::Channel::Events {
+ public:
+  // What the owner (client or server) does on the I/O thread. Every hook that concerns a
+  // connection receives its channel; none should keep it.
+  class Hooks {
+   public:
+    // A new connection (the first, or after a loss): per-connection state starts afresh here;
+    // declare queues, start consumers. Non-ok aborts the start (or, on a reconnection, drops
+    // the connection and tries again later).
+    virtual Status on_open(amqp::Channel& channel) = 0;
+    // Each turn of the loop: take work from outboxes. channel is null while disconnected.
+    virtual void on_wake(amqp::Channel* channel) = 0;
+    virtual void on_delivery(amqp::Channel& channel, amqp::Delivery&& delivery) = 0;
+    // After each batch of frames read from the socket (and the deliveries in it).
+    virtual void on_read_batch(amqp::Channel&) {}
+    virtual void on_return(amqp::Channel&, amqp::Returned&&) {}
+    virtual void on_consumer_cancelled(amqp::Channel&, const std::string& /*consumer_tag*/) {}
+    // The broker blocked or unblocked publishing (can_publish() says so from now on).
+    virtual void on_blocked(amqp::Channel&, bool /*blocked*/) {}
+    virtual void on_confirm(amqp::Channel&, std::uint64_t /*seq*/, bool /*multiple*/,
+                            bool /*ack*/) {}
+    // The earliest time on_timer wants to run, if any.
+    virtual std::optional<Clock::time_point> next_deadline() { return std::nullopt; }
+    virtual void on_timer(Clock::time_point) {}
+    // The connection is gone: fail (or set aside) what waits on it.
+    virtual void on_lost(const Status& why) = 0;
+    // A polite stop: last chance to publish and ack before the connection closes.
+    virtual void on_closing(amqp::Channel&) {}
+    // After on_closing: whether to keep reading (bounded) before closing, e.g. for confirms.
+    virtual bool closing_needs_more() { return false; }
+
+   protected:
+    ~Hooks() = default;
+  };
+
+  IoLoop(std::vector<ConnectionOptions> endpoints, ReconnectOptions reconnect, Hooks& hooks,
+         Logger logger);
+  ~IoLoop();
+  IoLoop(const IoLoop&) = delete;
+  IoLoop& operator=(const IoLoop&) = delete;
+
+  // Starts the thread; returns once connected (to the first endpoint that answers) and on_open
+  // ran, or why that failed.
+  Status start();
+  // Makes the loop take a turn soon. Any thread. Callers that batch work in an outbox need only
+  // wake when the outbox goes from empty to non-empty: the loop reads the wake-up before it
+  // takes the outbox.
+  void wake();
+  // Closes politely (on_closing, then channel and connection) and joins. Idempotent; not from
+  // the I/O thread itself.
+  void stop();
+
+  // ---- I/O thread ----
+  // Whether publishing now is safe and useful: connected, not blocked by the broker, and not
+  // quiet. A connection silent for a whole heartbeat interval (the broker sends two per
+  // interval) may be cut: publishing into it can block this thread inside rabbitmq-c (which
+  // sends without a deadline) before the two-interval check declares it dead, so output waits.
+  bool can_publish() const;
+  bool blocked() const { return link_.blocked; }
+  const std::string& blocked_reason() const { return link_.blocked_reason; }
+  // From a hook: give up this connection (and reconnect, if enabled) once the hook returns.
+  void drop(Status why) { pending_drop_ = std::move(why); }
+
+  // ---- any thread ----
+  bool in_io_thread() const { return std::this_thread::get_id() == io_thread_id_.load(); }
+  bool connected() const { return connected_.load(std::memory_order_acquire); }
+  bool reconnecting() const { return reconnect_.enabled && !connected(); }
+  // Why the loop lost its connection, once it has.
+  Status lost_reason() const;
+  std::uint64_t reconnects() const { return reconnects_.load(std::memory_order_relaxed); }
+  // The endpoint in use (or last used), password masked.
+  std::string endpoint() const;
+  const Logger& logger() const { return logger_; }
+
+ private:
+  // What lives and dies with one connection.
+  struct Link {
+    std::unique_ptr<amqp::Channel> channel;
+    std::chrono::seconds heartbeat{0};  // negotiated
+    Clock::time_point up_since;
+    Clock::time_point last_rx;  // when the socket last had data for us
+    bool blocked = false;
+    std::string blocked_reason;
+  };
+
+  void run(std::promise<Status>& started);
+  Status open_first();
+  void serve_turn();
+  void poll_once();
+  void up(std::unique_ptr<amqp::Channel> channel, std::size_t endpoint);
+  void lose(Status why);
+  void schedule_reconnect();
+  void begin_connect();
+  void finish_connect();
+  void close_politely();
+  void on_delivery(amqp::Delivery&& d) override;
+  void on_return(amqp::Returned&& r) override;
+  void on_consumer_cancelled(const std::string& tag) override;
+  void on_blocked(bool blocked, const std::string& reason) override;
+  void on_confirm(std::uint64_t seq, bool multiple, bool ack) override;
+
+  std::vector<ConnectionOptions> endpoints_;
+  ReconnectOptions reconnect_;
+  Hooks& hooks_;
+  Logger logger_;
+  int wake_fd_ = -1;
+  std::thread thread_;
+  std::atomic<std::thread::id> io_thread_id_{};
+  std::atomic<bool> stop_requested_{false};
+  std::atomic<bool> connected_{false};
+  std::atomic<std::uint64_t> reconnects_{0};
+  std::atomic<std::size_t> current_{0};
+
+  // I/O thread only.
+  Link link_;
+  bool self_woken_ = false;
+  std::optional<Status> pending_drop_;
+  // Reconnecting.
+  std::size_t next_endpoint_ = 0;
+  std::chrono::milliseconds backoff_{0};
+  std::optional<Clock::time_point> next_attempt_;
+  std::optional<Clock::time_point> down_since_;
+  std::size_t attempts_ = 0;
+  std::future<Result<std::unique_ptr<amqp::Channel>>> connecting_;
+  std::thread connector_;  // runs one connection attempt while the loop goes on
+  std::size_t connecting_endpoint_ = 0;
+  std::mt19937 rng_{std::random_device{}()};
+
+  mutable std::mutex lost_mutex_;
+  Status lost_reason_;
+};
+
+}  // namespace amqprpc::detail

@@ -1,0 +1,62 @@
+// Work handed to an I/O thread by other threads: a mutex-guarded batch that the I/O thread
+// swaps out in one go. Producers wake the loop only when the outbox goes from empty to
+// non-empty (the loop reads its wake-up before it takes the batch, so none is missed).
+//
+// Thread safety: push() and close() from any thread; take() from the I/O thread.
+#pragma once
+
+#include <functional>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+namespace amqprpc::detail {
+
+template <class T>
+class Outbox {
+ public:
+  explicit Outbox(std::function<void()> wake) : wake_(std::move(wake)) {}
+  Outbox(const Outbox&) = delete;
+  Outbox& operator=(const Outbox&) = delete;
+
+  // Hands `item` over and wakes the loop if needed. Returns false, leaving `item` untouched,
+  // once the outbox is closed.
+  bool push(T& item) {
+    bool was_empty;
+    {
+      std::lock_guard lock(mutex_);
+      if (closed_) return false;
+      was_empty = items_.empty();
+      items_.push_back(std::move(item));
+    }
+    if (was_empty) wake_();
+    return true;
+  }
+  bool push(T&& item) { return push(item); }
+
+  // Moves everything handed over so far to the end of `into` (empty: a swap, no copy).
+  void take(std::vector<T>& into) {
+    std::lock_guard lock(mutex_);
+    if (into.empty()) {
+      into.swap(items_);
+    } else {
+      for (auto& item : items_) into.push_back(std::move(item));
+      items_.clear();
+    }
+  }
+
+  // Refuses further pushes and returns what is left.
+  std::vector<T> close() {
+    std::lock_guard lock(mutex_);
+    closed_ = true;
+    return std::exchange(items_, {});
+  }
+
+ private:
+  std::function<void()> wake_;
+  std::mutex mutex_;
+  std::vector<T> items_;
+  bool closed_ = false;
+};
+
+}  // namespace amqprpc::detail

@@ -1,0 +1,73 @@
+// The wire contract of docs/PROTOCOL.md as code: how a request and a reply look as AMQP
+// messages, in both directions. Client and server use these and nothing else to read or write
+// the contract. Success replies are the body alone, as the seed expects; errors add headers.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "amqp/message.hpp"
+#include "amqprpc/message.hpp"
+#include "amqprpc/options.hpp"
+
+namespace amqprpc::detail::wire {
+
+inline constexpr std::string_view kDirectReplyTo = "amq.rabbitmq.reply-to";
+// Error replies: the status code's wire name, and its message (also the body, as text).
+inline constexpr std::string_view kStatusHeader = "x-rpc-status";
+inline constexpr std::string_view kMessageHeader = "x-rpc-message";
+// Requests: the caller's absolute deadline, milliseconds since the Unix epoch.
+inline constexpr std::string_view kDeadlineHeader = "x-rpc-deadline";
+// Requests: how many times a server has been handed this request (poison-message accounting).
+inline constexpr std::string_view kAttemptsHeader = "x-rpc-attempts";
+// Set by quorum queues on redelivered messages: how many times it was returned.
+inline constexpr std::string_view kDeliveryCountHeader = "x-delivery-count";
+// Dead-lettered requests: why.
+inline constexpr std::string_view kDeadReasonHeader = "x-rpc-dead-reason";
+
+// RabbitMQ's default max_message_size (128 MiB); larger bodies make the broker close the channel.
+inline constexpr std::size_t kMaxBodySize = 128u * 1024 * 1024;
+
+// Milliseconds since the Unix epoch, the unit of x-rpc-deadline.
+std::int64_t epoch_ms(std::chrono::system_clock::time_point t = std::chrono::system_clock::now());
+
+// A non-negative decimal integer header; nullopt when absent or not such a number.
+std::optional<std::int64_t> int_header(const Headers& headers, std::string_view name);
+
+// Which delivery of this request this is (1 = the first), from the quorum queue's count (when
+// `trust_delivery_count`: only quorum queues set it, elsewhere a client could) or our own
+// header, and the broker's redelivered flag.
+std::int64_t attempt_of(const Headers& headers, bool redelivered, bool trust_delivery_count);
+
+// Whether the request's caller has given up (its x-rpc-deadline is before `now_ms`).
+bool expired(const Headers& headers, std::int64_t now_ms);
+
+// Checks what rabbitmq-c and the broker would refuse only after part of the message is on the
+// wire (which breaks the connection): short strings over 255 bytes, a header table too large
+// for one frame, a body over the broker's limit. `what` names the message in the error.
+Status validate_outgoing(const amqp::Properties& p, std::size_t body_size, int frame_max,
+                         std::string_view what);
+
+// ---- requests ----
+
+// The properties of a request: the caller's options, where to reply, and the deadline both as
+// the message's expiration (`time_left`, at least 1 ms) and as x-rpc-deadline.
+amqp::Properties encode_request(const CallOptions& options, std::string correlation_id,
+                                std::string reply_to, std::chrono::milliseconds time_left);
+
+// What a handler sees of a request that arrived on `queue` (moved out of the delivery).
+Request decode_request(amqp::Delivery&& delivery, const std::string& queue);
+
+// ---- replies ----
+
+// The properties and body of the reply a server sends for `reply` to a request.
+void encode_reply(Reply&& reply, std::string_view correlation_id, amqp::Properties& props,
+                  std::string& body);
+
+// What a client makes of a reply message.
+Reply decode_reply(amqp::Properties&& props, std::string&& body);
+
+}  // namespace amqprpc::detail::wire

@@ -1,0 +1,25 @@
+#include "server/triage.hpp"
+
+#include "protocol/wire.hpp"
+
+namespace amqprpc::detail {
+
+Triage triage(const amqp::Delivery& d, const TriagePolicy& policy, std::int64_t now_ms) {
+  if (d.props.reply_to.empty()) return {Verdict::reject};
+  const Headers& headers = d.props.headers;
+  const bool expired = wire::expired(headers, now_ms);
+  std::int64_t attempt = 1;
+  if (policy.max_attempts > 0) {
+    attempt = wire::attempt_of(headers, d.redelivered, policy.quorum);
+    if (attempt > policy.max_attempts) return {Verdict::dead_letter, attempt};
+    const bool counted_by_broker = policy.quorum && headers.count(wire::kDeliveryCountHeader) != 0;
+    if (d.redelivered && !counted_by_broker) {
+      return {expired ? Verdict::expired : Verdict::recount, attempt};
+    }
+  }
+  if (expired) return {Verdict::expired, attempt};
+  if (d.body.size() > policy.max_request_size) return {Verdict::oversized, attempt};
+  return {Verdict::serve, attempt};
+}
+
+}  // namespace amqprpc::detail

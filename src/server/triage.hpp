@@ -1,0 +1,34 @@
+// What a server does with a delivery before any handler sees it, decided in one place, as a
+// pure function of the delivery, the server's policy and the time (docs/PROTOCOL.md):
+//   reject       no reply_to: nowhere to answer (rejected, not requeued)
+//   dead_letter  delivered more than max_attempts times: moved aside, caller told
+//   expired      the caller's deadline passed: acked, not served
+//   recount      a redelivery on a classic queue: re-published with its attempt count, since
+//                only quorum queues count deliveries
+//   oversized    body over max_request_size: error reply, not served
+//   serve        hand it to its handler
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "amqp/message.hpp"
+
+namespace amqprpc::detail {
+
+struct TriagePolicy {
+  int max_attempts = 5;  // 0: no poison-message accounting
+  bool quorum = false;   // the queue is a quorum queue (its x-delivery-count can be trusted)
+  std::size_t max_request_size = 4u * 1024 * 1024;
+};
+
+enum class Verdict { serve, reject, dead_letter, expired, recount, oversized };
+
+struct Triage {
+  Verdict verdict = Verdict::serve;
+  std::int64_t attempt = 1;  // which delivery of the request this is (1 = the first)
+};
+
+Triage triage(const amqp::Delivery& delivery, const TriagePolicy& policy, std::int64_t now_ms);
+
+}  // namespace amqprpc::detail
