@@ -345,7 +345,8 @@ TEST_F(SingleNode, IdempotentCallsAreResentAfterReconnectingInsteadOfFailing) {
   auto client = make_client({node().options()});
   CallOptions call;
   call.timeout = 15s;
-  call.idempotent = true;
+  call.idempotent = true;      // in flight at the drop: sent again
+  call.wait_for_ready = true;  // made while reconnecting: held until connected
   Report r = run_load(
       "broker restarted, idempotent calls", *client, queue, 10s, 2s,
       [&] {
@@ -408,7 +409,7 @@ TEST_F(SingleNode, AClientClosedWhileReconnectingEndsEveryCall) {
     EXPECT_EQ(client->call(queue, "before"), "before");
   }  // the proxy goes away: the connection drops and reconnecting cannot succeed
   CallOptions idempotent;
-  idempotent.idempotent = true;
+  idempotent.wait_for_ready = true;
   idempotent.timeout = 60s;
   ASSERT_TRUE(testbroker::eventually(
       [&] {
