@@ -53,3 +53,56 @@ TEST(Wire, UserHeadersSurviveBothWays) {
   Reply back = wire::decode_reply(std::move(props), std::move(body));
   EXPECT_EQ(back.headers.at("trace-id"), "abc");
 }
+
+TEST(Wire, ARequestCarriesTheCallersOptionsAndItsDeadlineTwice) {
+  CallOptions o;
+  o.headers["tenant"] = "t1";
+  o.content_type = "application/json";
+  o.priority = 4;
+  const std::int64_t before = wire::epoch_ms();
+  auto props = wire::encode_request(o, "corr", "reply-q", std::chrono::milliseconds(1500));
+  EXPECT_EQ(props.correlation_id, "corr");
+  EXPECT_EQ(props.reply_to, "reply-q");
+  EXPECT_EQ(props.content_type, "application/json");
+  EXPECT_EQ(props.priority, 4);
+  EXPECT_EQ(props.expiration, "1500");
+  EXPECT_EQ(props.headers.at("tenant"), "t1");
+  auto deadline = wire::int_header(props.headers, wire::kDeadlineHeader);
+  ASSERT_TRUE(deadline.has_value());
+  EXPECT_GE(*deadline, before + 1500);
+  EXPECT_LE(*deadline, wire::epoch_ms() + 1500);
+}
+
+TEST(Wire, ARequestWithNoTimeLeftStillExpiresInOneMillisecond) {
+  auto props = wire::encode_request({}, "c", "r", std::chrono::milliseconds(-20));
+  EXPECT_EQ(props.expiration, "1");
+}
+
+TEST(Wire, AServerSeesTheDeliveryAsARequest) {
+  detail::amqp::Delivery d;
+  d.body = "10";
+  d.redelivered = true;
+  d.props.correlation_id = "c";
+  d.props.reply_to = "r";
+  d.props.content_type = "text/plain";
+  d.props.headers["h"] = "v";
+  Request req = wire::decode_request(std::move(d), "rpc_queue");
+  EXPECT_EQ(req.queue, "rpc_queue");
+  EXPECT_EQ(req.body, "10");
+  EXPECT_TRUE(req.redelivered);
+  EXPECT_EQ(req.correlation_id, "c");
+  EXPECT_EQ(req.reply_to, "r");
+  EXPECT_EQ(req.content_type, "text/plain");
+  EXPECT_EQ(req.headers.at("h"), "v");
+}
+
+TEST(Wire, ExpiredOnlyWhenTheDeadlineHeaderIsANumberInThePast) {
+  Headers h;
+  EXPECT_FALSE(wire::expired(h, 1000));
+  h["x-rpc-deadline"] = "999";
+  EXPECT_TRUE(wire::expired(h, 1000));
+  h["x-rpc-deadline"] = "1000";
+  EXPECT_FALSE(wire::expired(h, 1000));
+  h["x-rpc-deadline"] = "-5";
+  EXPECT_FALSE(wire::expired(h, 1000));
+}

@@ -1,0 +1,118 @@
+// The I/O layer's pure pieces: backoff, the outbox, the confirm tracker.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <thread>
+
+#include "io/backoff.hpp"
+#include "io/confirm_tracker.hpp"
+#include "io/outbox.hpp"
+
+using namespace amqprpc;
+using namespace std::chrono_literals;
+using detail::backoff_delay;
+using detail::backoff_grow;
+
+TEST(Backoff, GrowsByTheMultiplierUpToTheMaximum) {
+  ReconnectOptions r;
+  r.initial_delay = 100ms;
+  r.max_delay = 1000ms;
+  r.multiplier = 2.0;
+  EXPECT_EQ(backoff_grow(100ms, r), 200ms);
+  EXPECT_EQ(backoff_grow(800ms, r), 1000ms);
+  EXPECT_EQ(backoff_grow(1000ms, r), 1000ms);
+  EXPECT_EQ(backoff_grow(0ms, r), 100ms) << "never below the initial delay";
+}
+
+TEST(Backoff, JitterStretchesOrShrinksWithinItsFraction) {
+  ReconnectOptions r;
+  r.jitter = 0.2;
+  EXPECT_EQ(backoff_delay(1000ms, r, 0.0), 800ms);
+  EXPECT_EQ(backoff_delay(1000ms, r, 0.5), 1000ms);
+  EXPECT_LE(backoff_delay(1000ms, r, 0.999999), 1200ms);
+  EXPECT_GE(backoff_delay(1000ms, r, 0.999999), 1199ms);
+  r.jitter = 0.0;
+  EXPECT_EQ(backoff_delay(1000ms, r, 0.7), 1000ms);
+}
+
+TEST(Backoff, NonsenseOptionsAreRefused) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  auto with = [](auto change) {
+    ReconnectOptions r;
+    change(r);
+    return detail::validate(r).code();
+  };
+  EXPECT_EQ(with([](ReconnectOptions&) {}), StatusCode::ok);
+  EXPECT_EQ(with([&](ReconnectOptions& r) { r.multiplier = nan; }), StatusCode::invalid_argument);
+  EXPECT_EQ(with([&](ReconnectOptions& r) { r.jitter = nan; }), StatusCode::invalid_argument);
+  EXPECT_EQ(with([](ReconnectOptions& r) { r.multiplier = 0.5; }), StatusCode::invalid_argument);
+  EXPECT_EQ(with([](ReconnectOptions& r) { r.jitter = 1.0; }), StatusCode::invalid_argument);
+  EXPECT_EQ(with([](ReconnectOptions& r) { r.initial_delay = 0ms; }), StatusCode::invalid_argument);
+  EXPECT_EQ(with([](ReconnectOptions& r) { r.max_delay = r.initial_delay - 1ms; }),
+            StatusCode::invalid_argument);
+  EXPECT_EQ(with([&](ReconnectOptions& r) {
+              r.enabled = false;
+              r.multiplier = nan;
+            }),
+            StatusCode::ok)
+      << "options of a disabled reconnect are never used";
+}
+
+TEST(Outbox, WakesOnlyWhenItGoesFromEmptyToNonEmpty) {
+  int wakes = 0;
+  detail::Outbox<int> box([&] { ++wakes; });
+  box.push(1);
+  box.push(2);
+  EXPECT_EQ(wakes, 1);
+  std::vector<int> batch;
+  box.take(batch);
+  EXPECT_EQ(batch, (std::vector<int>{1, 2}));
+  box.push(3);
+  EXPECT_EQ(wakes, 2);
+  box.take(batch);
+  EXPECT_EQ(batch, (std::vector<int>{1, 2, 3})) << "take appends to what the caller still holds";
+}
+
+TEST(Outbox, AClosedOutboxRefusesAndLeavesTheItemWithTheCaller) {
+  detail::Outbox<std::unique_ptr<int>> box([] {});
+  box.push(std::make_unique<int>(1));
+  auto left = box.close();
+  ASSERT_EQ(left.size(), 1u);
+  auto item = std::make_unique<int>(2);
+  EXPECT_FALSE(box.push(item));
+  ASSERT_NE(item, nullptr);
+  EXPECT_EQ(*item, 2);
+}
+
+TEST(Outbox, ManyProducersLoseNothing) {
+  std::atomic<int> wakes{0};
+  detail::Outbox<int> box([&] { wakes.fetch_add(1); });
+  std::vector<std::thread> producers;
+  for (int p = 0; p < 4; ++p) {
+    producers.emplace_back([&, p] {
+      for (int i = 0; i < 1000; ++i) box.push(p * 1000 + i);
+    });
+  }
+  std::vector<int> all;
+  while (all.size() < 4000) {
+    std::vector<int> batch;
+    box.take(batch);
+    all.insert(all.end(), batch.begin(), batch.end());
+  }
+  for (auto& t : producers) t.join();
+  std::sort(all.begin(), all.end());
+  for (int i = 0; i < 4000; ++i) ASSERT_EQ(all[static_cast<std::size_t>(i)], i);
+  EXPECT_GE(wakes.load(), 1);
+}
+
+TEST(ConfirmTracker, SettlesOneOrEveryOneUpToTheSequenceNumber) {
+  detail::ConfirmTracker<std::string> t;
+  for (std::uint64_t seq = 1; seq <= 5; ++seq) t.track(seq, "m" + std::to_string(seq));
+  EXPECT_EQ(t.settle(3, false), (std::vector<std::string>{"m3"}));
+  EXPECT_EQ(t.settle(4, true), (std::vector<std::string>{"m1", "m2", "m4"}));
+  EXPECT_TRUE(t.settle(4, false).empty()) << "settled once";
+  EXPECT_EQ(t.size(), 1u);
+  EXPECT_EQ(t.settle(99, true), (std::vector<std::string>{"m5"}));
+  EXPECT_TRUE(t.empty());
+}
