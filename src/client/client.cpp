@@ -46,7 +46,8 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
         cancels_out_([this] { loop_.wake(); }) {}
 
   ~Impl() {
-    loop_.stop();  // on_closing cancelled what was in flight, if connected
+    loop_.stop();                   // on_closing cancelled what was in flight, if connected
+    loop_.io_thread.assert_held();  // the loop is joined: its state is this thread's now
     // The loop is joined: what it left is ours. Held calls (disconnected or blocked) never saw
     // on_closing; calls submitted after its last turn are still in the outbox.
     for (auto& call : table_.take_all()) {
@@ -79,7 +80,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
     }
     call->deadline = Clock::now() + call->timeout;
     {
-      std::lock_guard lock(uuid_mutex_);
+      detail::MutexLock lock(uuid_mutex_);
       call->correlation_id = uuids_.next();
     }
     if (call->options.cancel.stop_possible()) {
@@ -112,7 +113,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
 
   bool in_io_thread() const { return loop_.in_io_thread(); }
   std::string reply_queue() const {
-    std::lock_guard lock(reply_queue_mutex_);
+    detail::MutexLock lock(reply_queue_mutex_);
     return reply_queue_;
   }
 
@@ -134,6 +135,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
   // ---- I/O thread ----
 
   Status on_open(amqp::Channel& channel) override {
+    loop_.io_thread.assert_held();
     link_ = Link{};
     std::string queue;
     if (options_.reply_mode == ReplyMode::direct_reply_to) {
@@ -148,12 +150,14 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
     if (options_.confirm_requests) {
       if (Status st = channel.confirm_select(); !st.ok()) return st;
     }
-    std::lock_guard lock(reply_queue_mutex_);
+    link_.reply_queue = queue;
+    detail::MutexLock lock(reply_queue_mutex_);
     reply_queue_ = queue;
     return {};
   }
 
   void on_wake(amqp::Channel* channel) override {
+    loop_.io_thread.assert_held();
     calls_out_.take(batch_);
     cancels_out_.take(cancel_batch_);
     const bool can_send = channel != nullptr && link_.replies_lost.ok() && loop_.can_publish();
@@ -188,6 +192,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
   }
 
   void on_delivery(amqp::Channel&, amqp::Delivery&& d) override {
+    loop_.io_thread.assert_held();
     auto call = table_.take(d.props.correlation_id);
     if (!call) {
       if (table_.finished_recently(d.props.correlation_id)) {
@@ -204,6 +209,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
   }
 
   void on_return(amqp::Channel&, amqp::Returned&& r) override {
+    loop_.io_thread.assert_held();
     auto call = table_.take(r.props.correlation_id);
     if (!call) return;
     unroutable_.fetch_add(1, std::memory_order_relaxed);
@@ -215,9 +221,13 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
         options_.logger);
   }
 
-  std::optional<Clock::time_point> next_deadline() override { return table_.next_deadline(); }
+  std::optional<Clock::time_point> next_deadline() override {
+    loop_.io_thread.assert_held();
+    return table_.next_deadline();
+  }
 
   void on_timer(Clock::time_point now) override {
+    loop_.io_thread.assert_held();
     while (auto call = table_.take_expired(now)) {
       timeouts_.fetch_add(1, std::memory_order_relaxed);
       call->complete(Reply::error(StatusCode::deadline_exceeded,
@@ -228,10 +238,12 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
   }
 
   void on_consumer_cancelled(amqp::Channel&, const std::string&) override {
+    loop_.io_thread.assert_held();
     // The reply queue is gone (deleted, or its node left the cluster): no reply can come back.
-    link_.replies_lost = Status{StatusCode::unavailable,
-                                "the broker cancelled this client's reply consumer on '" +
-                                    reply_queue() + "' (queue deleted?); no replies can arrive"};
+    link_.replies_lost =
+        Status{StatusCode::unavailable, "the broker cancelled this client's reply consumer on '" +
+                                            link_.reply_queue +
+                                            "' (queue deleted?); no replies can arrive"};
     detail::log(options_.logger, LogLevel::error, link_.replies_lost.message());
     fail_all(StatusCode::unavailable, link_.replies_lost.message());
     // A new connection brings a new reply queue.
@@ -239,6 +251,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
   }
 
   void on_lost(const Status& why) override {
+    loop_.io_thread.assert_held();
     const std::string message = "connection lost before the reply came: " + why.message();
     // The broker closing us for lack of permission is not a network problem: say so.
     const StatusCode code = why.code() == StatusCode::permission_denied
@@ -246,6 +259,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
                                 : StatusCode::unavailable;
     table_.take_held();  // what stays is held again below, in the table's order
     auto failed = table_.take_unless([this](PendingCall& call) {
+      loop_.io_thread.assert_held();  // called right here, on this thread
       if (!may_wait_for_reconnect(call)) return false;
       table_.hold(call);
       return true;
@@ -254,6 +268,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
   }
 
   void on_blocked(amqp::Channel&, bool blocked) override {
+    loop_.io_thread.assert_held();
     if (!blocked || options_.when_blocked != BlockedPolicy::fail) return;
     // Held calls would wait for an unblock that may never come within their deadlines.
     for (PendingCall* held : table_.take_held()) {
@@ -263,6 +278,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
   }
 
   void on_confirm(amqp::Channel&, std::uint64_t seq, bool multiple, bool ack) override {
+    loop_.io_thread.assert_held();
     auto settled = link_.unconfirmed.settle(seq, multiple);
     if (ack) return;  // taken: the call goes on waiting for its reply
     for (const auto& id : settled) {
@@ -276,6 +292,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
   }
 
   void on_closing(amqp::Channel&) override {
+    loop_.io_thread.assert_held();
     fail_all(StatusCode::cancelled, "the client was closed before the reply came");
   }
 
@@ -284,17 +301,18 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
   struct Link {
     detail::ConfirmTracker<std::string> unconfirmed;  // request's publish number -> its id
     Status replies_lost;  // set when replies can no longer arrive on this connection
+    std::string reply_queue;
   };
 
   // Whether a call that cannot be sent on this connection may wait for the next one: an
   // idempotent call may be sent again; a wait_for_ready call that never left may be sent late.
-  bool may_wait_for_reconnect(const PendingCall& call) const {
+  bool may_wait_for_reconnect(const PendingCall& call) const REQUIRES(loop_.io_thread) {
     if (!loop_.reconnecting()) return false;
     return call.options.idempotent || (call.options.wait_for_ready && !call.sent);
   }
 
   // Why a call that cannot be sent now fails at once instead of being held (ok: hold it).
-  Status refuse_unsent(bool have_channel, const PendingCall& call) const {
+  Status refuse_unsent(bool have_channel, const PendingCall& call) const REQUIRES(loop_.io_thread) {
     if (have_channel && !link_.replies_lost.ok()) return link_.replies_lost;
     if (have_channel && loop_.blocked() && options_.when_blocked == BlockedPolicy::fail) {
       return blocked_status();
@@ -305,7 +323,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
     return {};  // blocked (policy wait), a quiet connection, or waiting for ready
   }
 
-  Status blocked_status() const {
+  Status blocked_status() const REQUIRES(loop_.io_thread) {
     return {StatusCode::resource_exhausted,
             "the broker blocks publishing (" + loop_.blocked_reason() + "); not sent"};
   }
@@ -318,7 +336,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
 
   // Publishes an accepted call; a call that cannot be published completes here, or waits for
   // the next connection when it may.
-  void send(amqp::Channel& channel, PendingCall& call) {
+  void send(amqp::Channel& channel, PendingCall& call) REQUIRES(loop_.io_thread) {
     Status st = publish(channel, call);
     if (st.ok()) return;
     if (st.code() == StatusCode::unavailable && options_.reconnect.enabled &&
@@ -331,9 +349,9 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
     owned->complete(Reply{st, {}, {}, {}}, options_.logger);
   }
 
-  Status publish(amqp::Channel& channel, PendingCall& call) {
+  Status publish(amqp::Channel& channel, PendingCall& call) REQUIRES(loop_.io_thread) {
     amqp::Properties props = detail::wire::encode_request(
-        call.options, call.correlation_id, reply_queue_,
+        call.options, call.correlation_id, link_.reply_queue,
         std::chrono::ceil<std::chrono::milliseconds>(call.deadline - Clock::now()));
     if (Status bad = detail::wire::validate_outgoing(props, call.body.size(), channel.frame_max(),
                                                      "request");
@@ -352,7 +370,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
     return {};
   }
 
-  void fail_all(StatusCode code, const std::string& message) {
+  void fail_all(StatusCode code, const std::string& message) REQUIRES(loop_.io_thread) {
     for (auto& call : table_.take_all()) {
       call->complete(Reply::error(code, message), options_.logger);
     }
@@ -363,20 +381,20 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
   detail::Outbox<std::unique_ptr<PendingCall>> calls_out_;
   detail::Outbox<std::string> cancels_out_;
 
-  std::mutex uuid_mutex_;
-  detail::UuidGenerator uuids_;
+  detail::Mutex uuid_mutex_;
+  detail::UuidGenerator uuids_ GUARDED_BY(uuid_mutex_);
 
   // I/O thread only.
-  Link link_;
-  detail::CallTable table_;
-  std::vector<std::unique_ptr<PendingCall>> batch_;
-  std::vector<std::string> cancel_batch_;
+  Link link_ GUARDED_BY(loop_.io_thread);
+  detail::CallTable table_ GUARDED_BY(loop_.io_thread);
+  std::vector<std::unique_ptr<PendingCall>> batch_ GUARDED_BY(loop_.io_thread);
+  std::vector<std::string> cancel_batch_ GUARDED_BY(loop_.io_thread);
 
   detail::LatencyRecorder latency_;
   detail::ErrorCounter errors_;
 
-  mutable std::mutex reply_queue_mutex_;
-  std::string reply_queue_;  // written on the I/O thread, read anywhere
+  mutable detail::Mutex reply_queue_mutex_;
+  std::string reply_queue_ GUARDED_BY(reply_queue_mutex_);  // link_.reply_queue, for any thread
 
   std::atomic<std::uint64_t> calls_{0}, replies_{0}, timeouts_{0}, unroutable_{0}, late_replies_{0},
       cancelled_{0}, duplicate_replies_{0};

@@ -55,6 +55,7 @@ Status IoLoop::start() {
 void IoLoop::wake() {
   if (in_io_thread()) {
     // Work handed over from a callback on this thread: no syscall, just another turn.
+    io_thread.assert_held();
     self_woken_ = true;
     return;
   }
@@ -80,7 +81,7 @@ bool IoLoop::can_publish() const {
 }
 
 Status IoLoop::lost_reason() const {
-  std::lock_guard lock(lost_mutex_);
+  MutexLock lock(lost_mutex_);
   return lost_reason_;
 }
 
@@ -105,7 +106,7 @@ void IoLoop::lose(Status why) {
       "connection to " + endpoint() + " lost: " + why.to_string() +
           (reconnect_.enabled ? "; reconnecting" : ""));
   {
-    std::lock_guard lock(lost_mutex_);
+    MutexLock lock(lost_mutex_);
     lost_reason_ = why;
   }
   down_since_ = Clock::now();
@@ -174,18 +175,23 @@ void IoLoop::finish_connect() {
 }
 
 void IoLoop::on_delivery(amqp::Delivery&& d) {
+  io_thread.assert_held();
   hooks_.on_delivery(*link_.channel, std::move(d));
 }
 void IoLoop::on_return(amqp::Returned&& r) {
+  io_thread.assert_held();
   hooks_.on_return(*link_.channel, std::move(r));
 }
 void IoLoop::on_consumer_cancelled(const std::string& tag) {
+  io_thread.assert_held();
   hooks_.on_consumer_cancelled(*link_.channel, tag);
 }
 void IoLoop::on_confirm(std::uint64_t seq, bool multiple, bool ack) {
+  io_thread.assert_held();
   hooks_.on_confirm(*link_.channel, seq, multiple, ack);
 }
 void IoLoop::on_blocked(bool blocked, const std::string& reason) {
+  io_thread.assert_held();
   log(logger_, LogLevel::warning,
       blocked ? "broker blocked publishing on this connection: " + reason
               : std::string("broker unblocked publishing on this connection"));
@@ -215,6 +221,7 @@ Status IoLoop::open_first() {
 }
 
 void IoLoop::run(std::promise<Status>& started) {
+  io_thread.assert_held();
   io_thread_id_.store(std::this_thread::get_id());
   {
     Status st = open_first();

@@ -14,7 +14,6 @@
 #include <chrono>
 #include <future>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <random>
 #include <thread>
@@ -23,6 +22,7 @@
 #include "amqp/channel.hpp"
 #include "amqprpc/options.hpp"
 #include "amqprpc/status.hpp"
+#include "thread_annotations.hpp"
 
 namespace amqprpc::detail {
 
@@ -81,15 +81,18 @@ class IoLoop final : private amqp::Channel::Events {
   void stop();
 
   // ---- I/O thread ----
+  // The role of the loop's thread: the hooks run with it, and owners guard their I/O-thread
+  // state with it (GUARDED_BY(loop_.io_thread)).
+  ThreadRole io_thread;
   // Whether publishing now is safe and useful: connected, not blocked by the broker, and not
   // quiet. A connection silent for a whole heartbeat interval (the broker sends two per
   // interval) may be cut: publishing into it can block this thread inside rabbitmq-c (which
   // sends without a deadline) before the two-interval check declares it dead, so output waits.
-  bool can_publish() const;
-  bool blocked() const { return link_.blocked; }
-  const std::string& blocked_reason() const { return link_.blocked_reason; }
+  bool can_publish() const REQUIRES(io_thread);
+  bool blocked() const REQUIRES(io_thread) { return link_.blocked; }
+  const std::string& blocked_reason() const REQUIRES(io_thread) { return link_.blocked_reason; }
   // From a hook: give up this connection (and reconnect, if enabled) once the hook returns.
-  void drop(Status why) { pending_drop_ = std::move(why); }
+  void drop(Status why) REQUIRES(io_thread) { pending_drop_ = std::move(why); }
 
   // ---- any thread ----
   bool in_io_thread() const { return std::this_thread::get_id() == io_thread_id_.load(); }
@@ -114,15 +117,15 @@ class IoLoop final : private amqp::Channel::Events {
   };
 
   void run(std::promise<Status>& started);
-  Status open_first();
-  void serve_turn();
-  void poll_once();
-  void up(std::unique_ptr<amqp::Channel> channel, std::size_t endpoint);
-  void lose(Status why);
-  void schedule_reconnect();
-  void begin_connect();
-  void finish_connect();
-  void close_politely();
+  Status open_first() REQUIRES(io_thread);
+  void serve_turn() REQUIRES(io_thread);
+  void poll_once() REQUIRES(io_thread);
+  void up(std::unique_ptr<amqp::Channel> channel, std::size_t endpoint) REQUIRES(io_thread);
+  void lose(Status why) REQUIRES(io_thread);
+  void schedule_reconnect() REQUIRES(io_thread);
+  void begin_connect() REQUIRES(io_thread);
+  void finish_connect() REQUIRES(io_thread);
+  void close_politely() REQUIRES(io_thread);
   void on_delivery(amqp::Delivery&& d) override;
   void on_return(amqp::Returned&& r) override;
   void on_consumer_cancelled(const std::string& tag) override;
@@ -142,22 +145,23 @@ class IoLoop final : private amqp::Channel::Events {
   std::atomic<std::size_t> current_{0};
 
   // I/O thread only.
-  Link link_;
-  bool self_woken_ = false;
-  std::optional<Status> pending_drop_;
+  Link link_ GUARDED_BY(io_thread);
+  bool self_woken_ GUARDED_BY(io_thread) = false;
+  std::optional<Status> pending_drop_ GUARDED_BY(io_thread);
   // Reconnecting.
-  std::size_t next_endpoint_ = 0;
-  std::chrono::milliseconds backoff_{0};
-  std::optional<Clock::time_point> next_attempt_;
-  std::optional<Clock::time_point> down_since_;
-  std::size_t attempts_ = 0;
-  std::future<Result<std::unique_ptr<amqp::Channel>>> connecting_;
-  std::thread connector_;  // runs one connection attempt while the loop goes on
-  std::size_t connecting_endpoint_ = 0;
-  std::mt19937 rng_{std::random_device{}()};
+  std::size_t next_endpoint_ GUARDED_BY(io_thread) = 0;
+  std::chrono::milliseconds backoff_ GUARDED_BY(io_thread){0};
+  std::optional<Clock::time_point> next_attempt_ GUARDED_BY(io_thread);
+  std::optional<Clock::time_point> down_since_ GUARDED_BY(io_thread);
+  std::size_t attempts_ GUARDED_BY(io_thread) = 0;
+  std::future<Result<std::unique_ptr<amqp::Channel>>> connecting_ GUARDED_BY(io_thread);
+  // Runs one connection attempt while the loop goes on.
+  std::thread connector_ GUARDED_BY(io_thread);
+  std::size_t connecting_endpoint_ GUARDED_BY(io_thread) = 0;
+  std::mt19937 rng_ GUARDED_BY(io_thread){std::random_device{}()};
 
-  mutable std::mutex lost_mutex_;
-  Status lost_reason_;
+  mutable Mutex lost_mutex_;
+  Status lost_reason_ GUARDED_BY(lost_mutex_);
 };
 
 }  // namespace amqprpc::detail

@@ -6,9 +6,10 @@
 #pragma once
 
 #include <functional>
-#include <mutex>
 #include <utility>
 #include <vector>
+
+#include "thread_annotations.hpp"
 
 namespace amqprpc::detail {
 
@@ -24,7 +25,7 @@ class Outbox {
   bool push(T& item) {
     bool was_empty;
     {
-      std::lock_guard lock(mutex_);
+      MutexLock lock(mutex_);
       if (closed_) return false;
       was_empty = items_.empty();
       items_.push_back(std::move(item));
@@ -36,7 +37,7 @@ class Outbox {
 
   // Moves everything handed over so far to the end of `into` (empty: a swap, no copy).
   void take(std::vector<T>& into) {
-    std::lock_guard lock(mutex_);
+    MutexLock lock(mutex_);
     if (into.empty()) {
       into.swap(items_);
     } else {
@@ -47,16 +48,16 @@ class Outbox {
 
   // Refuses further pushes and returns what is left.
   std::vector<T> close() {
-    std::lock_guard lock(mutex_);
+    MutexLock lock(mutex_);
     closed_ = true;
     return std::exchange(items_, {});
   }
 
  private:
   std::function<void()> wake_;
-  std::mutex mutex_;
-  std::vector<T> items_;
-  bool closed_ = false;
+  Mutex mutex_;
+  std::vector<T> items_ GUARDED_BY(mutex_);
+  bool closed_ GUARDED_BY(mutex_) = false;
 };
 
 }  // namespace amqprpc::detail

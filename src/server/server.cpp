@@ -190,6 +190,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   // ---- I/O thread ----
 
   Status on_open(amqp::Channel& channel) override {
+    loop_.io_thread.assert_held();
     // A new connection: delivery tags and confirm numbers of the old one mean nothing here.
     link_ = Link{};
     generation_.fetch_add(1, std::memory_order_relaxed);
@@ -214,6 +215,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   }
 
   void on_wake(amqp::Channel* channel) override {
+    loop_.io_thread.assert_held();
     // Blocked, or silent for a heartbeat interval: replies wait in the outbox. Disconnected:
     // nothing can be acked any more (the broker requeues it all), so what waits is dropped.
     if (channel == nullptr || loop_.can_publish()) out_.take(batch_);
@@ -232,6 +234,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   }
 
   void on_delivery(amqp::Channel& channel, amqp::Delivery&& d) override {
+    loop_.io_thread.assert_held();
     received_.fetch_add(1, std::memory_order_relaxed);
     auto route = link_.route_of_tag.find(d.consumer_tag);
     if (route == link_.route_of_tag.end()) {  // not ours: cannot happen on our own channel
@@ -279,6 +282,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   }
 
   void on_read_batch(amqp::Channel& channel) override {
+    loop_.io_thread.assert_held();
     if (link_.incoming.empty()) return;
     if (!pool_->submit_all(link_.incoming)) {
       // Stopping: these were never started, so they go back to the broker at once.
@@ -292,6 +296,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   }
 
   void on_consumer_cancelled(amqp::Channel&, const std::string& tag) override {
+    loop_.io_thread.assert_held();
     auto route = link_.route_of_tag.find(tag);
     std::string queue = route == link_.route_of_tag.end() ? tag : routes_[route->second].queue;
     detail::log(options_.logger, LogLevel::error,
@@ -305,6 +310,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   }
 
   void on_confirm(amqp::Channel& channel, std::uint64_t seq, bool multiple, bool ack) override {
+    loop_.io_thread.assert_held();
     for (auto tag : link_.unconfirmed.settle(seq, multiple)) {
       // Confirmed: the request is done. Refused: hand it back to be tried again.
       if (ack) {
@@ -315,10 +321,16 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     }
   }
 
-  void on_closing(amqp::Channel& channel) override { on_wake(&channel); }
+  void on_closing(amqp::Channel& channel) override {
+    loop_.io_thread.assert_held();
+    on_wake(&channel);
+  }
 
   // Replies sent but not yet confirmed: their requests are acked when the confirms arrive.
-  bool closing_needs_more() override { return !link_.unconfirmed.empty(); }
+  bool closing_needs_more() override {
+    loop_.io_thread.assert_held();
+    return !link_.unconfirmed.empty();
+  }
 
  private:
   // What lives and dies with one connection.
@@ -342,8 +354,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     (status.ok() ? replied_ok_ : replied_error_).fetch_add(1, std::memory_order_relaxed);
   }
 
-  void reject_no_reply_to(amqp::Channel& channel, const amqp::Delivery& d,
-                          const std::string& queue) {
+  void reject_no_reply_to(amqp::Channel& channel, const amqp::Delivery& d, const std::string& queue)
+      REQUIRES(loop_.io_thread) {
     rejected_.fetch_add(1, std::memory_order_relaxed);
     if (!warned_no_reply_to_) {
       warned_no_reply_to_ = true;
@@ -356,7 +368,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   }
 
   // Carries out what a finished request asks: reply then ack, ack alone, or requeue.
-  void settle(amqp::Channel& channel, Outgoing& out) {
+  void settle(amqp::Channel& channel, Outgoing& out) REQUIRES(loop_.io_thread) {
     // Tags of an earlier connection are dead: the broker requeued those requests itself.
     const bool same_connection = out.generation == generation_.load(std::memory_order_relaxed);
     if (out.settle == Settle::requeue) {
@@ -401,7 +413,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   }
 
   void dead_letter(amqp::Channel& channel, amqp::Delivery&& d, const std::string& queue,
-                   std::int64_t attempt) {
+                   std::int64_t attempt) REQUIRES(loop_.io_thread) {
     const std::string& dlq = options_.dead_letter_queue;
     const std::string why = "the request on '" + queue + "' was delivered " +
                             std::to_string(attempt) +
@@ -420,7 +432,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   }
 
   // Answers a request with an error from the I/O thread (no handler involved), then acks it.
-  void reply_error_now(amqp::Channel& channel, const amqp::Delivery& d, Status error) {
+  void reply_error_now(amqp::Channel& channel, const amqp::Delivery& d, Status error)
+      REQUIRES(loop_.io_thread) {
     count_reply(error);
     Outgoing out{Settle::reply_then_ack,
                  d.delivery_tag,
@@ -456,10 +469,10 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   detail::ErrorCounter errors_;
 
   // I/O thread only.
-  Link link_;
-  std::vector<Outgoing> batch_;
-  bool cancel_done_ = false;
-  bool warned_no_reply_to_ = false;
+  Link link_ GUARDED_BY(loop_.io_thread);
+  std::vector<Outgoing> batch_ GUARDED_BY(loop_.io_thread);
+  bool cancel_done_ GUARDED_BY(loop_.io_thread) = false;
+  bool warned_no_reply_to_ GUARDED_BY(loop_.io_thread) = false;
 
   std::once_flag stop_once_;
   std::mutex stopper_mutex_;
