@@ -26,6 +26,8 @@
 
 #include "amqprpc/client.hpp"
 #include "amqprpc/server.hpp"
+#include "common/cli.hpp"
+#include "common/common.hpp"
 #include "raw_baseline.hpp"
 
 extern char** environ;
@@ -33,15 +35,13 @@ extern char** environ;
 namespace {
 
 using json = nlohmann::json;
+namespace tools = amqprpc::tools;
 using Clock = std::chrono::steady_clock;
 constexpr int kPrefetch = 512;  // both servers: more than the largest concurrency
 
 amqprpc::ConnectionOptions broker_from(const std::string& url) {
-  auto o = amqprpc::ConnectionOptions::from_uri(url);
-  if (!o) {
-    std::cerr << "bench: " << o.status().message() << "\n";
-    std::exit(2);
-  }
+  auto o = tools::parse_broker_url("bench", url);
+  if (!o) std::exit(tools::kUsage);
   return *o;
 }
 
@@ -93,22 +93,15 @@ json summarize(bench::RunResult& r, double cpu, std::uint64_t total_calls) {
 // ---- child modes ----
 
 int serve(const std::string& impl, const std::string& url, const std::string& queue) {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  tools::block_stop_signals();
   auto broker = broker_from(url);
   if (impl == "raw") {
     std::atomic<bool> stop{false};
     std::string error;
-    std::thread t([&] { error = bench::raw_serve(broker, queue, kPrefetch, stop); });
-    int sig;
-    sigwait(&set, &sig);
-    stop = true;
-    t.join();
+    tools::wait_for_stop([&] { error = bench::raw_serve(broker, queue, kPrefetch, stop); },
+                         [&] { stop = true; });
     if (!error.empty()) std::cerr << error << "\n";
-    return error.empty() ? 0 : 1;
+    return error.empty() ? tools::kOk : tools::kError;
   }
   amqprpc::ServerOptions o;
   o.connection = broker;
@@ -119,12 +112,14 @@ int serve(const std::string& impl, const std::string& url, const std::string& qu
       o, [](const amqprpc::Request& r) { return amqprpc::Reply::ok(r.body); });
   if (!server) {
     std::cerr << "bench serve: " << server.status().to_string() << "\n";
-    return 1;
+    return tools::kError;
   }
-  int sig;
-  sigwait(&set, &sig);
-  (*server)->stop();
-  return 0;
+  amqprpc::Status ended = tools::wait_for_stop(**server);
+  if (!ended.ok()) {
+    std::cerr << "bench serve: stopped: " << ended.to_string() << "\n";
+    return tools::kError;
+  }
+  return tools::kOk;
 }
 
 // Keeps `concurrency` async calls in flight; each completion (on the client's I/O thread)
@@ -330,9 +325,8 @@ std::string fmt(double v, int decimals = 0) {
 int main(int argc, char** argv) {
   CLI::App app{"amqp-rpc benchmark: raw rabbitmq-c vs amqp-rpc vs the seed's pika client"};
   app.require_subcommand(0, 1);
-  const char* env_url = std::getenv("AMQP_URL");
-  std::string url = env_url && *env_url ? env_url : "amqp://guest:guest@localhost:5672/%2F";
-  app.add_option("--url", url, "broker URI (default: $AMQP_URL, else localhost)");
+  std::string url;
+  tools::add_url_option(app, url);
 
   double seconds = 2, warmup = 0.5;
   std::vector<int> concurrency{1, 16, 256};
@@ -341,15 +335,11 @@ int main(int argc, char** argv) {
   int pika_calls = 2000;
   int repeat = 3;
   // Installed: the seed's programs are in ../share/amqprpc/seed; in the build tree, the source's.
+  const std::string exe = tools::executable_path(argv[0]);
   std::string seed_dir = AMQPRPC_SEED_DIR;
   {
-    char buf[4096];
-    ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
-    if (n > 0) {
-      std::string dir(buf, static_cast<std::size_t>(n));
-      dir = dir.substr(0, dir.find_last_of('/')) + "/../share/amqprpc/seed";
-      if (access((dir + "/seed_rpc_client.py").c_str(), R_OK) == 0) seed_dir = dir;
-    }
+    std::string dir = exe.substr(0, exe.find_last_of('/')) + "/../share/amqprpc/seed";
+    if (access((dir + "/seed_rpc_client.py").c_str(), R_OK) == 0) seed_dir = dir;
   }
   std::string out_file;
   app.add_option("--seconds", seconds, "measured seconds per cell")->capture_default_str();
@@ -380,23 +370,12 @@ int main(int argc, char** argv) {
   auto* long_cmd = app.add_subcommand("long", "(internal) the memory run")->group("");
   long_cmd->add_option("queue", queue)->required();
   long_cmd->add_option("concurrency", conc)->required();
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 2;
-  }
+  if (auto exit_code = tools::parse_command_line(app, argc, argv)) return *exit_code;
   if (*serve_cmd) return serve(impl, url, queue);
   if (*client_cmd) return client(impl, url, queue, conc, size, warmup, seconds);
   if (*long_cmd) return long_run(url, queue, long_calls, conc);
 
   // Orchestrate.
-  const std::string self = "/proc/self/exe";
-  std::string exe;
-  {
-    char buf[4096];
-    ssize_t n = readlink(self.c_str(), buf, sizeof buf - 1);
-    exe = n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : argv[0];
-  }
   const std::string common_url = "--url=" + url;
   struct Impl {
     std::string name;  // in the table

@@ -4,35 +4,19 @@
 #include <iostream>
 
 #include "amqprpc/client.hpp"
-#include "common.hpp"
+#include "common/cli.hpp"
+#include "common/common.hpp"
 
-namespace {
-
-// Exit codes a script can branch on.
-enum Exit { kOk = 0, kRemoteError = 1, kUsage = 2, kTimeout = 3, kUnreachable = 4 };
-
-int exit_code_for(amqprpc::StatusCode code) {
-  switch (code) {
-    case amqprpc::StatusCode::deadline_exceeded:
-      return kTimeout;
-    case amqprpc::StatusCode::unavailable:
-    case amqprpc::StatusCode::permission_denied:
-      return kUnreachable;
-    default:
-      return kRemoteError;
-  }
-}
-
-}  // namespace
+namespace tools = amqprpc::tools;
 
 int main(int argc, char** argv) {
   CLI::App app{"fib_client: asks a fib_server (or the seed's server) for fib(n)"};
-  std::string url = fib::default_url();
+  std::string url;
   std::string queue = "rpc_queue";
   double timeout_s = 30;
   std::string reply_mode = "direct";
   std::vector<std::string> values;
-  app.add_option("--url", url, "broker URI (default: $AMQP_URL, else localhost)");
+  tools::add_url_option(app, url);
   app.add_option("--queue", queue, "queue the server consumes")->capture_default_str();
   app.add_option("--timeout", timeout_s, "seconds to wait for each reply")
       ->capture_default_str()
@@ -45,17 +29,10 @@ int main(int argc, char** argv) {
       ->required();
   app.footer(
       "Exit codes: 0 ok, 1 error reply, 2 usage, 3 timeout, 4 broker or server unreachable.");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 2;  // --help is fine; anything else is a usage error
-  }
+  if (auto exit_code = tools::parse_command_line(app, argc, argv)) return *exit_code;
 
-  auto conn = amqprpc::ConnectionOptions::from_uri(url);
-  if (!conn) {
-    std::cerr << "fib_client: " << conn.status().message() << "\n";
-    return kUsage;
-  }
+  auto conn = tools::parse_broker_url("fib_client", url);
+  if (!conn) return tools::kUsage;
   amqprpc::ClientOptions options;
   options.connection = *conn;
   options.reply_mode = reply_mode == "direct" ? amqprpc::ReplyMode::direct_reply_to
@@ -63,18 +40,19 @@ int main(int argc, char** argv) {
   auto client = amqprpc::Client::connect(options);
   if (!client) {
     std::cerr << "fib_client: " << client.status().to_string() << "\n";
-    return exit_code_for(client.status().code());
+    // Mapped as a call's outcome (a connect timeout is 3), as fib_client always has.
+    return tools::exit_code_for_call(client.status());
   }
   amqprpc::CallOptions call;
   call.timeout = std::chrono::milliseconds(static_cast<long long>(std::ceil(timeout_s * 1000)));
-  int exit_code = kOk;
+  int exit_code = tools::kOk;
   for (const auto& n : values) {
     amqprpc::Reply reply = (*client)->try_call(queue, n, call);
     if (reply.status.ok()) {
       std::cout << reply.body << std::endl;
     } else {
       std::cerr << "fib_client: fib(" << n << "): " << reply.status.to_string() << "\n";
-      exit_code = exit_code_for(reply.status.code());
+      exit_code = tools::exit_code_for_call(reply.status);
     }
   }
   return exit_code;

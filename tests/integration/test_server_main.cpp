@@ -3,9 +3,6 @@
 // SIGTERM. Prints "ready" when consuming and "served N" when it exits.
 //   amqprpc_test_server --queue Q [--name N] [--delay-ms D] [--crash-on BODY] [--workers W]
 //                       [--prefetch P] [--max-attempts A]
-#include <pthread.h>
-#include <signal.h>
-
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -14,6 +11,9 @@
 #include <thread>
 
 #include "amqprpc/server.hpp"
+#include "common/common.hpp"
+
+namespace tools = amqprpc::tools;
 
 int main(int argc, char** argv) {
   amqprpc::ServerOptions options;
@@ -38,19 +38,14 @@ int main(int argc, char** argv) {
       options.max_attempts = std::atoi(value.c_str());
     } else {
       std::fprintf(stderr, "unknown flag %s\n", flag.c_str());
-      return 2;
+      return tools::kUsage;
     }
   }
-  const char* url = std::getenv("AMQP_URL");
-  auto conn = amqprpc::ConnectionOptions::from_uri(url ? url : "amqp://");
-  if (!conn) return 2;
+  auto conn = tools::parse_broker_url("amqprpc_test_server", tools::default_url());
+  if (!conn) return tools::kUsage;
   options.connection = *conn;
 
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  tools::block_stop_signals();
 
   std::atomic<int> served{0};
   auto server = amqprpc::Server::start(options, [&](const amqprpc::Request& r) {
@@ -63,21 +58,14 @@ int main(int argc, char** argv) {
   });
   if (!server) {
     std::fprintf(stderr, "%s\n", server.status().to_string().c_str());
-    return 1;
+    return tools::kError;
   }
   std::printf("ready\n");
   std::fflush(stdout);
-  std::thread watcher([&] {
-    (*server)->wait();
-    kill(getpid(), SIGTERM);
-  });
-  int sig = 0;
-  sigwait(&signals, &sig);
-  (*server)->stop();
-  watcher.join();
+  tools::wait_for_stop(**server);
   auto stats = (*server)->stats();
   std::printf("served %d requeued %llu\n", served.load(),
               static_cast<unsigned long long>(stats.requeued));
   std::fflush(stdout);
-  return 0;
+  return tools::kOk;
 }

@@ -4,11 +4,10 @@
 //   amqp-rpc bench [OPTIONS]        the benchmark (raw rabbitmq-c vs amqp-rpc vs the seed)
 // Exit codes: 0 ok, 1 error reply from the server, 2 usage, 3 timeout, 4 broker or server
 // unreachable (cannot connect, login refused, no route, connection lost).
-#include <pthread.h>
-#include <signal.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <iostream>
@@ -18,34 +17,17 @@
 
 #include "amqprpc/client.hpp"
 #include "amqprpc/server.hpp"
+#include "common/cli.hpp"
+#include "common/common.hpp"
 #include "fib.hpp"
 
 namespace {
 
 using json = nlohmann::json;
-
-enum Exit { kOk = 0, kRemoteError = 1, kUsage = 2, kTimeout = 3, kUnreachable = 4 };
-
-int exit_code_for(const amqprpc::Status& s, bool connecting) {
-  if (s.ok()) return kOk;
-  if (connecting) return s.code() == amqprpc::StatusCode::invalid_argument ? kUsage : kUnreachable;
-  switch (s.code()) {
-    case amqprpc::StatusCode::deadline_exceeded:
-      return kTimeout;
-    case amqprpc::StatusCode::unavailable:
-      return kUnreachable;
-    case amqprpc::StatusCode::permission_denied:
-      // The broker refused us (an error reply from a server carries the header, not this).
-      return kUnreachable;
-    default:
-      return kRemoteError;
-  }
-}
-
-std::string default_url() {
-  const char* env = std::getenv("AMQP_URL");
-  return env && *env ? env : "amqp://guest:guest@localhost:5672/%2F";
-}
+namespace tools = amqprpc::tools;
+using tools::kOk;
+using tools::kUnreachable;
+using tools::kUsage;
 
 std::string dump(const json& j) {
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
@@ -66,7 +48,7 @@ json errors_json(const std::map<amqprpc::StatusCode, std::uint64_t>& errors) {
 }
 
 struct CallArgs {
-  std::string url = default_url();
+  std::string url;
   std::string queue;
   std::string body;
   bool body_given = false;
@@ -79,11 +61,8 @@ struct CallArgs {
 };
 
 int run_call(const CallArgs& a) {
-  auto conn = amqprpc::ConnectionOptions::from_uri(a.url);
-  if (!conn) {
-    std::cerr << "amqp-rpc call: " << conn.status().message() << "\n";
-    return kUsage;
-  }
+  auto conn = tools::parse_broker_url("amqp-rpc call", a.url);
+  if (!conn) return kUsage;
   if (a.from_stdin && a.body_given) {
     std::cerr << "amqp-rpc call: give the body as an argument or with --stdin, not both\n";
     return kUsage;
@@ -122,7 +101,7 @@ int run_call(const CallArgs& a) {
                 << "\n";
     }
     std::cerr << "amqp-rpc call: " << client.status().to_string() << "\n";
-    return exit_code_for(client.status(), true);
+    return tools::exit_code_for_connect(client.status());
   }
   amqprpc::Reply reply = (*client)->try_call(a.queue, body, call);
   auto done = std::chrono::steady_clock::now();
@@ -153,11 +132,11 @@ int run_call(const CallArgs& a) {
     if (isatty(STDOUT_FILENO) || reply.body.empty() || reply.body.back() != '\n') std::cout << "\n";
   }
   if (!reply.status.ok()) std::cerr << "amqp-rpc call: " << reply.status.to_string() << "\n";
-  return exit_code_for(reply.status, false);
+  return tools::exit_code_for_call(reply.status);
 }
 
 struct ServeArgs {
-  std::string url = default_url();
+  std::string url;
   amqprpc::ServerOptions options;
   std::string handler = "echo";
   std::uint64_t fib_limit = fib::kDefaultLimit;
@@ -183,11 +162,8 @@ json server_stats_json(const amqprpc::Server::Stats& s) {
 }
 
 int run_serve(ServeArgs& a) {
-  auto conn = amqprpc::ConnectionOptions::from_uri(a.url);
-  if (!conn) {
-    std::cerr << "amqp-rpc serve: " << conn.status().message() << "\n";
-    return kUsage;
-  }
+  auto conn = tools::parse_broker_url("amqp-rpc serve", a.url);
+  if (!conn) return kUsage;
   a.options.connection = *conn;
   if (a.quorum) a.options.queue_type = amqprpc::QueueType::quorum;
   amqprpc::Handler handler;
@@ -204,11 +180,7 @@ int run_serve(ServeArgs& a) {
       return reply;
     };
   }
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  tools::block_stop_signals();
 
   if (!a.quiet) {
     a.options.logger = [](amqprpc::LogLevel level, std::string_view line) {
@@ -220,18 +192,12 @@ int run_serve(ServeArgs& a) {
   auto server = amqprpc::Server::start(a.options, handler);
   if (!server) {
     std::cerr << "amqp-rpc serve: " << server.status().to_string() << "\n";
-    return exit_code_for(server.status(), true);
+    return tools::exit_code_for_connect(server.status());
   }
   std::fprintf(stderr, "amqp-rpc serve: serving '%s' (%s handler) at %s; Ctrl-C stops\n",
                a.options.queue.c_str(), a.handler.c_str(),
                a.options.connection.to_string().c_str());
-  amqprpc::Status ended;
   std::atomic<bool> done{false};
-  std::thread watcher([&] {
-    ended = (*server)->wait();
-    done = true;
-    kill(getpid(), SIGTERM);
-  });
   std::thread reporter;
   if (a.stats) {
     reporter = std::thread([&] {
@@ -255,10 +221,7 @@ int run_serve(ServeArgs& a) {
       }
     });
   }
-  int sig = 0;
-  sigwait(&signals, &sig);
-  (*server)->stop();
-  watcher.join();
+  amqprpc::Status ended = tools::wait_for_stop(**server);
   done = true;
   if (reporter.joinable()) reporter.join();
   if (a.stats) std::cout << dump({{"stats", server_stats_json((*server)->stats())}}) << "\n";
@@ -272,10 +235,7 @@ int run_serve(ServeArgs& a) {
 int run_bench(const std::vector<std::string>& args, const char* argv0) {
   // The benchmark is its own program (it starts copies of itself as servers and clients);
   // it lives next to this one.
-  std::string self(argv0);
-  char buf[4096];
-  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
-  if (n > 0) self.assign(buf, static_cast<std::size_t>(n));
+  std::string self = tools::executable_path(argv0);
   std::string dir = self.substr(0, self.find_last_of('/') + 1);
   std::vector<std::string> candidates{dir + "amqp-rpc-bench", dir + "../bench/amqp-rpc-bench"};
   for (const auto& exe : candidates) {
@@ -303,7 +263,7 @@ int main(int argc, char** argv) {
   call_cmd->add_option("queue", call.queue, "queue the server consumes")->required();
   call_cmd->add_option("body", call.body, "request body (or --stdin)")
       ->each([&](const std::string&) { call.body_given = true; });
-  call_cmd->add_option("--url", call.url, "broker URI (amqp:// or amqps://)");
+  tools::add_url_option(*call_cmd, call.url, "broker URI (amqp:// or amqps://)");
   call_cmd->add_option("--timeout", call.timeout_s, "seconds to wait for the reply")
       ->capture_default_str()
       ->check(CLI::Range(0.001, 30.0 * 24 * 3600));
@@ -324,7 +284,7 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--handler", serve.handler, "fib or echo")
       ->capture_default_str()
       ->check(CLI::IsMember({"fib", "echo"}));
-  serve_cmd->add_option("--url", serve.url, "broker URI (amqp:// or amqps://)");
+  tools::add_url_option(*serve_cmd, serve.url, "broker URI (amqp:// or amqps://)");
   serve_cmd->add_option("--workers", serve.options.workers, "handler threads (0: I/O thread)")
       ->capture_default_str()
       ->check(CLI::Range(0, 1024));
@@ -347,11 +307,7 @@ int main(int argc, char** argv) {
   bench_cmd->prefix_command();  // everything after `bench` goes to amqp-rpc-bench (try --help)
   bench_cmd->allow_extras();
 
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : kUsage;
-  }
+  if (auto exit_code = tools::parse_command_line(app, argc, argv)) return *exit_code;
   if (*call_cmd) return run_call(call);
   if (*serve_cmd) return run_serve(serve);
   if (*bench_cmd) return run_bench(bench_cmd->remaining(), argv[0]);
