@@ -237,7 +237,8 @@ int run_bench(const std::vector<std::string>& args, const char* argv0) {
   // it lives next to this one.
   std::string self = tools::executable_path(argv0);
   std::string dir = self.substr(0, self.find_last_of('/') + 1);
-  std::vector<std::string> candidates{dir + "amqp-rpc-bench", dir + "../bench/amqp-rpc-bench"};
+  // Installed side by side; in a build tree, build/tools/amqp-rpc/ beside build/bench/.
+  std::vector<std::string> candidates{dir + "amqp-rpc-bench", dir + "../../bench/amqp-rpc-bench"};
   for (const auto& exe : candidates) {
     if (access(exe.c_str(), X_OK) != 0) continue;
     std::vector<char*> argv{const_cast<char*>(exe.c_str())};
