@@ -210,6 +210,14 @@ Result<ConnectionOptions> parse(std::string_view uri) {
   }
 
   if (path && !path->empty()) {
+    if (path->find('@') != std::string_view::npos) {
+      // A password (or user name) with an unescaped '/' ends the authority early: what follows
+      // it, up to the '@', would be read as the vhost and printed wherever the URI is. Refused,
+      // and not echoed.
+      return bad(
+          "'@' after the host: percent-encode '/', '?', '#' and '@' in the user name and "
+          "password (%2F, %3F, %23, %40), and '@' in a vhost (%40)");
+    }
     if (path->find('/') != std::string_view::npos) {
       return bad("vhost '" + std::string(*path) + "' contains '/': write it as %2F");
     }

@@ -52,7 +52,7 @@ int main(int argc, char** argv) {
       std::cout << reply.body << std::endl;
     } else {
       std::cerr << "fib_client: fib(" << n << "): " << reply.status.to_string() << "\n";
-      exit_code = tools::exit_code_for_call(reply.status);
+      exit_code = tools::exit_code_for_reply(reply);
     }
   }
   return exit_code;

@@ -41,11 +41,16 @@ CallTable::Ptr CallTable::take(const std::string& correlation_id) {
   Ptr call = std::move(it->second);
   calls_.erase(it);
   deadlines_.remove(call.get());
-  remember(call->correlation_id);
   return call;
 }
 
-bool CallTable::finished_recently(const std::string& correlation_id) const {
+CallTable::Ptr CallTable::take_answered(const std::string& correlation_id) {
+  Ptr call = take(correlation_id);
+  if (call) remember(correlation_id);
+  return call;
+}
+
+bool CallTable::answered_recently(const std::string& correlation_id) const {
   return recent_.count(correlation_id) != 0;
 }
 
@@ -82,10 +87,7 @@ CallTable::Ptr CallTable::take_expired(Clock::time_point now) {
 std::vector<CallTable::Ptr> CallTable::take_all() {
   std::vector<Ptr> out;
   out.reserve(calls_.size());
-  for (auto& [id, call] : calls_) {
-    remember(id);
-    out.push_back(std::move(call));
-  }
+  for (auto& [id, call] : calls_) out.push_back(std::move(call));
   calls_.clear();
   deadlines_.clear();
   held_.clear();
@@ -100,7 +102,6 @@ std::vector<CallTable::Ptr> CallTable::take_unless(const std::function<bool(Pend
       continue;
     }
     deadlines_.remove(it->second.get());
-    remember(it->first);
     out.push_back(std::move(it->second));
     it = calls_.erase(it);
   }

@@ -1,6 +1,6 @@
 // The client's calls in flight: by correlation id, by deadline, the ones held back (accepted,
-// not sent), and the ids of recently finished calls (a reply for one of those is a duplicate,
-// not a stray).
+// not sent), and the ids of recently answered calls (another reply for one of those is a
+// duplicate, not a stray).
 //
 // Thread safety: none; the client's I/O thread owns the table and every call in it.
 #pragma once
@@ -79,10 +79,13 @@ class CallTable {
   // Takes a call in (by id and by deadline); from now on the table owns it.
   PendingCall& accept(Ptr call);
   PendingCall* find(const std::string& correlation_id);
-  // Takes a call out (nullptr if it is not here) and remembers its id as finished.
+  // Takes a call out (nullptr if it is not here).
   Ptr take(const std::string& correlation_id);
-  // Whether a call with this id finished recently (among the last few thousand).
-  bool finished_recently(const std::string& correlation_id) const;
+  // Takes a call out because its reply came, and remembers that it did.
+  Ptr take_answered(const std::string& correlation_id);
+  // Whether a call with this id was answered recently (among the last few thousand): another
+  // reply for it is a duplicate (the request was processed twice), not merely late.
+  bool answered_recently(const std::string& correlation_id) const;
 
   // Sets an accepted call aside until it can be sent (sent = false); held calls go out in the
   // order they were held.

@@ -193,9 +193,11 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
 
   void on_delivery(amqp::Channel&, amqp::Delivery&& d) override {
     loop_.io_thread.assert_held();
-    auto call = table_.take(d.props.correlation_id);
+    auto call = table_.take_answered(d.props.correlation_id);
     if (!call) {
-      if (table_.finished_recently(d.props.correlation_id)) {
+      // Late (its call ended without it: deadline, cancel, lost connection) or, when its call
+      // was answered already, a duplicate (the request was processed twice).
+      if (table_.answered_recently(d.props.correlation_id)) {
         duplicate_replies_.fetch_add(1, std::memory_order_relaxed);
       }
       late_replies_.fetch_add(1, std::memory_order_relaxed);

@@ -14,10 +14,17 @@ namespace amqprpc::detail {
 template <class Job>
 class WorkerPool {
  public:
+  // Throws std::system_error when the system cannot start that many threads (having stopped
+  // those it started).
   WorkerPool(std::size_t threads, std::function<void(Job&)> work) : work_(std::move(work)) {
     if (threads == 0) threads = 1;
-    threads_.reserve(threads);
-    for (std::size_t i = 0; i < threads; ++i) threads_.emplace_back([this] { loop(); });
+    try {
+      threads_.reserve(threads);
+      for (std::size_t i = 0; i < threads; ++i) threads_.emplace_back([this] { loop(); });
+    } catch (...) {
+      stop();
+      throw;
+    }
   }
   ~WorkerPool() { stop(); }
   WorkerPool(const WorkerPool&) = delete;

@@ -1,5 +1,7 @@
 #include "protocol/wire.hpp"
 
+#include <cstdio>
+
 namespace amqprpc::detail::wire {
 
 std::int64_t epoch_ms(std::chrono::system_clock::time_point t) {
@@ -59,6 +61,22 @@ Status validate_outgoing(const amqp::Properties& p, std::size_t body_size, int f
                 " bytes; the broker takes at most " + std::to_string(kMaxBodySize)};
   }
   return {};
+}
+
+std::string dead_letter_queue_for(std::string_view queue) {
+  constexpr std::string_view kSuffix = ".dead-letter";
+  if (queue.size() + kSuffix.size() <= 255) return std::string(queue) + std::string(kSuffix);
+  std::uint64_t hash = 14695981039346656037ull;  // FNV-1a, 64 bits
+  for (unsigned char c : queue) {
+    hash ^= c;
+    hash *= 1099511628211ull;
+  }
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(hash));
+  std::size_t keep = 255 - kSuffix.size() - 1 - 16;
+  // Never cut a UTF-8 sequence: back up over continuation bytes (10xxxxxx).
+  while (keep > 0 && (static_cast<unsigned char>(queue[keep]) & 0xC0) == 0x80) --keep;
+  return std::string(queue.substr(0, keep)) + "~" + hex + std::string(kSuffix);
 }
 
 amqp::Properties encode_request(const CallOptions& options, std::string correlation_id,

@@ -51,6 +51,11 @@ bool expired(const Headers& headers, std::int64_t now_ms);
 Status validate_outgoing(const amqp::Properties& p, std::size_t body_size, int frame_max,
                          std::string_view what);
 
+// The default dead-letter queue of a request queue: "<queue>.dead-letter", or, when that would
+// exceed AMQP's 255 bytes, the queue name cut (at a UTF-8 character boundary) and marked with
+// a hash of the whole name: "<prefix>~<16 hex digits of FNV-1a 64>.dead-letter".
+std::string dead_letter_queue_for(std::string_view queue);
+
 // ---- requests ----
 
 // The properties of a request: the caller's options, where to reply, and the deadline both as

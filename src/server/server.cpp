@@ -6,6 +6,7 @@
 #include <exception>
 #include <future>
 #include <mutex>
+#include <system_error>
 #include <unordered_map>
 #include <vector>
 
@@ -66,12 +67,9 @@ class Server::Impl final : public detail::IoLoop::Hooks {
         policy_{options_.max_attempts, options_.queue_type == QueueType::quorum,
                 options_.max_request_size},
         loop_(endpoints(options_), options_.reconnect, *this, options_.logger),
-        out_([this] { loop_.wake(); }),
-        pool_(options_.workers == 0 ? nullptr
-                                    : std::make_unique<detail::WorkerPool<Job>>(
-                                          options_.workers, [this](Job& j) { handle(j); })) {
+        out_([this] { loop_.wake(); }) {
     if (options_.dead_letter_queue.empty() && !routes_.empty()) {
-      options_.dead_letter_queue = routes_.front().queue + ".dead-letter";
+      options_.dead_letter_queue = detail::wire::dead_letter_queue_for(routes_.front().queue);
     }
   }
 
@@ -97,6 +95,18 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     }
     if (options_.max_attempts < 0) {
       return {StatusCode::invalid_argument, "max_attempts must be 0 (off) or more"};
+    }
+    if (options_.dead_letter_queue.size() > 255) {
+      return {StatusCode::invalid_argument, "dead_letter_queue name must be at most 255 bytes"};
+    }
+    if (options_.workers > 0) {
+      try {
+        pool_ = std::make_unique<detail::WorkerPool<Job>>(options_.workers,
+                                                          [this](Job& j) { handle(j); });
+      } catch (const std::system_error& e) {
+        return {StatusCode::resource_exhausted, "cannot start " + std::to_string(options_.workers) +
+                                                    " worker threads: " + e.what()};
+      }
     }
     return loop_.start();
   }

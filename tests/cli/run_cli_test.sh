@@ -67,6 +67,13 @@ check "a bad URI exits 2 without echoing the password" "2" "$(run "$CLI" call --
 check "...and does not print it" "no" "$("$CLI" call --url 'amqp://u:hunter2@h:bad/' "$Q" 1 2>&1 | grep -c hunter2 | sed 's/^0$/no/')"
 check "a bad --header exits 2" "2" "$(run "$CLI" call -H novalue "$Q" 1 | cut -d'|' -f1)"
 check "no queue given exits 2" "2" "$("$CLI" call >/dev/null 2>&1; echo $?)"
+check "--timeout nan exits 2" "2" "$(run "$CLI" call --timeout nan "$Q" 1 | cut -d'|' -f1)"
+BIG=$(head -c 70000 /dev/zero | tr '\0' x)  # two of them: more than a 128 KiB frame
+check "headers too big for a frame exit 2, nothing sent" "2|yes" \
+  "$("$CLI" call -H "a=$BIG" -H "b=$BIG" "$Q" 1 2>"$WORK/big.err" >/dev/null; echo "$?|$(grep -q 'nothing was sent' "$WORK/big.err" && echo yes)")"
+LONGQ=$(head -c 300 /dev/zero | tr '\0' q)
+check "a 300-byte queue name exits 2, saying so" "2|yes" \
+  "$("$CLI" call "$LONGQ" 1 2>"$WORK/longq.err" >/dev/null; echo "$?|$(grep -q '255 bytes' "$WORK/longq.err" && echo yes)")"
 
 # A queue nobody consumes: stop the echo server, its queue stays.
 kill -TERM "${PIDS[1]}"

@@ -74,23 +74,36 @@ TEST(CallTable, HeldCallsComeBackInTheOrderTheyWereHeldSkippingFinishedOnes) {
   EXPECT_EQ(table.size(), 2u) << "held calls stay in the table";
 }
 
-TEST(CallTable, FinishedIdsAreRememberedSoASecondReplyIsADuplicate) {
+TEST(CallTable, AnsweredIdsAreRememberedSoASecondReplyIsADuplicate) {
   CallTable table;
   table.accept(call("x", t0 + std::chrono::seconds(1)));
-  EXPECT_FALSE(table.finished_recently("x"));
-  table.take("x");
-  EXPECT_TRUE(table.finished_recently("x"));
-  EXPECT_FALSE(table.finished_recently("never-seen"));
+  EXPECT_FALSE(table.answered_recently("x"));
+  table.take_answered("x");
+  EXPECT_TRUE(table.answered_recently("x"));
+  EXPECT_FALSE(table.answered_recently("never-seen"));
 }
 
-TEST(CallTable, RemembersOnlyTheLastFewThousandIds) {
+TEST(CallTable, ACallThatEndedWithoutAReplyIsNotAnswered) {
+  CallTable table;
+  table.accept(call("timed-out", t0));
+  table.accept(call("cancelled", t0 + std::chrono::seconds(1)));
+  table.accept(call("lost", t0 + std::chrono::seconds(1)));
+  ASSERT_NE(table.take_expired(t0), nullptr);
+  ASSERT_NE(table.take("cancelled"), nullptr);
+  EXPECT_EQ(table.take_all().size(), 1u);
+  EXPECT_FALSE(table.answered_recently("timed-out")) << "its reply would be late, not a duplicate";
+  EXPECT_FALSE(table.answered_recently("cancelled"));
+  EXPECT_FALSE(table.answered_recently("lost"));
+}
+
+TEST(CallTable, RemembersOnlyTheLastFewThousandAnsweredIds) {
   CallTable table;
   for (int i = 0; i < 5000; ++i) {
     table.accept(call(std::to_string(i), t0));
-    table.take(std::to_string(i));
+    table.take_answered(std::to_string(i));
   }
-  EXPECT_FALSE(table.finished_recently("0"));
-  EXPECT_TRUE(table.finished_recently("4999"));
+  EXPECT_FALSE(table.answered_recently("0"));
+  EXPECT_TRUE(table.answered_recently("4999"));
 }
 
 TEST(CallTable, TakeUnlessKeepsWhatTheCallerKeepsAndEmptiesTheRest) {
@@ -102,7 +115,6 @@ TEST(CallTable, TakeUnlessKeepsWhatTheCallerKeepsAndEmptiesTheRest) {
   EXPECT_EQ(failed[0]->correlation_id, "fail");
   EXPECT_NE(table.find("keep"), nullptr);
   EXPECT_EQ(table.next_deadline(), t0 + std::chrono::seconds(1));
-  EXPECT_TRUE(table.finished_recently("fail"));
 }
 
 TEST(CallTable, TakeAllEmptiesTableDeadlinesAndHeldList) {

@@ -165,3 +165,21 @@ TEST(Uri, MaskingAPasswordMadeOfStarsTerminates) {
   ASSERT_FALSE(o.ok());
   EXPECT_EQ(o.status().code(), StatusCode::invalid_argument);
 }
+
+TEST(Uri, APasswordCutByAnUnescapedSlashBeforeAPortIsRefusedNotTakenForAVhost) {
+  // "hid:2024/Winter" is a password: the '/' ends the authority at "hid:2024" (host hid, port
+  // 2024), and the rest would have been the vhost "Winter@host:port", printed everywhere.
+  for (const char* uri : {"amqp://hid:2024/Winter@127.0.0.1:46672", "amqp://u:2024/Winter@h",
+                          "amqps://u:1/Winter@h:5671/vh"}) {
+    auto o = ConnectionOptions::from_uri(uri);
+    ASSERT_FALSE(o.ok()) << uri << " parsed as " << o->to_string();
+    EXPECT_EQ(o.status().code(), StatusCode::invalid_argument);
+    EXPECT_EQ(o.status().message().find("Winter"), std::string::npos) << o.status().message();
+    EXPECT_NE(o.status().message().find("%2F"), std::string::npos) << o.status().message();
+  }
+  auto escaped = ConnectionOptions::from_uri("amqp://hid:2024%2FWinter@127.0.0.1:46672/v%40h");
+  ASSERT_TRUE(escaped.ok()) << escaped.status().to_string();
+  EXPECT_EQ(escaped->password, "2024/Winter");
+  EXPECT_EQ(escaped->vhost, "v@h");
+  EXPECT_EQ(escaped->to_string().find("Winter"), std::string::npos);
+}

@@ -67,6 +67,11 @@ int run_call(const CallArgs& a) {
     std::cerr << "amqp-rpc call: give the body as an argument or with --stdin, not both\n";
     return kUsage;
   }
+  if (!std::isfinite(a.timeout_s)) {  // CLI11's range check lets NaN through
+    std::cerr << "amqp-rpc call: --timeout must be a number of seconds, got " << a.timeout_s
+              << "\n";
+    return kUsage;
+  }
   amqprpc::CallOptions call;
   call.timeout = std::chrono::milliseconds(static_cast<long long>(std::ceil(a.timeout_s * 1000)));
   call.content_type = a.content_type;
@@ -131,8 +136,13 @@ int run_call(const CallArgs& a) {
     std::cout << reply.body;
     if (isatty(STDOUT_FILENO) || reply.body.empty() || reply.body.back() != '\n') std::cout << "\n";
   }
-  if (!reply.status.ok()) std::cerr << "amqp-rpc call: " << reply.status.to_string() << "\n";
-  return tools::exit_code_for_call(reply.status);
+  const int code = tools::exit_code_for_reply(reply);
+  if (code == kUsage) {
+    std::cerr << "amqp-rpc call: " << reply.status.message() << " (nothing was sent)\n";
+  } else if (!reply.status.ok()) {
+    std::cerr << "amqp-rpc call: " << reply.status.to_string() << "\n";
+  }
+  return code;
 }
 
 struct ServeArgs {

@@ -40,6 +40,12 @@ int exit_code_for_call(const Status& status) {
   }
 }
 
+int exit_code_for_reply(const Reply& reply) {
+  const bool from_server = reply.headers.count("x-rpc-status") != 0;
+  if (!from_server && reply.status.code() == StatusCode::invalid_argument) return kUsage;
+  return exit_code_for_call(reply.status);
+}
+
 int exit_code_for_connect(const Status& status) {
   if (status.ok()) return kOk;
   return status.code() == StatusCode::invalid_argument ? kUsage : kUnreachable;

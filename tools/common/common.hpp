@@ -34,6 +34,9 @@ enum Exit : int {
 
 // The outcome of a call.
 int exit_code_for_call(const Status& status);
+// The same for a reply, telling an error reply from the server (it carries x-rpc-status) from a
+// call the client refused before sending anything (bad headers, queue name...): a usage error.
+int exit_code_for_reply(const Reply& reply);
 
 // The outcome of connecting (a client or a server): a bad option is a usage error, anything
 // else means the broker cannot be reached.

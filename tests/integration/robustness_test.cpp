@@ -1,0 +1,140 @@
+// Holes found by adversarial testing (issue 10), each pinned by a test that failed before its
+// fix: counting, options that cannot work, names that must fit.
+#include <gtest/gtest.h>
+#include <sys/resource.h>
+
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <thread>
+
+#include "amqprpc/client.hpp"
+#include "amqprpc/server.hpp"
+#include "integration/broker.hpp"
+#include "protocol/wire.hpp"
+
+using namespace amqprpc;
+using namespace std::chrono_literals;
+using testbroker::eventually;
+
+namespace {
+
+ServerOptions server_options(const std::string& queue) {
+  ServerOptions o;
+  o.connection = testbroker::options();
+  o.queue = queue;
+  return o;
+}
+
+class Robustness : public testing::Test {
+ protected:
+  void TearDown() override {
+    for (const auto& q : cleanup) {
+      try {
+        testbroker::Raw().remove(q);
+      } catch (...) {
+      }
+    }
+  }
+  std::string queue = testbroker::unique("robust");
+  std::vector<std::string> cleanup{queue, queue + ".dead-letter"};
+};
+
+}  // namespace
+
+TEST_F(Robustness, AReplyAfterItsCallsDeadlineIsLateNotADuplicate) {
+  auto server = Server::start(server_options(queue), [](const Request& r) {
+                  std::this_thread::sleep_for(300ms);
+                  return Reply::ok(r.body);
+                }).value();
+  ClientOptions co;
+  co.connection = testbroker::options();
+  auto client = Client::connect(co).value();
+  CallOptions o;
+  o.timeout = 50ms;
+  EXPECT_EQ(client->try_call(queue, "slow", o).status.code(), StatusCode::deadline_exceeded);
+  ASSERT_TRUE(eventually([&] { return client->stats().late_replies == 1; }));
+  EXPECT_EQ(client->stats().duplicate_replies, 0u) << "one reply, after its deadline: late";
+}
+
+TEST_F(Robustness, ReconnectOptionsThatMakeNoSenseAreRefused) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (auto change : std::vector<std::function<void(ReconnectOptions&)>>{
+           [&](ReconnectOptions& r) { r.multiplier = nan; },
+           [&](ReconnectOptions& r) { r.jitter = nan; },
+           [](ReconnectOptions& r) { r.multiplier = -1; },
+           [](ReconnectOptions& r) { r.jitter = 1.5; }}) {
+    ClientOptions co;
+    co.connection = testbroker::options();
+    change(co.reconnect);
+    auto c = Client::connect(co);
+    ASSERT_FALSE(c.ok());
+    EXPECT_EQ(c.status().code(), StatusCode::invalid_argument) << c.status().to_string();
+    ServerOptions so = server_options(queue);
+    change(so.reconnect);
+    auto s = Server::start(so, [](const Request&) { return Reply::ok(""); });
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.status().code(), StatusCode::invalid_argument) << s.status().to_string();
+  }
+}
+
+TEST_F(Robustness, MoreWorkerThreadsThanTheSystemCanStartFailStartClearly) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "ASan reserves terabytes of address space: an address-space limit breaks it";
+#else
+  // Make thread creation fail for sure: cap this process's address space a little above what
+  // it uses, so worker stacks (8 MiB each) run out after a few dozen threads.
+  long vm_kb = 0;
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmSize:", 0) == 0) vm_kb = std::stol(line.substr(7));
+  }
+  ASSERT_GT(vm_kb, 0);
+  rlimit old{};
+  ASSERT_EQ(getrlimit(RLIMIT_AS, &old), 0);
+  rlimit tight = old;
+  tight.rlim_cur = static_cast<rlim_t>(vm_kb + 512 * 1024) * 1024;
+  ASSERT_EQ(setrlimit(RLIMIT_AS, &tight), 0);
+  ServerOptions so = server_options(queue);
+  so.workers = 100000;
+  auto s = Server::start(so, [](const Request&) { return Reply::ok(""); });
+  setrlimit(RLIMIT_AS, &old);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), StatusCode::resource_exhausted);
+  EXPECT_NE(s.status().message().find("100000 worker threads"), std::string::npos)
+      << s.status().message();
+#endif
+}
+
+TEST_F(Robustness, AQueueNameOfTheFullLengthGetsADeadLetterQueueThatFits) {
+  std::string long_queue = queue + "-" + std::string(250 - queue.size() - 1, 'q');
+  ASSERT_EQ(long_queue.size(), 250u);
+  const std::string dlq = detail::wire::dead_letter_queue_for(long_queue);
+  cleanup = {long_queue, dlq};
+  EXPECT_LE(dlq.size(), 255u);
+  EXPECT_TRUE(dlq.ends_with(".dead-letter"));
+  EXPECT_NE(dlq, detail::wire::dead_letter_queue_for(long_queue + "x").substr(0, dlq.size()))
+      << "different long names get different dead-letter queues";
+  auto server =
+      Server::start(server_options(long_queue), [](const Request& r) { return Reply::ok(r.body); });
+  ASSERT_TRUE(server.ok()) << server.status().to_string();
+  ClientOptions co;
+  co.connection = testbroker::options();
+  auto client = Client::connect(co).value();
+  EXPECT_EQ(client->call(long_queue, "fits"), "fits");
+  testbroker::Raw raw;
+  EXPECT_EQ(raw.depth(dlq), 0u) << "declared at start under its derived name";
+}
+
+TEST(DeadLetterName, IsTheQueueNamePlusASuffixWhenItFitsAndNeverSplitsAUtf8Character) {
+  EXPECT_EQ(detail::wire::dead_letter_queue_for("rpc_queue"), "rpc_queue.dead-letter");
+  std::string exact(255 - 12, 'a');
+  EXPECT_EQ(detail::wire::dead_letter_queue_for(exact), exact + ".dead-letter");
+  std::string accents;
+  while (accents.size() < 254) accents += "\xC3\xA9";  // é, two bytes each
+  std::string dlq = detail::wire::dead_letter_queue_for(accents);
+  EXPECT_LE(dlq.size(), 255u);
+  const std::string prefix = dlq.substr(0, dlq.find('~'));
+  EXPECT_EQ(prefix.size() % 2, 0u) << "cut between characters";
+  EXPECT_EQ(accents.rfind(prefix, 0), 0u);
+}
