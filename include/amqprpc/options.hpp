@@ -128,7 +128,14 @@ struct ServerOptions {
   // connection mid-handler each time) is moved to the dead-letter queue, and its caller gets an
   // internal error, instead of crashing servers forever. 0 turns this off.
   int max_attempts = 5;
-  std::string dead_letter_queue;  // default: "<queue>.dead-letter", declared when first needed
+  // default: "<queue>.dead-letter" (a name derived to fit when that is too long), declared at
+  // start
+  std::string dead_letter_queue;
+  // How long stop() waits for running handlers (gRPC's Shutdown deadline). Past it, stop closes
+  // the connection, so the broker hands their requests to another server, and returns; such a
+  // handler's thread ends when the handler returns, and its reply is dropped. (With workers = 0
+  // the handler runs on the I/O thread, and stop waits for it.)
+  std::chrono::milliseconds stop_grace{30'000};
   Logger logger;
 };
 

@@ -39,9 +39,10 @@ class Server {
   Server& operator=(const Server&) = delete;
 
   // Graceful stop: cancels the consumers (no new requests arrive), lets the handlers running
-  // now finish and sends their replies and acks, hands requests no handler had started back to
-  // the broker (for other servers), then closes. Idempotent. From a handler it only starts the
-  // stop; wait() tells when it is done.
+  // now finish (for ServerOptions::stop_grace at most) and sends their replies and acks, hands
+  // requests no handler had started back to the broker (for other servers), then closes (a
+  // broker that does not answer the close is given 1 s). Idempotent. From a handler it only
+  // starts the stop; wait() tells when it is done.
   void stop();
 
   // Blocks until the server stops: stop() was called, or the connection was lost. Returns why.

@@ -143,9 +143,17 @@ Channel::~Channel() {
 
 void Channel::close() {
   if (conn_ == nullptr || dead_) return;
-  if (open_) amqp_channel_close(conn_, kChannel, AMQP_REPLY_SUCCESS);
+  // A broker that stopped answering (frozen, cut off) must not hold a close for the connect
+  // timeout: the handshake gets kCloseTimeout, then the socket is dropped.
+  timeval bound = to_timeval(kCloseTimeout);
+  amqp_set_rpc_timeout(conn_, &bound);
+  bool answered = true;
+  if (open_) {
+    answered = amqp_channel_close(conn_, kChannel, AMQP_REPLY_SUCCESS).reply_type !=
+               AMQP_RESPONSE_LIBRARY_EXCEPTION;
+  }
   open_ = false;
-  amqp_connection_close(conn_, AMQP_REPLY_SUCCESS);
+  if (answered) amqp_connection_close(conn_, AMQP_REPLY_SUCCESS);
   dead_ = true;
 }
 
@@ -278,8 +286,17 @@ Result<std::string> Channel::consume(const std::string& queue, bool no_ack, bool
 }
 
 Status Channel::cancel(const std::string& consumer_tag) {
-  amqp_basic_cancel(conn_, kChannel, as_bytes(consumer_tag));
-  return check_rpc("cancel consumer '" + consumer_tag + "'");
+  // nowait: a stopping server must not wait on a broker that may not answer. Deliveries the
+  // broker sent before it saw the cancel still arrive and are handled as usual.
+  amqp_basic_cancel_t cancel{};
+  cancel.consumer_tag = as_bytes(consumer_tag);
+  cancel.nowait = 1;
+  if (int rc = amqp_send_method(conn_, kChannel, AMQP_BASIC_CANCEL_METHOD, &cancel);
+      rc != AMQP_STATUS_OK) {
+    dead_ = true;
+    return {StatusCode::unavailable, std::string("cancel failed: ") + amqp_error_string2(rc)};
+  }
+  return {};
 }
 
 Status Channel::read(Events& events) {

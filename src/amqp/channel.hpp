@@ -81,14 +81,17 @@ class Channel {
   Status qos(std::uint16_t prefetch);
   Result<std::string> declare_queue(const QueueSpec& spec);
   Result<std::string> consume(const std::string& queue, bool no_ack, bool exclusive);
+  // Cancels a consumer without waiting for the broker's answer (nowait).
   Status cancel(const std::string& consumer_tag);
 
   // Reads what is available without blocking (also sends a heartbeat when one is due) and hands
   // each complete message and notification to `events`. Non-ok: the connection is unusable.
   Status read(Events& events);
 
-  // Closes channel and connection politely (bounded); the destructor does it too.
+  // Closes channel and connection politely, waiting at most kCloseTimeout for the broker's
+  // answer; the destructor does it too.
   void close();
+  static constexpr std::chrono::milliseconds kCloseTimeout{1000};
 
  private:
   Channel() = default;

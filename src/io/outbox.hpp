@@ -1,6 +1,7 @@
 // Work handed to an I/O thread by other threads: a mutex-guarded batch that the I/O thread
 // swaps out in one go. Producers wake the loop only when the outbox goes from empty to
-// non-empty (the loop reads its wake-up before it takes the batch, so none is missed).
+// non-empty (the loop reads its wake-up before it takes the batch, so none is missed), and
+// never after close().
 //
 // Thread safety: push() and close() from any thread; take() from the I/O thread.
 #pragma once
@@ -23,13 +24,11 @@ class Outbox {
   // Hands `item` over and wakes the loop if needed. Returns false, leaving `item` untouched,
   // once the outbox is closed.
   bool push(T& item) {
-    bool was_empty;
-    {
-      MutexLock lock(mutex_);
-      if (closed_) return false;
-      was_empty = items_.empty();
-      items_.push_back(std::move(item));
-    }
+    MutexLock lock(mutex_);
+    if (closed_) return false;
+    const bool was_empty = items_.empty();
+    items_.push_back(std::move(item));
+    // Under the lock: once close() has returned, no push can wake a loop that may be gone.
     if (was_empty) wake_();
     return true;
   }

@@ -1,10 +1,16 @@
 // A fixed set of threads running one function over jobs taken from a FIFO queue.
+//
+// Thread safety: submit_all() from any thread; stop() and the destructor from one thread that
+// is not a worker. The threads share the queue's state with the pool, so a stop that gives up
+// on a job that never ends can leave its thread behind safely.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -16,11 +22,15 @@ class WorkerPool {
  public:
   // Throws std::system_error when the system cannot start that many threads (having stopped
   // those it started).
-  WorkerPool(std::size_t threads, std::function<void(Job&)> work) : work_(std::move(work)) {
+  WorkerPool(std::size_t threads, std::function<void(Job&)> work)
+      : state_(std::make_shared<State>()) {
+    state_->work = std::move(work);
     if (threads == 0) threads = 1;
     try {
       threads_.reserve(threads);
-      for (std::size_t i = 0; i < threads; ++i) threads_.emplace_back([this] { loop(); });
+      for (std::size_t i = 0; i < threads; ++i) {
+        threads_.emplace_back([s = state_] { loop(*s); });
+      }
     } catch (...) {
       stop();
       throw;
@@ -30,7 +40,7 @@ class WorkerPool {
   WorkerPool(const WorkerPool&) = delete;
   WorkerPool& operator=(const WorkerPool&) = delete;
 
-  // Whether the calling thread is one of this pool's.
+  // Whether the calling thread is one of this pool's (and not one a stop left behind).
   bool is_worker() const {
     for (const auto& t : threads_) {
       if (t.get_id() == std::this_thread::get_id()) return true;
@@ -38,54 +48,82 @@ class WorkerPool {
     return false;
   }
 
-  // Takes every job of `jobs` (moved from) with one lock and one wake-up.
+  // Takes every job of `jobs` (moved from) with one lock and one wake-up. False once stopping.
   bool submit_all(std::vector<Job>& jobs) {
     {
-      std::lock_guard lock(mutex_);
-      if (stopping_) return false;
-      for (auto& j : jobs) jobs_.push_back(std::move(j));
+      std::lock_guard lock(state_->mutex);
+      if (state_->stopping) return false;
+      for (auto& j : jobs) state_->jobs.push_back(std::move(j));
     }
     if (jobs.size() == 1) {
-      cv_.notify_one();
+      state_->work_ready.notify_one();
     } else {
-      cv_.notify_all();
+      state_->work_ready.notify_all();
     }
     return true;
   }
 
-  // Lets the running jobs finish, joins the threads and returns the jobs never started.
-  std::deque<Job> stop() {
-    std::deque<Job> left;
+  struct Stopped {
+    std::deque<Job> unstarted;    // taken by no thread: the caller decides their fate
+    std::size_t left_behind = 0;  // jobs still running at the deadline
+  };
+  // Takes no more jobs, returns those never started, and waits until `deadline` for the
+  // running ones. Threads still running a job then are left behind: each ends on its own when
+  // its job returns. Idempotent.
+  Stopped stop(std::chrono::steady_clock::time_point deadline =
+                   std::chrono::steady_clock::time_point::max()) {
+    Stopped out;
     {
-      std::lock_guard lock(mutex_);
-      stopping_ = true;
-      left.swap(jobs_);
+      std::unique_lock lock(state_->mutex);
+      state_->stopping = true;
+      out.unstarted.swap(state_->jobs);
+      state_->work_ready.notify_all();
+      if (deadline == std::chrono::steady_clock::time_point::max()) {
+        state_->idle.wait(lock, [this] { return state_->running == 0; });
+      } else {
+        state_->idle.wait_until(lock, deadline, [this] { return state_->running == 0; });
+      }
+      out.left_behind = state_->running;
     }
-    cv_.notify_all();
     for (auto& t : threads_) {
-      if (t.joinable()) t.join();
+      if (!t.joinable()) continue;
+      if (out.left_behind > 0) {
+        t.detach();
+      } else {
+        t.join();
+      }
     }
-    return left;
+    threads_.clear();
+    return out;
   }
 
  private:
-  void loop() {
+  struct State {
+    std::function<void(Job&)> work;
+    std::mutex mutex;
+    std::condition_variable work_ready;
+    std::condition_variable idle;  // running dropped to 0
+    std::deque<Job> jobs;
+    std::size_t running = 0;
+    bool stopping = false;
+  };
+
+  static void loop(State& s) {
+    std::unique_lock lock(s.mutex);
     for (;;) {
-      std::unique_lock lock(mutex_);
-      cv_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
-      if (stopping_) return;
-      Job job = std::move(jobs_.front());
-      jobs_.pop_front();
+      s.work_ready.wait(lock, [&] { return s.stopping || !s.jobs.empty(); });
+      if (s.stopping) return;
+      Job job = std::move(s.jobs.front());
+      s.jobs.pop_front();
+      ++s.running;
       lock.unlock();
-      work_(job);
+      s.work(job);
+      lock.lock();
+      if (--s.running == 0) s.idle.notify_all();
     }
   }
 
-  std::function<void(Job&)> work_;
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  std::deque<Job> jobs_;
-  bool stopping_ = false;
+  std::shared_ptr<State> state_;
   std::vector<std::thread> threads_;
 };
 

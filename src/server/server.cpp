@@ -54,6 +54,55 @@ std::vector<ConnectionOptions> endpoints(const ServerOptions& o) {
   return all;
 }
 
+// What handlers touch, shared by the server and its worker threads: a thread that a bounded
+// stop leaves behind (its handler would not return) keeps this alive, and finds the outbox
+// closed when its handler finally returns.
+struct Core {
+  Core(std::vector<Route> r, std::function<void()> wake)
+      : routes(std::move(r)), out(std::move(wake)) {}
+
+  // On a worker thread, or on the I/O thread when handlers run inline.
+  void handle(Job& job) {
+    amqp::Delivery& d = job.delivery;
+    if (detail::wire::expired(d.props.headers, detail::wire::epoch_ms())) {
+      // The caller has given up while this waited for a worker: computing the answer would
+      // only waste it.
+      expired.fetch_add(1, std::memory_order_relaxed);
+      out.push(Outgoing{Settle::ack, d.delivery_tag, job.generation, {}, {}, {}});
+      return;
+    }
+    Outgoing reply_out{Settle::reply_then_ack, d.delivery_tag, job.generation, {}, {}, {}};
+    const Route& route = routes[job.route];
+    Request req = detail::wire::decode_request(std::move(d), route.queue);
+    Reply reply;
+    auto started = std::chrono::steady_clock::now();
+    try {
+      reply = route.handler(req);
+    } catch (const std::exception& e) {
+      reply = Reply::error(StatusCode::internal, e.what());
+    } catch (...) {
+      reply = Reply::error(StatusCode::internal, "the handler threw a non-standard exception");
+    }
+    handler_latency.record(std::chrono::steady_clock::now() - started);
+    count_reply(reply.status);
+    reply_out.reply_to = std::move(req.reply_to);
+    detail::wire::encode_reply(std::move(reply), req.correlation_id, reply_out.props,
+                               reply_out.body);
+    out.push(std::move(reply_out));
+  }
+
+  void count_reply(const Status& status) {
+    if (!status.ok()) errors.count(status.code());
+    (status.ok() ? replied_ok : replied_error).fetch_add(1, std::memory_order_relaxed);
+  }
+
+  const std::vector<Route> routes;
+  detail::Outbox<Outgoing> out;  // finished requests, to the I/O thread
+  detail::LatencyRecorder handler_latency;
+  detail::ErrorCounter errors;
+  std::atomic<std::uint64_t> replied_ok{0}, replied_error{0}, expired{0};
+};
+
 }  // namespace
 
 // Thread safety: start/stop/wait/stats from any thread (stop also from a handler); handle()
@@ -63,13 +112,12 @@ class Server::Impl final : public detail::IoLoop::Hooks {
  public:
   Impl(ServerOptions options, std::vector<Route> routes)
       : options_(std::move(options)),
-        routes_(std::move(routes)),
+        core_(std::make_shared<Core>(std::move(routes), [this] { loop_.wake(); })),
         policy_{options_.max_attempts, options_.queue_type == QueueType::quorum,
                 options_.max_request_size},
-        loop_(endpoints(options_), options_.reconnect, *this, options_.logger),
-        out_([this] { loop_.wake(); }) {
-    if (options_.dead_letter_queue.empty() && !routes_.empty()) {
-      options_.dead_letter_queue = detail::wire::dead_letter_queue_for(routes_.front().queue);
+        loop_(endpoints(options_), options_.reconnect, *this, options_.logger) {
+    if (options_.dead_letter_queue.empty() && !core_->routes.empty()) {
+      options_.dead_letter_queue = detail::wire::dead_letter_queue_for(core_->routes.front().queue);
     }
   }
 
@@ -80,8 +128,9 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   }
 
   Status start() {
-    if (routes_.empty()) return {StatusCode::invalid_argument, "the server needs a queue to serve"};
-    for (const auto& r : routes_) {
+    if (core_->routes.empty())
+      return {StatusCode::invalid_argument, "the server needs a queue to serve"};
+    for (const auto& r : core_->routes) {
       if (!r.handler) {
         return {StatusCode::invalid_argument, "queue '" + r.queue + "' has no handler"};
       }
@@ -96,13 +145,16 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     if (options_.max_attempts < 0) {
       return {StatusCode::invalid_argument, "max_attempts must be 0 (off) or more"};
     }
+    if (options_.stop_grace.count() < 0) {
+      return {StatusCode::invalid_argument, "stop_grace must not be negative"};
+    }
     if (options_.dead_letter_queue.size() > 255) {
       return {StatusCode::invalid_argument, "dead_letter_queue name must be at most 255 bytes"};
     }
     if (options_.workers > 0) {
       try {
-        pool_ = std::make_unique<detail::WorkerPool<Job>>(options_.workers,
-                                                          [this](Job& j) { handle(j); });
+        pool_ = std::make_unique<detail::WorkerPool<Job>>(
+            options_.workers, [core = core_](Job& j) { core->handle(j); });
       } catch (const std::system_error& e) {
         return {StatusCode::resource_exhausted, "cannot start " + std::to_string(options_.workers) +
                                                     " worker threads: " + e.what()};
@@ -131,15 +183,27 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       cancel_requested_.store(true, std::memory_order_release);
       loop_.wake();
       if (loop_.connected()) cancelled.wait_for(std::chrono::seconds(10));
-      // 2. Let running handlers finish; what no handler started goes back to the broker.
+      // 2. Let running handlers finish, for stop_grace at most; what no handler started goes
+      //    back to the broker.
       if (pool_) {
-        for (auto& job : pool_->stop()) {
-          out_.push(
+        auto stopped = pool_->stop(std::chrono::steady_clock::now() + options_.stop_grace);
+        for (auto& job : stopped.unstarted) {
+          core_->out.push(
               Outgoing{Settle::requeue, job.delivery.delivery_tag, job.generation, {}, {}, {}});
+        }
+        if (stopped.left_behind > 0) {
+          detail::log(options_.logger, LogLevel::warning,
+                      std::to_string(stopped.left_behind) +
+                          " handler(s) still running after the stop grace of " +
+                          std::to_string(options_.stop_grace.count()) +
+                          " ms: their requests go back to the broker when the connection "
+                          "closes, and their replies will be dropped");
         }
       }
       // 3. on_closing sends the last replies, acks and requeues, then the connection closes.
       loop_.stop();
+      // 4. A handler left behind may still finish: its reply has nowhere to go.
+      core_->out.close();
       finish(Status{});
     });
   }
@@ -153,48 +217,18 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   Stats stats() const {
     Stats s;
     s.received = received_.load(std::memory_order_relaxed);
-    s.replied_ok = replied_ok_.load(std::memory_order_relaxed);
-    s.replied_error = replied_error_.load(std::memory_order_relaxed);
+    s.replied_ok = core_->replied_ok.load(std::memory_order_relaxed);
+    s.replied_error = core_->replied_error.load(std::memory_order_relaxed);
     s.rejected = rejected_.load(std::memory_order_relaxed);
-    s.expired = expired_.load(std::memory_order_relaxed);
+    s.expired = core_->expired.load(std::memory_order_relaxed);
     s.oversized = oversized_.load(std::memory_order_relaxed);
     s.redelivered = redelivered_.load(std::memory_order_relaxed);
     s.dead_lettered = dead_lettered_.load(std::memory_order_relaxed);
     s.requeued = requeued_.load(std::memory_order_relaxed);
     s.reconnects = loop_.reconnects();
-    s.errors = errors_.snapshot();
-    s.handler_latency = handler_latency_.snapshot();
+    s.errors = core_->errors.snapshot();
+    s.handler_latency = core_->handler_latency.snapshot();
     return s;
-  }
-
-  // ---- worker threads (or the I/O thread when handlers run inline) ----
-
-  void handle(Job& job) {
-    amqp::Delivery& d = job.delivery;
-    if (detail::wire::expired(d.props.headers, detail::wire::epoch_ms())) {
-      // The caller has given up while this waited for a worker: computing the answer would
-      // only waste it.
-      expired_.fetch_add(1, std::memory_order_relaxed);
-      out_.push(Outgoing{Settle::ack, d.delivery_tag, job.generation, {}, {}, {}});
-      return;
-    }
-    Outgoing out{Settle::reply_then_ack, d.delivery_tag, job.generation, {}, {}, {}};
-    const Route& route = routes_[job.route];
-    Request req = detail::wire::decode_request(std::move(d), route.queue);
-    Reply reply;
-    auto started = std::chrono::steady_clock::now();
-    try {
-      reply = route.handler(req);
-    } catch (const std::exception& e) {
-      reply = Reply::error(StatusCode::internal, e.what());
-    } catch (...) {
-      reply = Reply::error(StatusCode::internal, "the handler threw a non-standard exception");
-    }
-    handler_latency_.record(std::chrono::steady_clock::now() - started);
-    count_reply(reply.status);
-    out.reply_to = std::move(req.reply_to);
-    detail::wire::encode_reply(std::move(reply), req.correlation_id, out.props, out.body);
-    out_.push(std::move(out));
   }
 
   // ---- I/O thread ----
@@ -208,10 +242,10 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     if (options_.confirm_replies) {
       if (Status st = channel.confirm_select(); !st.ok()) return st;
     }
-    for (std::size_t i = 0; i < routes_.size(); ++i) {
-      auto declared = channel.declare_queue(queue_spec(routes_[i].queue));
+    for (std::size_t i = 0; i < core_->routes.size(); ++i) {
+      auto declared = channel.declare_queue(queue_spec(core_->routes[i].queue));
       if (!declared) return declared.status();
-      auto tag = channel.consume(routes_[i].queue, /*no_ack=*/false, /*exclusive=*/false);
+      auto tag = channel.consume(core_->routes[i].queue, /*no_ack=*/false, /*exclusive=*/false);
       if (!tag) return tag.status();
       link_.route_of_tag[*tag] = i;
     }
@@ -228,7 +262,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     loop_.io_thread.assert_held();
     // Blocked, or silent for a heartbeat interval: replies wait in the outbox. Disconnected:
     // nothing can be acked any more (the broker requeues it all), so what waits is dropped.
-    if (channel == nullptr || loop_.can_publish()) out_.take(batch_);
+    if (channel == nullptr || loop_.can_publish()) core_->out.take(batch_);
     if (channel != nullptr) {
       amqp::Channel::Cork cork(*channel, batch_.size() > 1);
       for (auto& out : batch_) settle(*channel, out);
@@ -251,7 +285,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       channel.reject(d.delivery_tag, /*requeue=*/true);
       return;
     }
-    const std::string& queue = routes_[route->second].queue;
+    const std::string& queue = core_->routes[route->second].queue;
     if (d.redelivered) redelivered_.fetch_add(1, std::memory_order_relaxed);
     if (options_.max_attempts > 0 && !policy_.quorum) {
       // Only quorum queues count deliveries; on a classic queue this header came from a client.
@@ -266,7 +300,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
         dead_letter(channel, std::move(d), queue, t.attempt);
         return;
       case detail::Verdict::expired:
-        expired_.fetch_add(1, std::memory_order_relaxed);
+        core_->expired.fetch_add(1, std::memory_order_relaxed);
         channel.ack(d.delivery_tag);
         return;
       case detail::Verdict::recount:
@@ -287,7 +321,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     if (pool_) {
       link_.incoming.push_back(std::move(job));  // handed to the pool in one go after the read
     } else {
-      handle(job);  // inline: the reply goes out on this loop's next turn
+      core_->handle(job);  // inline: the reply goes out on this loop's next turn
     }
   }
 
@@ -308,7 +342,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   void on_consumer_cancelled(amqp::Channel&, const std::string& tag) override {
     loop_.io_thread.assert_held();
     auto route = link_.route_of_tag.find(tag);
-    std::string queue = route == link_.route_of_tag.end() ? tag : routes_[route->second].queue;
+    std::string queue =
+        route == link_.route_of_tag.end() ? tag : core_->routes[route->second].queue;
     detail::log(options_.logger, LogLevel::error,
                 "the broker cancelled the consumer of '" + queue +
                     "' (queue deleted?); this server no longer receives its requests");
@@ -357,11 +392,6 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       spec.arguments["x-queue-type"] = "quorum";
     }
     return spec;
-  }
-
-  void count_reply(const Status& status) {
-    if (!status.ok()) errors_.count(status.code());
-    (status.ok() ? replied_ok_ : replied_error_).fetch_add(1, std::memory_order_relaxed);
   }
 
   void reject_no_reply_to(amqp::Channel& channel, const amqp::Delivery& d, const std::string& queue)
@@ -444,7 +474,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   // Answers a request with an error from the I/O thread (no handler involved), then acks it.
   void reply_error_now(amqp::Channel& channel, const amqp::Delivery& d, Status error)
       REQUIRES(loop_.io_thread) {
-    count_reply(error);
+    core_->count_reply(error);
     Outgoing out{Settle::reply_then_ack,
                  d.delivery_tag,
                  generation_.load(std::memory_order_relaxed),
@@ -467,16 +497,13 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   }
 
   ServerOptions options_;
-  std::vector<Route> routes_;
+  std::shared_ptr<Core> core_;
   const detail::TriagePolicy policy_;
   detail::IoLoop loop_;
-  detail::Outbox<Outgoing> out_;  // from workers (and stop) to the I/O thread
 
   std::atomic<bool> cancel_requested_{false};
   std::promise<void> consumers_cancelled_;
   std::atomic<std::uint64_t> generation_{0};  // of the connection; read by workers
-  detail::LatencyRecorder handler_latency_;
-  detail::ErrorCounter errors_;
 
   // I/O thread only.
   Link link_ GUARDED_BY(loop_.io_thread);
@@ -492,8 +519,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   bool done_ = false;
   Status done_status_;
 
-  std::atomic<std::uint64_t> received_{0}, replied_ok_{0}, replied_error_{0}, rejected_{0},
-      expired_{0}, oversized_{0}, redelivered_{0}, dead_lettered_{0}, requeued_{0};
+  std::atomic<std::uint64_t> received_{0}, rejected_{0}, oversized_{0}, redelivered_{0},
+      dead_lettered_{0}, requeued_{0};
 
   // Null when handlers run inline on the I/O thread. Last: its threads use the members above.
   std::unique_ptr<detail::WorkerPool<Job>> pool_;

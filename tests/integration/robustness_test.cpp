@@ -3,13 +3,16 @@
 #include <gtest/gtest.h>
 #include <sys/resource.h>
 
+#include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <fstream>
 #include <limits>
 #include <thread>
 
 #include "amqprpc/client.hpp"
 #include "amqprpc/server.hpp"
+#include "faults/tcp_proxy.hpp"
 #include "integration/broker.hpp"
 #include "protocol/wire.hpp"
 
@@ -137,4 +140,76 @@ TEST(DeadLetterName, IsTheQueueNamePlusASuffixWhenItFitsAndNeverSplitsAUtf8Chara
   const std::string prefix = dlq.substr(0, dlq.find('~'));
   EXPECT_EQ(prefix.size() % 2, 0u) << "cut between characters";
   EXPECT_EQ(accents.rfind(prefix, 0), 0u);
+}
+
+TEST_F(Robustness, StopIsBoundedByItsGraceEvenWhenAHandlerNeverReturnsAndAnotherServerAnswers) {
+  std::mutex m;
+  std::condition_variable cv;
+  bool release = false;
+  std::atomic<int> started{0}, returned{0};
+  ServerOptions so = server_options(queue);
+  so.workers = 2;
+  so.stop_grace = 300ms;
+  auto stuck = Server::start(so, [&](const Request& r) {
+                 started.fetch_add(1);
+                 std::unique_lock lock(m);
+                 cv.wait_for(lock, 60s, [&] { return release; });  // "never" returns
+                 returned.fetch_add(1);
+                 return Reply::ok("from the stuck server: " + r.body);
+               }).value();
+  ClientOptions co;
+  co.connection = testbroker::options();
+  auto client = Client::connect(co).value();
+  CallOptions o;
+  o.timeout = 60s;
+  auto reply = client->async_call(queue, "hello", o);
+  ASSERT_TRUE(eventually([&] { return started.load() == 1; }, 10s));
+
+  auto before = std::chrono::steady_clock::now();
+  stuck->stop();
+  auto took = std::chrono::steady_clock::now() - before;
+  EXPECT_LT(took, 10s) << "stop must not wait for a handler that never returns";
+  EXPECT_EQ(returned.load(), 0);
+
+  // The request went back to the broker: another server answers it.
+  auto other = Server::start(server_options(queue), [](const Request& r) {
+                 return Reply::ok("from the other server: " + r.body);
+               }).value();
+  ASSERT_EQ(reply.wait_for(30s), std::future_status::ready);
+  EXPECT_EQ(reply.get().body, "from the other server: hello");
+
+  {
+    std::lock_guard lock(m);
+    release = true;
+  }
+  cv.notify_all();
+  ASSERT_TRUE(eventually([&] { return returned.load() == 1; }, 10s));
+  stuck.reset();  // the left-behind thread's reply was dropped, nothing touched freed memory
+  EXPECT_EQ(client->call(queue, "after"), "from the other server: after");
+}
+
+TEST_F(Robustness, AFrozenBrokerHoldsNeitherAClientsDestructionNorAServersStop) {
+  faults::TcpProxy proxy(static_cast<std::uint16_t>(testbroker::options().port));
+  ConnectionOptions via = testbroker::options();
+  via.port = proxy.port();
+  ServerOptions so = server_options(queue);
+  so.connection = via;
+  so.reconnect.enabled = false;
+  auto server = Server::start(so, [](const Request& r) { return Reply::ok(r.body); }).value();
+  ClientOptions co;
+  co.connection = via;
+  co.reconnect.enabled = false;
+  auto client = Client::connect(co).value();
+  ASSERT_EQ(client->call(queue, "warm"), "warm");
+
+  proxy.blackhole(true);  // TCP stays open, nothing answers
+  auto t0 = std::chrono::steady_clock::now();
+  client.reset();
+  auto client_took = std::chrono::steady_clock::now() - t0;
+  t0 = std::chrono::steady_clock::now();
+  server->stop();
+  auto server_took = std::chrono::steady_clock::now() - t0;
+  // The close handshake waits 1 s for the broker (documented), not the 10 s connect timeout.
+  EXPECT_LT(client_took, 5s);
+  EXPECT_LT(server_took, 5s);
 }
