@@ -212,6 +212,7 @@ Result<std::uint64_t> Channel::publish(std::string_view exchange, std::string_vi
   set_string(props, AMQP_BASIC_REPLY_TO_FLAG, props.reply_to, p.reply_to);
   set_string(props, AMQP_BASIC_EXPIRATION_FLAG, props.expiration, p.expiration);
   set_string(props, AMQP_BASIC_MESSAGE_ID_FLAG, props.message_id, p.message_id);
+  set_string(props, AMQP_BASIC_USER_ID_FLAG, props.user_id, p.user_id);
   if (p.priority) {
     props._flags |= AMQP_BASIC_PRIORITY_FLAG;
     props.priority = *p.priority;
@@ -220,8 +221,8 @@ Result<std::uint64_t> Channel::publish(std::string_view exchange, std::string_vi
     props._flags |= AMQP_BASIC_DELIVERY_MODE_FLAG;
     props.delivery_mode = p.delivery_mode;
   }
-  TableView headers(p.headers);
-  if (!p.headers.empty()) {
+  TableView headers(p.headers, p.wire_headers);
+  if (headers.table().num_entries > 0) {
     props._flags |= AMQP_BASIC_HEADERS_FLAG;
     props.headers = headers.table();
   }

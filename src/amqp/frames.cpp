@@ -8,7 +8,7 @@
 
 namespace amqprpc::detail::amqp {
 
-Properties properties_from(const amqp_basic_properties_t& p) {
+Properties properties_from(const amqp_basic_properties_t& p, bool keep_wire_headers) {
   Properties out;
   if (p._flags & AMQP_BASIC_CONTENT_TYPE_FLAG) out.content_type = to_string(p.content_type);
   if (p._flags & AMQP_BASIC_CORRELATION_ID_FLAG) out.correlation_id = to_string(p.correlation_id);
@@ -17,7 +17,11 @@ Properties properties_from(const amqp_basic_properties_t& p) {
   if (p._flags & AMQP_BASIC_MESSAGE_ID_FLAG) out.message_id = to_string(p.message_id);
   if (p._flags & AMQP_BASIC_PRIORITY_FLAG) out.priority = p.priority;
   if (p._flags & AMQP_BASIC_DELIVERY_MODE_FLAG) out.delivery_mode = p.delivery_mode;
-  if (p._flags & AMQP_BASIC_HEADERS_FLAG) out.headers = headers_from_table(p.headers);
+  if (p._flags & AMQP_BASIC_USER_ID_FLAG) out.user_id = to_string(p.user_id);
+  if (p._flags & AMQP_BASIC_HEADERS_FLAG) {
+    out.headers = headers_from_table(p.headers);
+    if (keep_wire_headers) out.wire_headers = encode_table(p.headers);
+  }
   return out;
 }
 
@@ -35,7 +39,8 @@ std::optional<Incoming> FrameAssembler::add(const amqp_frame_t& frame) {
     have_header_ = true;
     body_size_ = frame.payload.properties.body_size;
     *props = properties_from(
-        *static_cast<const amqp_basic_properties_t*>(frame.payload.properties.decoded));
+        *static_cast<const amqp_basic_properties_t*>(frame.payload.properties.decoded),
+        keep_wire_headers_);
     body->reserve(body_size_);
   } else if (frame.frame_type == AMQP_FRAME_BODY && have_header_) {
     body->append(static_cast<const char*>(frame.payload.body_fragment.bytes),

@@ -15,6 +15,8 @@ namespace amqprpc::detail::amqp {
 
 class FrameAssembler {
  public:
+  // Whether messages keep their header table as it arrived (Properties::wire_headers).
+  void keep_wire_headers(bool keep) { keep_wire_headers_ = keep; }
   // The method frame that starts a message. Drops a message still being assembled.
   void begin(Incoming message);
   // A content (header or body) frame; the finished message once its last byte arrived. Stray
@@ -25,9 +27,11 @@ class FrameAssembler {
   std::optional<Incoming> partial_;
   std::uint64_t body_size_ = 0;
   bool have_header_ = false;
+  bool keep_wire_headers_ = false;
 };
 
-// The properties rabbitmq-c decoded, as our values.
-Properties properties_from(const amqp_basic_properties_t_& p);
+// The properties rabbitmq-c decoded, as our values; with `keep_wire_headers`, the header table
+// in its AMQP encoding too.
+Properties properties_from(const amqp_basic_properties_t_& p, bool keep_wire_headers = false);
 
 }  // namespace amqprpc::detail::amqp

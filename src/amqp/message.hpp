@@ -20,7 +20,15 @@ struct Properties {
   std::string message_id;
   std::optional<std::uint8_t> priority;
   std::uint8_t delivery_mode = 0;  // 0: unset, 1: transient, 2: persistent
+  // The publishing user, validated by RabbitMQ: a message carrying it was published by a
+  // connection logged in as that user.
+  std::string user_id;
   Headers headers;
+  // The header table exactly as it arrived (AMQP encoding), when the channel keeps it (see
+  // Channel::keep_wire_headers). Publishing properties that carry it sends this table with the
+  // entries of `headers` added or replacing theirs: a message re-published this way keeps what
+  // it carried, in its own size, whatever the text of `headers` would grow to.
+  std::string wire_headers;
 };
 
 // A whole message pushed to one of our consumers.

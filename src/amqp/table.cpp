@@ -85,8 +85,37 @@ Headers headers_from_table(const amqp_table_t& table) {
   return out;
 }
 
-TableView::TableView(const Headers& headers) {
-  entries_.reserve(headers.size());
+std::string encode_table(const amqp_table_t& table) {
+  if (table.num_entries == 0) return {};
+  std::string out(1024, '\0');
+  for (;;) {
+    amqp_bytes_t buffer{out.size(), out.data()};
+    std::size_t offset = 0;
+    int rc = amqp_encode_table(buffer, const_cast<amqp_table_t*>(&table), &offset);
+    if (rc == AMQP_STATUS_OK) {
+      out.resize(offset);
+      return out;
+    }
+    if (rc != AMQP_STATUS_TABLE_TOO_BIG || out.size() > (64u << 20)) return {};
+    out.resize(out.size() * 4);
+  }
+}
+
+TableView::TableView(const Headers& headers, std::string_view encoded_base) {
+  if (!encoded_base.empty()) {
+    init_amqp_pool(&pool_, 4096);
+    pool_used_ = true;
+    amqp_table_t base{};
+    std::size_t offset = 0;
+    amqp_bytes_t bytes{encoded_base.size(), const_cast<char*>(encoded_base.data())};
+    if (amqp_decode_table(bytes, &pool_, &base, &offset) == AMQP_STATUS_OK) {
+      entries_.reserve(static_cast<std::size_t>(base.num_entries) + headers.size());
+      for (int i = 0; i < base.num_entries; ++i) {
+        if (headers.count(to_string(base.entries[i].key)) == 0) entries_.push_back(base.entries[i]);
+      }
+    }
+  }
+  entries_.reserve(entries_.size() + headers.size());
   for (const auto& [key, value] : headers) {
     amqp_table_entry_t e;
     e.key = as_bytes(key);
@@ -96,6 +125,10 @@ TableView::TableView(const Headers& headers) {
   }
   table_.num_entries = static_cast<int>(entries_.size());
   table_.entries = entries_.data();
+}
+
+TableView::~TableView() {
+  if (pool_used_) empty_amqp_pool(&pool_);
 }
 
 }  // namespace amqprpc::detail::amqp

@@ -22,10 +22,15 @@ std::string to_string(amqp_bytes_t b);
 // most a few levels (deeper parts become "...").
 Headers headers_from_table(const amqp_table_t& table);
 
-// Headers as an AMQP table of long strings. Views the headers: they must outlive the table.
+// A table in AMQP encoding (empty when the table is).
+std::string encode_table(const amqp_table_t& table);
+
+// Headers as an AMQP table of long strings, optionally on top of an encoded table whose
+// entries `headers` add to or replace. Views its inputs: they must outlive the table.
 class TableView {
  public:
-  explicit TableView(const Headers& headers);
+  explicit TableView(const Headers& headers, std::string_view encoded_base = {});
+  ~TableView();
   TableView(const TableView&) = delete;
   TableView& operator=(const TableView&) = delete;
   const amqp_table_t& table() const { return table_; }
@@ -33,6 +38,8 @@ class TableView {
  private:
   std::vector<amqp_table_entry_t> entries_;
   amqp_table_t table_{};
+  amqp_pool_t pool_{};  // the decoded base table's memory
+  bool pool_used_ = false;
 };
 
 }  // namespace amqprpc::detail::amqp

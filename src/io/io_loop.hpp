@@ -91,6 +91,10 @@ class IoLoop final : private amqp::Channel::Events {
   bool can_publish() const REQUIRES(io_thread);
   bool blocked() const REQUIRES(io_thread) { return link_.blocked; }
   const std::string& blocked_reason() const REQUIRES(io_thread) { return link_.blocked_reason; }
+  // The user the current connection logged in as.
+  const std::string& user() const REQUIRES(io_thread) {
+    return endpoints_[current_.load(std::memory_order_relaxed)].user;
+  }
   // From a hook: give up this connection (and reconnect, if enabled) once the hook returns.
   void drop(Status why) REQUIRES(io_thread) { pending_drop_ = std::move(why); }
 

@@ -1,5 +1,6 @@
 #include "protocol/wire.hpp"
 
+#include <algorithm>
 #include <cstdio>
 
 namespace amqprpc::detail::wire {
@@ -19,12 +20,14 @@ std::optional<std::int64_t> int_header(const Headers& headers, std::string_view 
   return v;
 }
 
-std::int64_t attempt_of(const Headers& headers, bool redelivered, bool trust_delivery_count) {
-  if (trust_delivery_count) {
-    if (auto count = int_header(headers, kDeliveryCountHeader)) return *count + 1;
+std::int64_t attempt_of(const Headers& headers, bool redelivered, bool quorum,
+                        bool attempts_trusted) {
+  std::int64_t base = 1;
+  if (attempts_trusted)
+    base = std::max<std::int64_t>(1, int_header(headers, kAttemptsHeader).value_or(1));
+  if (quorum) {
+    if (auto count = int_header(headers, kDeliveryCountHeader)) return base + *count;
   }
-  std::int64_t base = int_header(headers, kAttemptsHeader).value_or(1);
-  if (base < 1) base = 1;
   return redelivered ? base + 1 : base;
 }
 
@@ -43,7 +46,8 @@ Status validate_outgoing(const amqp::Properties& p, std::size_t body_size, int f
   if (p.content_type.size() > 255) return too_long("content type", p.content_type.size());
   if (p.correlation_id.size() > 255) return too_long("correlation id", p.correlation_id.size());
   if (p.reply_to.size() > 255) return too_long("reply_to", p.reply_to.size());
-  std::size_t table = 0;
+  if (p.user_id.size() > 255) return too_long("user id", p.user_id.size());
+  std::size_t table = p.wire_headers.size();
   for (const auto& [key, value] : p.headers) {
     if (key.size() > 255) return too_long("header name '" + key.substr(0, 32) + "...'", key.size());
     table += 1 + key.size() + 1 + 4 + value.size();

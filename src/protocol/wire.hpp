@@ -37,10 +37,12 @@ std::int64_t epoch_ms(std::chrono::system_clock::time_point t = std::chrono::sys
 // A non-negative decimal integer header; nullopt when absent or not such a number.
 std::optional<std::int64_t> int_header(const Headers& headers, std::string_view name);
 
-// Which delivery of this request this is (1 = the first), from the quorum queue's count (when
-// `trust_delivery_count`: only quorum queues set it, elsewhere a client could) or our own
-// header, and the broker's redelivered flag.
-std::int64_t attempt_of(const Headers& headers, bool redelivered, bool trust_delivery_count);
+// Which delivery of this request this is (1 = the first): the count a server wrote into its
+// own copy (x-rpc-attempts, read only when `attempts_trusted`: the copy's broker-validated
+// user_id is a server's), plus the deliveries since, from the quorum queue's x-delivery-count
+// (when `quorum`: elsewhere a client could have set it) or the broker's redelivered flag.
+std::int64_t attempt_of(const Headers& headers, bool redelivered, bool quorum,
+                        bool attempts_trusted);
 
 // Whether the request's caller has given up (its x-rpc-deadline is before `now_ms`).
 bool expired(const Headers& headers, std::int64_t now_ms);

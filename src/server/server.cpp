@@ -30,11 +30,13 @@ struct Job {
   amqp::Delivery delivery;
   std::size_t route = 0;
   std::uint64_t generation = 0;  // the connection it came on: tags die with their connection
+  std::int64_t attempt = 1;      // which delivery of the request this is
 };
 
 // What a request's end asks of the I/O thread.
 enum class Settle {
   reply_then_ack,  // publish the reply, then ack (once the reply is confirmed, if confirming)
+  reply_only,      // publish the reply; the request is settled otherwise
   ack,             // done without a reply (expired)
   requeue,         // never started: back to the broker for another server
 };
@@ -44,14 +46,33 @@ struct Outgoing {
   std::uint64_t delivery_tag = 0;
   std::uint64_t generation = 0;
   std::string reply_to;
-  amqp::Properties props;
-  std::string body;
+  amqp::Properties props;  // the reply's; for a requeue, the request's
+  std::string body;        // the reply's; for a requeue, the request's
+  std::size_t route = 0;   // requeue: the request's queue
+  std::int64_t attempt = 1;
 };
+
+Outgoing requeue_of(Job&& job) {
+  return Outgoing{Settle::requeue,
+                  job.delivery.delivery_tag,
+                  job.generation,
+                  {},
+                  std::move(job.delivery.props),
+                  std::move(job.delivery.body),
+                  job.route,
+                  job.attempt};
+}
 
 std::vector<ConnectionOptions> endpoints(const ServerOptions& o) {
   std::vector<ConnectionOptions> all{o.connection};
   all.insert(all.end(), o.alternates.begin(), o.alternates.end());
   return all;
+}
+
+std::vector<std::string> users(const std::vector<ConnectionOptions>& endpoints) {
+  std::vector<std::string> out;
+  for (const auto& e : endpoints) out.push_back(e.user);
+  return out;
 }
 
 // What handlers touch, shared by the server and its worker threads: a thread that a bounded
@@ -114,7 +135,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       : options_(std::move(options)),
         core_(std::make_shared<Core>(std::move(routes), [this] { loop_.wake(); })),
         policy_{options_.max_attempts, options_.queue_type == QueueType::quorum,
-                options_.max_request_size},
+                options_.max_request_size, users(endpoints(options_))},
         loop_(endpoints(options_), options_.reconnect, *this, options_.logger) {
     if (options_.dead_letter_queue.empty() && !core_->routes.empty()) {
       options_.dead_letter_queue = detail::wire::dead_letter_queue_for(core_->routes.front().queue);
@@ -187,10 +208,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       //    back to the broker.
       if (pool_) {
         auto stopped = pool_->stop(std::chrono::steady_clock::now() + options_.stop_grace);
-        for (auto& job : stopped.unstarted) {
-          core_->out.push(
-              Outgoing{Settle::requeue, job.delivery.delivery_tag, job.generation, {}, {}, {}});
-        }
+        for (auto& job : stopped.unstarted) core_->out.push(requeue_of(std::move(job)));
         if (stopped.left_behind > 0) {
           detail::log(options_.logger, LogLevel::warning,
                       std::to_string(stopped.left_behind) +
@@ -238,6 +256,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     // A new connection: delivery tags and confirm numbers of the old one mean nothing here.
     link_ = Link{};
     generation_.fetch_add(1, std::memory_order_relaxed);
+    channel.keep_wire_headers(true);  // re-published copies keep what arrived
     if (Status st = channel.qos(options_.prefetch); !st.ok()) return st;
     if (options_.confirm_replies) {
       if (Status st = channel.confirm_select(); !st.ok()) return st;
@@ -304,8 +323,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
         channel.ack(d.delivery_tag);
         return;
       case detail::Verdict::recount:
-        recount(channel, std::move(d), queue, t.attempt);
-        return;
+        if (recount(channel, d, queue, t.attempt)) return;
+        break;
       case detail::Verdict::oversized:
         oversized_.fetch_add(1, std::memory_order_relaxed);
         reply_error_now(channel, d,
@@ -317,7 +336,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       case detail::Verdict::serve:
         break;
     }
-    Job job{std::move(d), route->second, generation_.load(std::memory_order_relaxed)};
+    Job job{std::move(d), route->second, generation_.load(std::memory_order_relaxed), t.attempt};
     if (pool_) {
       link_.incoming.push_back(std::move(job));  // handed to the pool in one go after the read
     } else {
@@ -331,9 +350,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     if (!pool_->submit_all(link_.incoming)) {
       // Stopping: these were never started, so they go back to the broker at once.
       for (auto& job : link_.incoming) {
-        if (channel.reject(job.delivery.delivery_tag, /*requeue=*/true).ok()) {
-          requeued_.fetch_add(1, std::memory_order_relaxed);
-        }
+        Outgoing out = requeue_of(std::move(job));
+        settle(channel, out);
       }
     }
     link_.incoming.clear();
@@ -412,12 +430,10 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     // Tags of an earlier connection are dead: the broker requeued those requests itself.
     const bool same_connection = out.generation == generation_.load(std::memory_order_relaxed);
     if (out.settle == Settle::requeue) {
-      if (same_connection && channel.reject(out.delivery_tag, /*requeue=*/true).ok()) {
-        requeued_.fetch_add(1, std::memory_order_relaxed);
-      }
+      if (same_connection) requeue(channel, out);
       return;
     }
-    if (out.settle == Settle::reply_then_ack) {
+    if (out.settle == Settle::reply_then_ack || out.settle == Settle::reply_only) {
       if (Status bad = detail::wire::validate_outgoing(out.props, out.body.size(),
                                                        channel.frame_max(), "the handler's reply");
           !bad.ok()) {
@@ -432,7 +448,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       // A reply to a request from a previous connection still goes out (its caller may wait),
       // but that request cannot be acked: it was requeued, and its duplicate reply is dropped.
       auto seq = channel.publish("", out.reply_to, /*mandatory=*/false, out.props, out.body);
-      if (!seq) return;
+      if (!seq || out.settle == Settle::reply_only) return;
       if (same_connection && options_.confirm_replies) {
         link_.unconfirmed.track(*seq, out.delivery_tag);
         return;  // acked when the broker confirms the reply
@@ -441,15 +457,62 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     if (same_connection) channel.ack(out.delivery_tag);
   }
 
-  // Puts a redelivered request back at the end of its queue with its delivery count, so the
-  // next crash is counted too; the original is acked once the copy is published.
-  void recount(amqp::Channel& channel, amqp::Delivery&& d, const std::string& queue,
-               std::int64_t attempt) {
-    d.props.headers.insert_or_assign(std::string(detail::wire::kAttemptsHeader),
-                                     std::to_string(attempt));
-    if (channel.publish("", queue, /*mandatory=*/false, d.props, d.body).ok()) {
-      channel.ack(d.delivery_tag);
+  // A server's own copy of a request, for its queue or the dead-letter queue: what arrived, its
+  // header table as it came (never re-encoded, so never larger), marked with the attempt count
+  // and with this connection's user, which the broker validates: a client cannot forge a count.
+  amqp::Properties own_copy(const amqp::Properties& original, std::int64_t attempt) const
+      REQUIRES(loop_.io_thread) {
+    amqp::Properties p = original;
+    p.headers.clear();  // they are in wire_headers, as they arrived
+    p.headers.emplace(detail::wire::kAttemptsHeader, std::to_string(attempt));
+    p.user_id = loop_.user();
+    return p;
+  }
+
+  // Publishes a copy made by own_copy; fails alone (nothing sent) when it cannot be published
+  // without breaking the connection.
+  Status publish_copy(amqp::Channel& channel, const std::string& queue,
+                      const amqp::Properties& props, const std::string& body) {
+    if (Status bad = detail::wire::validate_outgoing(props, body.size(), channel.frame_max(),
+                                                     "copy of a request for '" + queue + "'");
+        !bad.ok()) {
+      return bad;
     }
+    return channel.publish("", queue, /*mandatory=*/false, props, body).status();
+  }
+
+  // Puts a redelivered request back at the end of its queue with its delivery count, so the
+  // next crash is counted too; the original is acked once the copy is published. False: it
+  // could not be copied, and is served uncounted instead.
+  bool recount(amqp::Channel& channel, const amqp::Delivery& d, const std::string& queue,
+               std::int64_t attempt) REQUIRES(loop_.io_thread) {
+    Status st = publish_copy(channel, queue, own_copy(d.props, attempt), d.body);
+    if (!st.ok()) {
+      detail::log(options_.logger, LogLevel::warning,
+                  "cannot re-publish a redelivered request to count its attempts (" + st.message() +
+                      "); serving it uncounted");
+      return false;
+    }
+    channel.ack(d.delivery_tag);
+    return true;
+  }
+
+  // A request a graceful stop did not start goes back as the server's own copy with its attempt
+  // unchanged: a stop is not a crash, and a requeue would count as one (redelivered flag,
+  // x-delivery-count). A request that cannot be copied is requeued the plain way.
+  void requeue(amqp::Channel& channel, Outgoing& out) REQUIRES(loop_.io_thread) {
+    if (detail::wire::expired(out.props.headers, detail::wire::epoch_ms())) {
+      core_->expired.fetch_add(1, std::memory_order_relaxed);
+      channel.ack(out.delivery_tag);
+      return;
+    }
+    const std::string& queue = core_->routes[out.route].queue;
+    if (publish_copy(channel, queue, own_copy(out.props, out.attempt), out.body).ok()) {
+      channel.ack(out.delivery_tag);
+    } else {
+      channel.reject(out.delivery_tag, /*requeue=*/true);
+    }
+    requeued_.fetch_add(1, std::memory_order_relaxed);
   }
 
   void dead_letter(amqp::Channel& channel, amqp::Delivery&& d, const std::string& queue,
@@ -461,21 +524,29 @@ class Server::Impl final : public detail::IoLoop::Hooks {
                             "moved to dead-letter queue '" +
                             dlq + "'";
     detail::log(options_.logger, LogLevel::error, why);
-    amqp::Properties dead = d.props;
+    amqp::Properties dead = own_copy(d.props, attempt);
     dead.expiration.clear();  // kept for inspection, whatever the caller's deadline was
-    dead.headers.insert_or_assign(std::string(detail::wire::kAttemptsHeader),
-                                  std::to_string(attempt));
-    dead.headers.insert_or_assign(std::string(detail::wire::kDeadReasonHeader), why);
-    if (!channel.publish("", dlq, /*mandatory=*/false, dead, d.body).ok()) return;
+    dead.headers.emplace(detail::wire::kDeadReasonHeader, why);
+    if (Status st = publish_copy(channel, dlq, dead, d.body); !st.ok()) {
+      // It cannot be kept: the caller is told, and the broker drops it (or dead-letters it, if
+      // the queue has a dead-letter exchange of its own).
+      detail::log(options_.logger, LogLevel::error,
+                  "cannot move the request to '" + dlq + "' (" + st.message() + "); dropped");
+      reply_error_now(channel, d, Status{StatusCode::internal, why + " failed: dropped"},
+                      /*ack=*/false);
+      channel.reject(d.delivery_tag, /*requeue=*/false);
+      return;
+    }
     dead_lettered_.fetch_add(1, std::memory_order_relaxed);
     reply_error_now(channel, d, Status{StatusCode::internal, why});
   }
 
-  // Answers a request with an error from the I/O thread (no handler involved), then acks it.
-  void reply_error_now(amqp::Channel& channel, const amqp::Delivery& d, Status error)
-      REQUIRES(loop_.io_thread) {
+  // Answers a request with an error from the I/O thread (no handler involved), then acks it
+  // (unless the caller settles it otherwise).
+  void reply_error_now(amqp::Channel& channel, const amqp::Delivery& d, Status error,
+                       bool ack = true) REQUIRES(loop_.io_thread) {
     core_->count_reply(error);
-    Outgoing out{Settle::reply_then_ack,
+    Outgoing out{ack ? Settle::reply_then_ack : Settle::reply_only,
                  d.delivery_tag,
                  generation_.load(std::memory_order_relaxed),
                  d.props.reply_to,

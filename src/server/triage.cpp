@@ -1,5 +1,7 @@
 #include "server/triage.hpp"
 
+#include <algorithm>
+
 #include "protocol/wire.hpp"
 
 namespace amqprpc::detail {
@@ -10,7 +12,10 @@ Triage triage(const amqp::Delivery& d, const TriagePolicy& policy, std::int64_t 
   const bool expired = wire::expired(headers, now_ms);
   std::int64_t attempt = 1;
   if (policy.max_attempts > 0) {
-    attempt = wire::attempt_of(headers, d.redelivered, policy.quorum);
+    const bool own_copy = !d.props.user_id.empty() &&
+                          std::find(policy.server_users.begin(), policy.server_users.end(),
+                                    d.props.user_id) != policy.server_users.end();
+    attempt = wire::attempt_of(headers, d.redelivered, policy.quorum, own_copy);
     if (attempt > policy.max_attempts) return {Verdict::dead_letter, attempt};
     const bool counted_by_broker = policy.quorum && headers.count(wire::kDeliveryCountHeader) != 0;
     if (d.redelivered && !counted_by_broker) {

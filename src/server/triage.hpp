@@ -4,13 +4,16 @@
 //   dead_letter  delivered more than max_attempts times: moved aside, caller told
 //   expired      the caller's deadline passed: acked, not served
 //   recount      a redelivery on a classic queue: re-published with its attempt count, since
-//                only quorum queues count deliveries
+//                only quorum queues count deliveries (x-rpc-attempts counts only in a copy a
+//                server published: see TriagePolicy::server_users)
 //   oversized    body over max_request_size: error reply, not served
 //   serve        hand it to its handler
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "amqp/message.hpp"
 
@@ -20,6 +23,10 @@ struct TriagePolicy {
   int max_attempts = 5;  // 0: no poison-message accounting
   bool quorum = false;   // the queue is a quorum queue (its x-delivery-count can be trusted)
   std::size_t max_request_size = 4u * 1024 * 1024;
+  // The users servers log in as: a request whose broker-validated user_id is one of these is a
+  // server's own copy, and its x-rpc-attempts counts. A client cannot forge that (unless it
+  // logs in as a server's user).
+  std::vector<std::string> server_users;
 };
 
 enum class Verdict { serve, reject, dead_letter, expired, recount, oversized };

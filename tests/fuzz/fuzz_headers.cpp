@@ -19,7 +19,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (amqp_decode_table(encoded, &pool, &table, &offset) == AMQP_STATUS_OK) {
     amqprpc::Headers headers = amqprpc::detail::amqp::headers_from_table(table);
     (void)amqprpc::detail::wire::int_header(headers, amqprpc::detail::wire::kDeadlineHeader);
-    std::int64_t attempt = amqprpc::detail::wire::attempt_of(headers, size % 2 == 0, size % 3 == 0);
+    std::int64_t attempt =
+        amqprpc::detail::wire::attempt_of(headers, size % 2 == 0, size % 3 == 0, size % 5 == 0);
     if (attempt < 1) std::abort();
     amqprpc::detail::amqp::Properties props;
     props.headers = headers;

@@ -14,6 +14,7 @@
 #include "amqprpc/server.hpp"
 #include "faults/tcp_proxy.hpp"
 #include "integration/broker.hpp"
+#include "integration/process.hpp"
 #include "protocol/wire.hpp"
 
 using namespace amqprpc;
@@ -212,4 +213,127 @@ TEST_F(Robustness, AFrozenBrokerHoldsNeitherAClientsDestructionNorAServersStop) 
   // The close handshake waits 1 s for the broker (documented), not the 10 s connect timeout.
   EXPECT_LT(client_took, 5s);
   EXPECT_LT(server_took, 5s);
+}
+
+namespace {
+
+// Publishes a request whose headers are 450 doubles: about 6 KB as AMQP, but some 150 KB as
+// text (std::to_string(1e300) has 300 digits) — more than a frame if re-encoded as text.
+void publish_with_many_doubles(const std::string& queue, const std::string& reply_to,
+                               const std::string& body) {
+  auto o = testbroker::options();
+  amqp_connection_state_t conn = amqp_new_connection();
+  amqp_socket_t* socket = amqp_tcp_socket_new(conn);
+  ASSERT_EQ(amqp_socket_open(socket, o.host.c_str(), o.port), AMQP_STATUS_OK);
+  ASSERT_EQ(amqp_login(conn, o.vhost.c_str(), 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, o.user.c_str(),
+                       o.password.c_str())
+                .reply_type,
+            AMQP_RESPONSE_NORMAL);
+  amqp_channel_open(conn, 1);
+  std::vector<std::string> keys;
+  for (int i = 0; i < 450; ++i) keys.push_back("d" + std::to_string(i));
+  std::vector<amqp_table_entry_t> entries(450);
+  for (int i = 0; i < 450; ++i) {
+    entries[static_cast<std::size_t>(i)].key =
+        amqp_cstring_bytes(keys[static_cast<std::size_t>(i)].c_str());
+    entries[static_cast<std::size_t>(i)].value.kind = AMQP_FIELD_KIND_F64;
+    entries[static_cast<std::size_t>(i)].value.value.f64 = 1e300;
+  }
+  amqp_basic_properties_t p{};
+  p._flags = AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_REPLY_TO_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG;
+  p.headers = {450, entries.data()};
+  p.reply_to = amqp_cstring_bytes(reply_to.c_str());
+  p.correlation_id = amqp_cstring_bytes("doubles");
+  ASSERT_EQ(amqp_basic_publish(conn, 1, amqp_empty_bytes, amqp_cstring_bytes(queue.c_str()), 0, 0,
+                               &p, amqp_cstring_bytes(body.c_str())),
+            AMQP_STATUS_OK);
+  amqp_channel_close(conn, 1, AMQP_REPLY_SUCCESS);
+  amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
+  amqp_destroy_connection(conn);
+}
+
+}  // namespace
+
+TEST_F(Robustness, ARedeliveredRequestWhoseHeadersWouldGrowIsRecountedWithoutBreakingTheServer) {
+  testbroker::Raw raw;
+  raw.declare(queue);
+  const std::string replies = queue + "-replies";
+  cleanup.push_back(replies);
+  raw.declare(replies);
+  publish_with_many_doubles(queue, replies, "crash-once");
+  {
+    // The first server crashes on it: the broker redelivers it, marked redelivered.
+    testbroker::Process crashing(
+        {AMQPRPC_TEST_SERVER, "--queue", queue, "--crash-on", "crash-once", "--max-attempts", "3"});
+    ASSERT_NE(crashing.wait_exit(20s), -1) << "the crashing server did not take the request";
+  }
+  ServerOptions so = server_options(queue);
+  so.max_attempts = 3;
+  std::atomic<int> served{0};
+  auto server = Server::start(so, [&](const Request& r) {
+                  served.fetch_add(1);
+                  return Reply::ok("served " + r.body + " with " +
+                                   std::to_string(r.headers.size()) + " headers");
+                }).value();
+  // The redelivery is re-published with its count (recount), then served: one reply.
+  std::optional<testbroker::Raw::Got> reply;
+  ASSERT_TRUE(eventually([&] { return (reply = raw.get(replies)).has_value(); }, 30s))
+      << "no reply: the server could not re-publish the request";
+  EXPECT_EQ(reply->body.rfind("served crash-once with 45", 0), 0u) << reply->body;
+  EXPECT_EQ(server->stats().reconnects, 0u) << "re-publishing must not break the connection";
+  EXPECT_EQ(served.load(), 1);
+}
+
+TEST_F(Robustness, AFirstDeliveryCarryingAForgedAttemptCountIsServed) {
+  auto server = Server::start(server_options(queue), [](const Request& r) {
+                  return Reply::ok(r.body);
+                }).value();
+  ClientOptions co;
+  co.connection = testbroker::options();
+  auto client = Client::connect(co).value();
+  CallOptions o;
+  o.headers["x-rpc-attempts"] = "6";  // the server's own bookkeeping, forged by a caller
+  Reply r = client->try_call(queue, "not poison", o);
+  EXPECT_TRUE(r.status.ok()) << r.status.to_string();
+  EXPECT_EQ(r.body, "not poison");
+  EXPECT_EQ(server->stats().dead_lettered, 0u);
+}
+
+TEST_F(Robustness, GracefulStopsAreNotCrashesAndDeadLetterNothing) {
+  testbroker::Raw raw;
+  raw.declare(queue);
+  const std::string replies = queue + "-replies";
+  cleanup.push_back(replies);
+  raw.declare(replies);
+  for (int i = 0; i < 20; ++i)
+    raw.publish(queue, "r" + std::to_string(i), replies, std::to_string(i));
+  std::atomic<int> served{0};
+  std::uint64_t dead = 0, requeued = 0;
+  // Six graceful stop/start cycles with requests in hand, then one that serves the rest.
+  for (int cycle = 0; cycle < 7; ++cycle) {
+    ServerOptions so = server_options(queue);
+    so.prefetch = 20;
+    so.workers = 1;
+    auto server = Server::start(so, [&](const Request& r) {
+                    std::this_thread::sleep_for(20ms);
+                    served.fetch_add(1);
+                    return Reply::ok(r.body);
+                  }).value();
+    if (cycle < 6) {
+      const int before = served.load();
+      ASSERT_TRUE(eventually([&] { return served.load() > before || served.load() == 20; }, 10s));
+    } else {
+      ASSERT_TRUE(eventually([&] { return served.load() >= 20; }, 30s));
+    }
+    server->stop();
+    dead += server->stats().dead_lettered;
+    requeued += server->stats().requeued;
+  }
+  EXPECT_EQ(dead, 0u) << "a graceful stop's requeue is not a crash";
+  EXPECT_GT(requeued, 0u) << "the stops did hand requests back";
+  int ok = 0;
+  while (auto got = raw.get(replies)) {
+    if (got->headers.count("x-rpc-status") == 0) ++ok;
+  }
+  EXPECT_EQ(ok, 20) << "every request answered, none dead-lettered";
 }

@@ -19,10 +19,18 @@ amqp::Delivery request(std::string body = "10") {
 }
 
 TriagePolicy classic() {
-  return {5, false, 100};
+  return {5, false, 100, {"server"}};
 }
 TriagePolicy quorum() {
-  return {5, true, 100};
+  return {5, true, 100, {"server"}};
+}
+
+// A copy a server published: the broker validated its user_id.
+amqp::Delivery servers_copy(std::int64_t attempts) {
+  amqp::Delivery d = request();
+  d.props.user_id = "server";
+  d.props.headers["x-rpc-attempts"] = std::to_string(attempts);
+  return d;
 }
 
 }  // namespace
@@ -61,8 +69,9 @@ TEST(Triage, ARedeliveryOnAClassicQueueIsRecountedWithItsAttempt) {
   Triage t = triage(d, classic(), kNow);
   EXPECT_EQ(t.verdict, Verdict::recount);
   EXPECT_EQ(t.attempt, 2);
-  d.props.headers["x-rpc-attempts"] = "3";
-  EXPECT_EQ(triage(d, classic(), kNow).attempt, 4);
+  amqp::Delivery copy = servers_copy(3);
+  copy.redelivered = true;
+  EXPECT_EQ(triage(copy, classic(), kNow).attempt, 4);
 }
 
 TEST(Triage, AnExpiredRedeliveryIsNotRecounted) {
@@ -73,9 +82,8 @@ TEST(Triage, AnExpiredRedeliveryIsNotRecounted) {
 }
 
 TEST(Triage, PastMaxAttemptsIsDeadLettered) {
-  amqp::Delivery d = request();
+  amqp::Delivery d = servers_copy(5);
   d.redelivered = true;
-  d.props.headers["x-rpc-attempts"] = "5";
   Triage t = triage(d, classic(), kNow);
   EXPECT_EQ(t.verdict, Verdict::dead_letter);
   EXPECT_EQ(t.attempt, 6);
@@ -107,4 +115,29 @@ TEST(Triage, WithoutPoisonAccountingRedeliveriesAreServed) {
   Triage t = triage(d, off, kNow);
   EXPECT_EQ(t.verdict, Verdict::serve);
   EXPECT_EQ(t.attempt, 1);
+}
+
+TEST(Triage, AttemptsAClientWroteAreNotCounted) {
+  amqp::Delivery forged = request();
+  forged.props.headers["x-rpc-attempts"] = "6";
+  Triage t = triage(forged, classic(), kNow);
+  EXPECT_EQ(t.verdict, Verdict::serve) << "a first delivery with a forged count is served";
+  EXPECT_EQ(t.attempt, 1);
+  forged.props.user_id = "some-client";
+  EXPECT_EQ(triage(forged, classic(), kNow).attempt, 1) << "only a server's user counts";
+}
+
+TEST(Triage, AServersCopyKeepsItsCountOnAFirstDelivery) {
+  Triage t = triage(servers_copy(3), classic(), kNow);
+  EXPECT_EQ(t.verdict, Verdict::serve);
+  EXPECT_EQ(t.attempt, 3);
+}
+
+TEST(Triage, OnAQuorumQueueAServersCopyAddsTheBrokersCount) {
+  amqp::Delivery d = servers_copy(3);
+  d.redelivered = true;
+  d.props.headers["x-delivery-count"] = "1";
+  Triage t = triage(d, quorum(), kNow);
+  EXPECT_EQ(t.attempt, 4);
+  EXPECT_EQ(t.verdict, Verdict::serve);
 }
