@@ -19,15 +19,15 @@ mapfile -t sources < <(git ls-files '*.cpp' '*.hpp' 2>/dev/null || find include 
 clang-format --dry-run --Werror "${sources[@]}"
 
 step "build (RelWithDebInfo) in build/"
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAMQPRPC_WERROR=ON >/dev/null
 cmake --build build -j "$JOBS"
 
 step "build (ASan + UBSan) in build-asan/"
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DAMQPRPC_SANITIZE=ON >/dev/null
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DAMQPRPC_SANITIZE=ON -DAMQPRPC_WERROR=ON >/dev/null
 cmake --build build-asan -j "$JOBS"
 
 step "build (libFuzzer targets, clang) in build-fuzz/"
-cmake -S . -B build-fuzz -DCMAKE_CXX_COMPILER=clang++ -DAMQPRPC_FUZZ=ON \
+cmake -S . -B build-fuzz -DCMAKE_CXX_COMPILER=clang++ -DAMQPRPC_FUZZ=ON -DAMQPRPC_WERROR=ON \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAMQPRPC_FUZZ_SECONDS="${AMQPRPC_FUZZ_SECONDS:-20}" >/dev/null
 cmake --build build-fuzz -j "$JOBS"
 

@@ -312,8 +312,15 @@ std::string ConnectionOptions::to_string() const {
   std::string out = tls.enabled ? "amqps://" : "amqp://";
   out += encode(user);
   out += ":****@";
-  out += host.find(':') != std::string::npos ? "[" + host + "]" : host;
-  out += ":" + std::to_string(port) + "/" + encode(vhost);
+  // Appended piece by piece: GCC 12 at -O3 warns (falsely, -Wrestrict) on "x" + std::string.
+  const bool ipv6 = host.find(':') != std::string::npos;
+  if (ipv6) out += '[';
+  out += host;
+  if (ipv6) out += ']';
+  out += ':';
+  out += std::to_string(port);
+  out += '/';
+  out += encode(vhost);
   return out;
 }
 
