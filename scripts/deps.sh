@@ -12,7 +12,7 @@
 # temporary one that exits 101 is put in place for the duration of the install.
 
 AMQPRPC_DEPS_PACKAGES=(
-    rabbitmq-server librabbitmq-dev cmake g++ make libgtest-dev libgmock-dev
+    rabbitmq-server librabbitmq-dev libssl-dev cmake g++ make libgtest-dev libgmock-dev
     python3-pika clang libclang-rt-14-dev clang-format libcli11-dev
     nlohmann-json3-dev libbenchmark-dev openssl procps iproute2 uuid-runtime pkg-config
 )

@@ -3,8 +3,11 @@
 #include <amqp.h>
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
@@ -23,6 +26,12 @@ timeval to_timeval(std::chrono::milliseconds ms) {
   tv.tv_sec = static_cast<time_t>(ms.count() / 1000);
   tv.tv_usec = static_cast<suseconds_t>((ms.count() % 1000) * 1000);
   return tv;
+}
+
+bool is_ip_literal(const std::string& host) {
+  unsigned char buffer[sizeof(in6_addr)];
+  return inet_pton(AF_INET, host.c_str(), buffer) == 1 ||
+         inet_pton(AF_INET6, host.c_str(), buffer) == 1;
 }
 
 void set_string(amqp_basic_properties_t& props, amqp_flags_t flag, amqp_bytes_t& field,
@@ -45,7 +54,18 @@ Result<std::unique_ptr<Channel>> Channel::open(const ConnectionOptions& o) {
     socket = amqp_ssl_socket_new(s->conn_);
     if (socket == nullptr) return Status{StatusCode::internal, "cannot create a TLS socket"};
     amqp_ssl_socket_set_verify_peer(socket, o.tls.verify_peer ? 1 : 0);
-    amqp_ssl_socket_set_verify_hostname(socket, o.tls.verify_hostname ? 1 : 0);
+    // rabbitmq-c checks DNS names only, so a broker addressed by IP could never be verified:
+    // for an IP literal, OpenSSL checks the certificate's IP addresses (subjectAltName IP
+    // entries) during its own verification of the peer instead.
+    const bool ip_host = is_ip_literal(o.host);
+    amqp_ssl_socket_set_verify_hostname(socket, o.tls.verify_hostname && !ip_host ? 1 : 0);
+    if (o.tls.verify_hostname && ip_host) {
+      auto* ctx = static_cast<SSL_CTX*>(amqp_ssl_socket_get_context(socket));
+      if (ctx == nullptr ||
+          X509_VERIFY_PARAM_set1_ip_asc(SSL_CTX_get0_param(ctx), o.host.c_str()) != 1) {
+        return Status{StatusCode::internal, "cannot set up verification of IP " + o.host};
+      }
+    }
     if (!o.tls.ca_file.empty() &&
         amqp_ssl_socket_set_cacert(socket, o.tls.ca_file.c_str()) != AMQP_STATUS_OK) {
       return Status{StatusCode::invalid_argument,
