@@ -55,6 +55,10 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
           Reply::error(StatusCode::cancelled, "the client was closed before the reply came"),
           options_.logger);
     }
+    for (; batch_pos_ < batch_.size(); ++batch_pos_) {  // the unsent rest of a burst
+      batch_[batch_pos_]->complete(Reply::error(StatusCode::cancelled, "the client was closed"),
+                                   options_.logger);
+    }
     for (auto& call : calls_out_.close()) {
       call->complete(Reply::error(StatusCode::cancelled, "the client was closed"), options_.logger);
     }
@@ -163,11 +167,16 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
     const bool can_send = channel != nullptr && link_.replies_lost.ok() && loop_.can_publish();
     std::vector<PendingCall*> held;
     if (can_send) held = table_.take_held();
+    // A burst is sent a slice per turn: between slices the loop reads what the broker sent
+    // (replies, returns, heartbeats) and rabbitmq-c sends heartbeats, so publishing hard never
+    // looks like silence on either side.
+    const std::size_t end = std::min(batch_.size(), batch_pos_ + kSendsPerTurn);
     std::optional<amqp::Channel::Cork> cork;
-    if (can_send && batch_.size() + held.size() > 1) cork.emplace(*channel, true);
+    if (can_send && end - batch_pos_ + held.size() > 1) cork.emplace(*channel, true);
     // Calls set aside while disconnected or blocked go first, in their order.
     for (PendingCall* call : held) send(*channel, *call);
-    for (auto& call : batch_) {
+    for (; batch_pos_ < end; ++batch_pos_) {
+      auto& call = batch_[batch_pos_];
       if (call->options.cancel.stop_requested()) {
         call->complete(Reply::error(StatusCode::cancelled, "cancelled before it was sent"),
                        options_.logger);
@@ -179,7 +188,12 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
         table_.hold(table_.accept(std::move(call)));
       }
     }
-    batch_.clear();
+    if (batch_pos_ == batch_.size()) {
+      batch_.clear();
+      batch_pos_ = 0;
+    } else {
+      loop_.wake();  // the rest on the next turn
+    }
     cork.reset();
     for (const auto& id : cancel_batch_) {
       auto call = table_.take(id);
@@ -390,6 +404,8 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
   Link link_ GUARDED_BY(loop_.io_thread);
   detail::CallTable table_ GUARDED_BY(loop_.io_thread);
   std::vector<std::unique_ptr<PendingCall>> batch_ GUARDED_BY(loop_.io_thread);
+  std::size_t batch_pos_ GUARDED_BY(loop_.io_thread) = 0;  // batch_[0, pos) are taken care of
+  static constexpr std::size_t kSendsPerTurn = 1024;
   std::vector<std::string> cancel_batch_ GUARDED_BY(loop_.io_thread);
 
   detail::LatencyRecorder latency_;

@@ -77,7 +77,8 @@ void IoLoop::stop() {
 
 bool IoLoop::can_publish() const {
   if (!link_.channel || link_.blocked) return false;
-  return link_.heartbeat.count() == 0 || Clock::now() - link_.last_rx <= link_.heartbeat;
+  return link_.heartbeat.count() == 0 || Clock::now() - link_.last_rx <= link_.heartbeat ||
+         link_.listened < link_.heartbeat / 2;
 }
 
 Status IoLoop::lost_reason() const {
@@ -87,6 +88,11 @@ Status IoLoop::lost_reason() const {
 
 std::string IoLoop::endpoint() const {
   return endpoints_[current_.load(std::memory_order_relaxed) % endpoints_.size()].to_string();
+}
+
+void IoLoop::heard() {
+  link_.last_rx = Clock::now();
+  link_.listened = Clock::duration::zero();
 }
 
 void IoLoop::up(std::unique_ptr<amqp::Channel> channel, std::size_t endpoint) {
@@ -254,7 +260,7 @@ void IoLoop::serve_turn() {
   if (link_.channel) {
     auto frames = link_.channel->frames_read();
     if (Status st = link_.channel->read(*this); !st.ok()) lose(st);
-    if (link_.channel && link_.channel->frames_read() != frames) link_.last_rx = Clock::now();
+    if (link_.channel && link_.channel->frames_read() != frames) heard();
     if (link_.channel) hooks_.on_read_batch(*link_.channel);
   }
   if (pending_drop_) {
@@ -263,9 +269,11 @@ void IoLoop::serve_turn() {
     lose(why);
   }
   if (link_.channel && link_.heartbeat.count() > 0 &&
-      Clock::now() - link_.last_rx > 2 * link_.heartbeat) {
+      Clock::now() - link_.last_rx > 2 * link_.heartbeat && link_.listened >= link_.heartbeat) {
     // rabbitmq-c notices missed heartbeats only inside a blocking wait, which this loop never
-    // does: it watches the socket itself. Heartbeats (or any traffic) come every interval.
+    // does: it watches the socket itself. Heartbeats (or any traffic) come twice an interval,
+    // so a whole interval of listening without a byte, two intervals after the last one, means
+    // the peer is gone; time spent busy does not count.
     lose(Status{StatusCode::unavailable,
                 "no data from the broker for " + std::to_string(2 * link_.heartbeat.count()) +
                     " s (heartbeat " + std::to_string(link_.heartbeat.count()) +
@@ -295,12 +303,15 @@ void IoLoop::poll_once() {
     fds[1] = {link_.channel->fd(), POLLIN, 0};
     nfds = 2;
   }
+  const auto waiting_since = Clock::now();
   int rc = ::poll(fds, nfds, timeout_ms);
   if (rc < 0 && errno != EINTR) {
     lose(Status{StatusCode::internal, std::string("poll failed: ") + std::strerror(errno)});
   }
   if (rc > 0 && nfds == 2 && (fds[1].revents & (POLLIN | POLLHUP | POLLERR))) {
-    link_.last_rx = Clock::now();
+    heard();
+  } else if (link_.channel) {
+    link_.listened += Clock::now() - waiting_since;
   }
   if (rc > 0 && (fds[0].revents & POLLIN)) {
     // Consume the wake-up before on_wake takes the outboxes (see wake()).

@@ -116,6 +116,9 @@ class IoLoop final : private amqp::Channel::Events {
     std::chrono::seconds heartbeat{0};  // negotiated
     Clock::time_point up_since;
     Clock::time_point last_rx;  // when the socket last had data for us
+    // Time spent waiting on the socket since last_rx: silence is only evidence of a dead peer
+    // while this loop was listening, not while it was busy (publishing a burst, say).
+    Clock::duration listened{0};
     bool blocked = false;
     std::string blocked_reason;
   };
@@ -124,6 +127,7 @@ class IoLoop final : private amqp::Channel::Events {
   Status open_first() REQUIRES(io_thread);
   void serve_turn() REQUIRES(io_thread);
   void poll_once() REQUIRES(io_thread);
+  void heard() REQUIRES(io_thread);  // the broker sent something
   void up(std::unique_ptr<amqp::Channel> channel, std::size_t endpoint) REQUIRES(io_thread);
   void lose(Status why) REQUIRES(io_thread);
   void schedule_reconnect() REQUIRES(io_thread);

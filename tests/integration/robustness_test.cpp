@@ -337,3 +337,35 @@ TEST_F(Robustness, GracefulStopsAreNotCrashesAndDeadLetterNothing) {
   }
   EXPECT_EQ(ok, 20) << "every request answered, none dead-lettered";
 }
+
+TEST_F(Robustness, ABusyHealthyConnectionIsNotDeclaredDead) {
+  // 400,000 calls at once to a queue that does not exist, heartbeat 1 s: the client publishes
+  // flat out while the broker sends a return for each. Nothing here is silence.
+  ClientOptions co;
+  co.connection = testbroker::options();
+  co.connection.heartbeat = 1s;
+  auto client = Client::connect(co).value();
+  const int n = 400000;
+  std::atomic<int> done{0}, no_route{0};
+  std::mutex m;
+  std::string other;
+  CallOptions o;
+  o.timeout = 120s;
+  for (int i = 0; i < n; ++i) {
+    client->async_call(queue + "-nobody", "x", o, [&](Reply r) {
+      if (r.status.message().find("no route") != std::string::npos) {
+        no_route.fetch_add(1);
+      } else {
+        std::lock_guard lock(m);
+        if (other.empty()) other = r.status.to_string();
+      }
+      done.fetch_add(1);
+    });
+  }
+  ASSERT_TRUE(eventually([&] { return done.load() == n; }, 180s)) << done.load() << " of " << n;
+  EXPECT_EQ(no_route.load(), n) << "e.g. " << other;
+  EXPECT_EQ(client->stats().reconnects, 0u);
+  Reply after = client->try_call(queue + "-nobody", "after");
+  EXPECT_NE(after.status.message().find("no route"), std::string::npos)
+      << "the same connection still answers: " << after.status.to_string();
+}
