@@ -8,8 +8,8 @@
 #include <thread>
 
 #include "amqprpc/client.hpp"
-#include "integration/broker.hpp"
-#include "integration/process.hpp"
+#include "support/broker.hpp"
+#include "support/process.hpp"
 
 using namespace amqprpc;
 using namespace std::chrono_literals;
