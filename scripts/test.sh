@@ -44,8 +44,11 @@ BG_PIDS=()
 STARTED_TEST_BROKER=0
 cleanup() {
   local pid
+  # A lane is a process group of its own (ctest and its tests): end all of it.
   for pid in "${BG_PIDS[@]}"; do
-    if kill -0 "$pid" 2>/dev/null; then kill -TERM "$pid" 2>/dev/null || true; fi
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    fi
   done
   for pid in "${BG_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   # Stop every node this run may have started, side by side.
@@ -129,6 +132,7 @@ status=0
 lane() { # NAME CMD...
   local name=$1
   shift
+  set -m # its own process group, so that cleanup() can end it with its children
   (
     t0=$SECONDS
     rc=0
@@ -137,6 +141,7 @@ lane() { # NAME CMD...
     exit "$rc"
   ) &
   LANE_PID=$!
+  set +m
 }
 # Waits for a lane, prints its log and notes its time; a failed lane fails the suite.
 finish_lane() { # PID NAME
