@@ -18,8 +18,8 @@
 # Environment (all optional):
 #   AMQPRPC_BROKER_NAME       instance name (default amqprpc); node name NAME@localhost
 #   AMQPRPC_BROKER_PORT       AMQP port (default 35672), listening on 127.0.0.1 only
-#   AMQPRPC_BROKER_DIST_PORT  Erlang distribution port (default AMQP port + 1000)
-#                             rabbitmqctl's own distribution ports: DIST_PORT+100..+110
+#   AMQPRPC_BROKER_DIST_PORT  Erlang distribution port (default AMQP port + 10000)
+#                             rabbitmqctl's own distribution ports: DIST_PORT+10000..+10010
 #   AMQPRPC_BROKER_DIR        instance dir (default <repo>/build/rabbitmq/NAME)
 #   AMQPRPC_BROKER_EXTRA_CONF file whose lines are appended to rabbitmq.conf
 #   AMQPRPC_BROKER_COOKIE     Erlang cookie (default: random, kept in the instance's
@@ -30,37 +30,51 @@
 #   AMQPRPC_EPMD_PORT         private epmd port (default 34369), on 127.0.0.1 only
 #   AMQPRPC_EPMD_DIR          epmd state dir (default /tmp/amqprpc-epmd-PORT)
 #
+# Ports: an instance on AMQP port P uses P (AMQP), P+10000 (Erlang distribution) and lets its
+# rabbitmqctl runs pick from P+20000..P+20010. With AMQP ports in 35000-35999, the three kinds
+# live in disjoint bands (35xxx, 45xxx, 55xxx-56009), so no instance's rabbitmqctl can take
+# another instance's AMQP or distribution port (ctl ranges may overlap each other: each run
+# takes a free port of its range). The project's instances: test 35672, demo 35700, bench
+# 35710, faults 35800, cluster 35811-35813, tls 35830 (+ its TLS listener 35831).
+#
 # Every instance that uses the same AMQPRPC_EPMD_PORT shares one private epmd. The first
 # `start` launches it (in the background, PID recorded in AMQPRPC_EPMD_DIR/epmd.pid);
 # each running instance leaves a marker in AMQPRPC_EPMD_DIR/users/; the `stop` that
 # removes the last live marker kills that epmd by its PID. An epmd this script did not
 # start (e.g. a system one) is never stopped. Nothing here touches the system broker or
 # the system epmd (port 4369).
+#
+# Layout: scripts/lib/common.sh (messages, checks), scripts/lib/proc.sh (PIDs, signals,
+# probes), scripts/lib/epmd.sh (the shared private epmd); this file: the node's lifecycle.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+# shellcheck source=lib/common.sh
+source "$SCRIPT_DIR/lib/common.sh"
+# shellcheck source=lib/proc.sh
+source "$SCRIPT_DIR/lib/proc.sh"
 
 NAME="${AMQPRPC_BROKER_NAME:-amqprpc}"
+LOG_TAG="broker.sh[$NAME]"
 if [[ ! "$NAME" =~ ^[A-Za-z0-9_-]+$ ]]; then
-    echo "broker.sh: bad AMQPRPC_BROKER_NAME '$NAME' (letters, digits, _ and - only)" >&2
+    say "bad AMQPRPC_BROKER_NAME '$NAME' (letters, digits, _ and - only)"
     exit 2
 fi
 PORT="${AMQPRPC_BROKER_PORT:-35672}"
-DIST_PORT="${AMQPRPC_BROKER_DIST_PORT:-$((PORT + 1000))}"
-CTL_DIST_PORT_MIN="$((DIST_PORT + 100))"
-CTL_DIST_PORT_MAX="$((DIST_PORT + 110))"
 EPMD_PORT="${AMQPRPC_EPMD_PORT:-34369}"
-DIR="$(realpath -m "${AMQPRPC_BROKER_DIR:-$REPO_ROOT/build/rabbitmq/$NAME}")"
-EPMD_DIR="$(realpath -m "${AMQPRPC_EPMD_DIR:-/tmp/amqprpc-epmd-$EPMD_PORT}")"
 START_TIMEOUT="${AMQPRPC_BROKER_START_TIMEOUT:-90}"
 CTL_TIMEOUT="${AMQPRPC_BROKER_CTL_TIMEOUT:-60}"
-for v in PORT DIST_PORT EPMD_PORT START_TIMEOUT CTL_TIMEOUT; do
-    if [[ ! "${!v}" =~ ^[0-9]+$ ]]; then
-        echo "broker.sh: $v must be a number, got '${!v}'" >&2
-        exit 2
-    fi
-done
+require_numbers PORT EPMD_PORT START_TIMEOUT CTL_TIMEOUT
+DIST_PORT="${AMQPRPC_BROKER_DIST_PORT:-$((PORT + 10000))}"
+require_numbers DIST_PORT
+CTL_DIST_PORT_MIN="$((DIST_PORT + 10000))"
+CTL_DIST_PORT_MAX="$((DIST_PORT + 10010))"
+if [ "$CTL_DIST_PORT_MAX" -gt 65535 ]; then
+    say "distribution port $DIST_PORT leaves no room for rabbitmqctl's ports (DIST_PORT+10000..+10010 <= 65535); set AMQPRPC_BROKER_DIST_PORT lower"
+    exit 2
+fi
+DIR="$(realpath -m "${AMQPRPC_BROKER_DIR:-$REPO_ROOT/build/rabbitmq/$NAME}")"
 
 NODE="$NAME@localhost"
 URL="amqp://guest:guest@127.0.0.1:$PORT/%2F"
@@ -73,16 +87,11 @@ LOG_FILE="$LOG_DIR/$NODE.log"
 STDOUT_LOG="$LOG_DIR/server-stdout.log"
 WRAPPER_PID_FILE="$RUN_DIR/rabbitmq-server.pid" # the rabbitmq-server script we launched
 BEAM_PID_FILE="$RUN_DIR/beam.pid"               # written by RabbitMQ itself
-EPMD_PID_FILE="$EPMD_DIR/epmd.pid"
-EPMD_LOCK="$EPMD_DIR/epmd.lock"
-EPMD_USERS="$EPMD_DIR/users"
-MARKER="$EPMD_USERS/$NAME"
 
-say() { printf 'broker.sh[%s]: %s\n' "$NAME" "$*" >&2; }
-die() {
-    say "error: $*"
-    exit 1
-}
+EPMD_DIR="$(realpath -m "${AMQPRPC_EPMD_DIR:-/tmp/amqprpc-epmd-$EPMD_PORT}")"
+EPMD_INSTANCE="$NAME"
+# shellcheck source=lib/epmd.sh
+source "$SCRIPT_DIR/lib/epmd.sh"
 
 # ---------------------------------------------------------------- environment
 
@@ -131,35 +140,10 @@ ctl() {
     rmq_env timeout -k 5 "$CTL_TIMEOUT" "$RMQ_BIN/rabbitmqctl" -n "$NODE" "$@"
 }
 
-# ---------------------------------------------------------------- processes
-
-read_pid() { # FILE -> pid on stdout, or nothing
-    local pid=""
-    if [ -f "$1" ]; then
-        pid="$(tr -dc '0-9' <"$1" || true)"
-    fi
-    printf '%s' "$pid"
-}
-
-# True if PID exists and is not a zombie.
-alive() {
-    [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null || return 1
-    local stat
-    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
-    stat="${stat##*) }"
-    [ "${stat:0:1}" != Z ]
-}
+# ---------------------------------------------------------------- this node's processes
 
 # True if PID is a process started for this instance (checks its environment).
-is_ours() {
-    local pid="$1"
-    alive "$pid" || return 1
-    [ -r "/proc/$pid/environ" ] || return 1
-    local environ
-    environ="$(tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ")" || return 1
-    grep -qxF "RABBITMQ_NODENAME=$NODE" <<<"$environ" &&
-        grep -qxF "HOME=$HOME_DIR" <<<"$environ"
-}
+is_ours() { env_has "$1" "RABBITMQ_NODENAME=$NODE" "HOME=$HOME_DIR"; }
 
 wrapper_pid() {
     local pid
@@ -170,149 +154,12 @@ wrapper_pid() {
 beam_pid() {
     local pid
     pid="$(read_pid "$BEAM_PID_FILE")"
-    if is_ours "$pid" && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = beam.smp ]; then
+    if is_ours "$pid" && [ "$(comm_of "$pid")" = beam.smp ]; then
         printf '%s' "$pid"
     fi
 }
 
-# Wait until none of the PIDs is alive, at most $1 seconds. Returns 1 on timeout.
-wait_gone() {
-    local secs="$1" pid i
-    shift
-    for ((i = 0; i < secs * 10; i++)); do
-        local any=0
-        for pid in "$@"; do
-            if alive "$pid"; then any=1; fi
-        done
-        [ "$any" -eq 0 ] && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
-# TERM, then KILL, the given PIDs (only those still alive).
-terminate() {
-    local pid
-    local -a live=()
-    for pid in "$@"; do
-        if alive "$pid"; then live+=("$pid"); fi
-    done
-    [ "${#live[@]}" -eq 0 ] && return 0
-    say "sending TERM to ${live[*]}"
-    kill -TERM "${live[@]}" 2>/dev/null || true
-    if ! wait_gone 15 "${live[@]}"; then
-        say "sending KILL to ${live[*]}"
-        kill -KILL "${live[@]}" 2>/dev/null || true
-        wait_gone 5 "${live[@]}" || say "warning: could not kill ${live[*]}"
-    fi
-}
-
-tcp_open() { # PORT -> true if something accepts on 127.0.0.1:PORT
-    # shellcheck disable=SC2016 # $1 is expanded by the inner bash
-    timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/dev/null
-}
-
-# ---------------------------------------------------------------- epmd
-
-epmd_answers() { timeout 5 epmd -port "$EPMD_PORT" -names >/dev/null 2>&1; }
-
-epmd_lists_node() {
-    timeout 5 epmd -port "$EPMD_PORT" -names 2>/dev/null | grep -q "^name $NAME at port "
-}
-
-our_epmd_pid() {
-    local pid
-    pid="$(read_pid "$EPMD_PID_FILE")"
-    if alive "$pid" && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = epmd ] &&
-        tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "-port $EPMD_PORT "; then
-        printf '%s' "$pid"
-    fi
-}
-
-# In a subshell about to exec a daemon: close every fd above 2, so the daemon holds
-# neither the epmd lock nor a pipe of whoever ran this script.
-close_fds() {
-    local fd n
-    for fd in /proc/"$BASHPID"/fd/*; do
-        n="${fd##*/}"
-        if [ "$n" -gt 2 ] 2>/dev/null; then
-            eval "exec $n>&-" 2>/dev/null || true
-        fi
-    done
-}
-
-lockfd=""
-with_epmd_lock() {
-    mkdir -p "$EPMD_USERS"
-    exec {lockfd}>"$EPMD_LOCK"
-    if ! flock -w 60 "$lockfd"; then
-        exec {lockfd}>&-
-        die "could not lock $EPMD_LOCK within 60s"
-    fi
-    local rc=0
-    "$@" || rc=$?
-    exec {lockfd}>&-
-    return "$rc"
-}
-
-# Caller holds the lock.
-ensure_epmd() {
-    if epmd_answers; then
-        return 0
-    fi
-    rm -f "$EPMD_PID_FILE"
-    say "starting private epmd on 127.0.0.1:$EPMD_PORT"
-    (close_fds && exec setsid epmd -port "$EPMD_PORT" -address 127.0.0.1 \
-        </dev/null >>"$EPMD_DIR/epmd.log" 2>&1) &
-    local pid=$!
-    echo "$pid" >"$EPMD_PID_FILE"
-    local i
-    for ((i = 0; i < 50; i++)); do
-        epmd_answers && return 0
-        alive "$pid" || break
-        sleep 0.1
-    done
-    tail -n 20 "$EPMD_DIR/epmd.log" >&2 || true
-    die "epmd did not come up on port $EPMD_PORT"
-}
-
-# Drop markers of instances whose broker is gone. Caller holds the lock.
-prune_markers() {
-    local m pid
-    for m in "$EPMD_USERS"/*; do
-        [ -e "$m" ] || continue
-        pid="$(read_pid "$m")"
-        if ! alive "$pid"; then rm -f "$m"; fi
-    done
-}
-
-live_users() { # names of instances with a live marker (caller holds the lock)
-    prune_markers
-    local m
-    for m in "$EPMD_USERS"/*; do
-        [ -e "$m" ] && basename "$m"
-    done
-    return 0
-}
-
-# Kill our epmd if no instance uses it. Caller holds the lock. $1=verbose
-maybe_stop_epmd() {
-    local users pid
-    users="$(live_users)"
-    if [ -n "$users" ]; then
-        [ "${1:-0}" = 1 ] && say "epmd on port $EPMD_PORT still used by: $(echo "$users" | tr '\n' ' ')"
-        return 0
-    fi
-    pid="$(our_epmd_pid)"
-    if [ -z "$pid" ]; then
-        [ "${1:-0}" = 1 ] && say "no epmd started by this script on port $EPMD_PORT"
-        rm -f "$EPMD_PID_FILE"
-        return 0
-    fi
-    say "stopping private epmd (pid $pid, port $EPMD_PORT)"
-    terminate "$pid"
-    rm -f "$EPMD_PID_FILE"
-}
+epmd_lists_node() { epmd_lists "$NAME"; }
 
 # ---------------------------------------------------------------- node
 
@@ -382,7 +229,7 @@ launch() {
         </dev/null >>"$STDOUT_LOG" 2>&1) &
     local pid=$!
     echo "$pid" >"$WRAPPER_PID_FILE"
-    echo "$pid" >"$MARKER"
+    epmd_register "$pid"
 }
 
 # Failed start: show the logs; if this invocation launched the node, kill what is left of
@@ -391,8 +238,8 @@ abort_start() {
     show_log_tail
     if [ "$1" = 1 ]; then
         terminate "$(beam_pid)" "$2"
-        rm -f "$MARKER" "$WRAPPER_PID_FILE" "$BEAM_PID_FILE"
-        with_epmd_lock maybe_stop_epmd
+        rm -f "$WRAPPER_PID_FILE" "$BEAM_PID_FILE"
+        epmd_release
     fi
     die "$3"
 }
@@ -453,7 +300,7 @@ cmd_start() {
         sleep 0.1
     done
     bpid="$(beam_pid)"
-    [ -n "$bpid" ] && echo "$bpid" >"$MARKER"
+    [ -n "$bpid" ] && epmd_register "$bpid"
     say "running (node $NODE, beam pid ${bpid:-?}) after $((SECONDS - t0))s"
     say "logs: $LOG_DIR"
     echo "$URL"
@@ -477,10 +324,7 @@ cmd_stop() {
         say "not running"
     fi
     rm -f "$WRAPPER_PID_FILE" "$BEAM_PID_FILE"
-    if [ -d "$EPMD_USERS" ]; then
-        rm -f "$MARKER"
-        with_epmd_lock maybe_stop_epmd
-    fi
+    epmd_release
 }
 
 cmd_status() {

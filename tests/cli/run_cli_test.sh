@@ -32,8 +32,8 @@ run() { # prints "rc|stdout|stderr"
   err=$(cat "$WORK/err")
   printf '%s|%s|%s' "$rc" "$out" "$err"
 }
-wait_serving() {
-  for _ in $(seq 1 100); do
+wait_serving() { # bounded: 60 s
+  for _ in $(seq 1 600); do
     grep -q "serving" "$1" && return 0
     sleep 0.1
   done
@@ -88,7 +88,11 @@ for cmd in "" call serve bench; do
   check "amqp-rpc $cmd --help" "0" "$("$CLI" $cmd --help >/dev/null 2>&1; echo $?)"
 done
 
-sleep 0.7  # one stats line
+# A stats line (every 0.5 s), waited for, bounded.
+for _ in $(seq 1 600); do
+  grep -q 'stats: received' "$WORK/fib.err" && break
+  sleep 0.1
+done
 kill -TERM "$FIB"
 wait "$FIB" || true
 check "serve --stats prints stats lines" "yes" "$(grep -q 'stats: received' "$WORK/fib.err" && echo yes || echo no)"

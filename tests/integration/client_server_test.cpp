@@ -6,7 +6,7 @@
 
 #include "amqprpc/client.hpp"
 #include "amqprpc/server.hpp"
-#include "integration/broker.hpp"
+#include "support/broker.hpp"
 
 using namespace amqprpc;
 using namespace std::chrono_literals;
@@ -283,14 +283,17 @@ TEST_F(QueueTest, BlockingCallFromTheClientsOwnCallbackIsRefusedNotDeadlocked) {
 }
 
 TEST_F(QueueTest, ClosingTheClientCancelsCallsInFlight) {
-  auto server = serve(queue, [](const Request& r) {
-    std::this_thread::sleep_for(300ms);
+  std::atomic<bool> release{false};
+  auto server = serve(queue, [&](const Request& r) {
+    for (int i = 0; i < 10000 && !release; ++i) std::this_thread::sleep_for(1ms);
     return Reply::ok(r.body);
   });
   auto c = client();
   auto pending = c->async_call(queue, "x");
-  std::this_thread::sleep_for(50ms);
+  // In flight: the server holds it until the client is gone.
+  ASSERT_TRUE(eventually([&] { return server->stats().received == 1; }));
   c.reset();
+  release = true;
   ASSERT_EQ(pending.wait_for(5s), std::future_status::ready);
   EXPECT_EQ(pending.get().status.code(), StatusCode::cancelled);
 }

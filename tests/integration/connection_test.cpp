@@ -7,7 +7,7 @@
 
 #include "amqprpc/client.hpp"
 #include "amqprpc/server.hpp"
-#include "integration/broker.hpp"
+#include "support/broker.hpp"
 
 using namespace amqprpc;
 using namespace std::chrono_literals;

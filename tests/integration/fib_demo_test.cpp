@@ -5,7 +5,7 @@
 #include "amqprpc/client.hpp"
 #include "amqprpc/server.hpp"
 #include "fib.hpp"
-#include "integration/broker.hpp"
+#include "support/broker.hpp"
 
 using namespace amqprpc;
 

@@ -12,10 +12,10 @@
 
 #include "amqprpc/client.hpp"
 #include "amqprpc/server.hpp"
-#include "faults/tcp_proxy.hpp"
-#include "integration/broker.hpp"
-#include "integration/process.hpp"
 #include "protocol/wire.hpp"
+#include "support/broker.hpp"
+#include "support/process.hpp"
+#include "support/tcp_proxy.hpp"
 
 using namespace amqprpc;
 using namespace std::chrono_literals;

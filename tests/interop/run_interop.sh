@@ -41,10 +41,10 @@ check() {  # check NAME EXPECTED ACTUAL
   fi
 }
 
-# Waits (bounded) until FILE contains TEXT.
+# Waits (bounded: 60 s) until FILE contains TEXT.
 wait_for() {
   local file=$1 text=$2 i
-  for ((i = 0; i < 200; i++)); do
+  for ((i = 0; i < 1200; i++)); do
     if grep -q -- "$text" "$file" 2>/dev/null; then return 0; fi
     sleep 0.05
   done
@@ -53,12 +53,12 @@ wait_for() {
   return 1
 }
 
-# Waits (bounded) for a process we started; sets EXIT to its exit code ("timeout" if it runs on).
-# Not in a subshell: only this shell can wait for its children.
+# Waits (bounded: 30 s) for a process we started; sets EXIT to its exit code ("timeout" if it
+# runs on). Not in a subshell: only this shell can wait for its children.
 wait_exit() {
   local pid=$1 i
   EXIT=timeout
-  for ((i = 0; i < 200; i++)); do
+  for ((i = 0; i < 600; i++)); do
     if ! kill -0 "$pid" 2>/dev/null; then
       EXIT=0
       wait "$pid" || EXIT=$?

@@ -24,6 +24,16 @@ cleanup() {
 trap cleanup EXIT
 passed=0
 failed=0
+# Waits (bounded: 60 s) until a `serve` writing to FILE says it is serving; fails otherwise.
+wait_serving() {
+  for _ in $(seq 1 600); do
+    grep -q "serving" "$1" && return 0
+    sleep 0.1
+  done
+  echo "FAIL - no 'serving' in $1 within 60 s:" >&2
+  cat "$1" >&2
+  return 1
+}
 check() { # NAME CONDITION-RESULT(yes/no) [DETAIL]
   if [[ "$2" == yes ]]; then
     echo "ok   - $1"
@@ -55,17 +65,13 @@ ssl_options.fail_if_no_peer_cert = false
 CONF
 "$ROOT/scripts/broker.sh" clean >/dev/null 2>&1 || true  # a fresh node: no users from a past run
 AMQPRPC_BROKER_EXTRA_CONF="$WORK/tls.conf" "$ROOT/scripts/broker.sh" start >/dev/null
-PLAIN="amqp://guest:guest@127.0.0.1:$AMQPRPC_BROKER_PORT/%2F"
 enc() { python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$1"; }
 TLS="amqps://guest:guest@localhost:$TLS_PORT/%2F?cacertfile=$(enc "$WORK/ca.pem")"
 
 # --- TLS ---
 "$CLI" serve -q --queue tls-echo --url "$TLS" >"$WORK/serve.log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 1 100); do
-  grep -q "serving" "$WORK/serve.log" && break
-  sleep 0.1
-done
+wait_serving "$WORK/serve.log"
 out=$("$CLI" call --timeout 10 --url "$TLS" tls-echo "over tls" 2>&1) && rc=0 || rc=$?
 check "verified amqps:// call succeeds" "$([[ $rc == 0 && $out == "over tls" ]] && echo yes || echo no)" "(rc $rc: $out)"
 
@@ -114,10 +120,7 @@ all_output+="$out"
 
 "$CLI" serve -q --queue lim-echo --url "$LIMITED/%2F" >"$WORK/lim-serve.log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 1 100); do
-  grep -q "serving" "$WORK/lim-serve.log" && break
-  sleep 0.1
-done
+wait_serving "$WORK/lim-serve.log"
 out=$("$CLI" call --timeout 10 --url "$LIMITED/%2F" lim-echo "x" 2>&1) && rc=0 || rc=$?
 check "publishing without write permission on the default exchange: permission_denied" \
   "$([[ $rc == 4 && $out == *permission_denied* && $out == *amq.default* ]] && echo yes || echo no)" "(rc $rc: $out)"

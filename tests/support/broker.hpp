@@ -45,9 +45,10 @@ inline std::string unique(const std::string& prefix) {
   return prefix + "-" + std::to_string(rd() % 1000000) + "-" + std::to_string(++counter);
 }
 
-// Polls cond every 10 ms until it holds or `limit` passes. Returns whether it held.
+// Polls cond every 10 ms until it holds or `limit` passes. Returns whether it held. The default
+// bound is generous: it only costs time when the outcome never comes.
 inline bool eventually(const std::function<bool()>& cond,
-                       std::chrono::milliseconds limit = std::chrono::milliseconds(5000)) {
+                       std::chrono::milliseconds limit = std::chrono::milliseconds(30000)) {
   auto end = std::chrono::steady_clock::now() + limit;
   while (std::chrono::steady_clock::now() < end) {
     if (cond()) return true;
