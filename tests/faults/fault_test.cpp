@@ -264,6 +264,78 @@ TEST_F(SingleNode, CutNetworkIsDetectedByHeartbeats) {
   EXPECT_TRUE(answers(*client, queue));
 }
 
+TEST_F(SingleNode, WaitForReadyAndIdempotentAreSeparateChoicesAcrossABrokerRestart) {
+  // gRPC keeps them apart: wait_for_ready says a call made while (re)connecting may wait to be
+  // sent; idempotent says a call in flight at a drop may be sent again. Fail-fast otherwise.
+  std::atomic<int> slow_started{0};
+  ServerOptions so;
+  so.connection = node().options();
+  so.reconnect = quick_reconnect();
+  so.queue = queue;
+  so.durable = true;  // the queue outlives the restart, so held calls have somewhere to go
+  so.workers = 4;
+  auto server = Server::start(so, [&](const Request& r) {
+                  if (r.body.starts_with("slow")) {
+                    slow_started.fetch_add(1);
+                    std::this_thread::sleep_for(1500ms);
+                  }
+                  return Reply::ok(r.body);
+                }).value();
+  auto client = make_client({node().options()});
+  auto with = [](bool wait_for_ready, bool idempotent) {
+    CallOptions o;
+    o.timeout = 120s;  // longer than any restart: only the outcome ends these calls
+    o.wait_for_ready = wait_for_ready;
+    o.idempotent = idempotent;
+    return o;
+  };
+  auto in_flight_plain = client->async_call(queue, "slow plain", with(false, false));
+  auto in_flight_idempotent = client->async_call(queue, "slow idempotent", with(false, true));
+  ASSERT_TRUE(eventually([&] { return slow_started.load() == 2; }, kOutcome));
+
+  node().stop();
+  CallOptions probe;
+  probe.timeout = 2s;
+  ASSERT_TRUE(eventually(
+      [&] {
+        return client->try_call(queue, "probe", probe).status.message().find("not connected") !=
+               std::string::npos;
+      },
+      kOutcome))
+      << "the client must know it is disconnected";
+  auto made_while_down = std::chrono::steady_clock::now();
+  auto down_plain = client->async_call(queue, "down plain", with(false, false));
+  auto down_idempotent = client->async_call(queue, "down idempotent", with(false, true));
+  auto down_ready = client->async_call(queue, "down ready", with(true, false));
+  // Fail-fast: known at once, whatever the broker's downtime.
+  ASSERT_EQ(down_plain.wait_for(5s), std::future_status::ready);
+  ASSERT_EQ(down_idempotent.wait_for(5s), std::future_status::ready);
+  EXPECT_LT(std::chrono::steady_clock::now() - made_while_down, 5s);
+  EXPECT_EQ(down_plain.get().status.code(), StatusCode::unavailable);
+  EXPECT_EQ(down_idempotent.get().status.code(), StatusCode::unavailable)
+      << "idempotent alone does not wait for a connection";
+  EXPECT_EQ(down_ready.wait_for(0s), std::future_status::timeout) << "wait_for_ready waits";
+
+  node().start();
+  ASSERT_EQ(in_flight_plain.wait_for(kOutcome), std::future_status::ready);
+  Reply plain = in_flight_plain.get();
+  EXPECT_EQ(plain.status.code(), StatusCode::unavailable) << "in flight at the drop, not resent";
+  ASSERT_EQ(in_flight_idempotent.wait_for(kOutcome), std::future_status::ready);
+  Reply resent = in_flight_idempotent.get();
+  EXPECT_TRUE(resent.status.ok()) << resent.status.to_string();
+  EXPECT_EQ(resent.body, "slow idempotent");
+  ASSERT_EQ(down_ready.wait_for(kOutcome), std::future_status::ready);
+  Reply ready = down_ready.get();
+  EXPECT_TRUE(ready.status.ok()) << ready.status.to_string();
+  EXPECT_EQ(ready.body, "down ready");
+  std::printf(
+      "FAULT REPORT | wait_for_ready vs idempotent across a restart | in flight: plain %s, "
+      "idempotent %s | made while down: plain %s, idempotent %s, wait_for_ready %s\n",
+      std::string(to_string(plain.status.code())).c_str(),
+      std::string(to_string(resent.status.code())).c_str(), "unavailable", "unavailable",
+      std::string(to_string(ready.status.code())).c_str());
+}
+
 TEST_F(SingleNode, IdempotentCallsAreResentAfterReconnectingInsteadOfFailing) {
   // A durable queue outlives the restart, so re-sent calls have somewhere to go even before the
   // server has reconnected (with a transient queue they would fail fast with "no route").
