@@ -57,6 +57,7 @@ chmod 644 ./*.key
 
 cat >tls.conf <<CONF
 listeners.ssl.1 = 127.0.0.1:$TLS_PORT
+listeners.ssl.2 = 127.0.0.2:$TLS_PORT
 ssl_options.cacertfile = $WORK/ca.pem
 ssl_options.certfile = $WORK/server.pem
 ssl_options.keyfile = $WORK/server.key
@@ -78,6 +79,15 @@ check "verified amqps:// call succeeds" "$([[ $rc == 0 && $out == "over tls" ]] 
 WITH_CERT="$TLS&certfile=$(enc "$WORK/client.pem")&keyfile=$(enc "$WORK/client.key")"
 out=$("$CLI" call --timeout 10 --url "$WITH_CERT" tls-echo "with client cert" 2>&1) && rc=0 || rc=$?
 check "amqps:// with a client certificate succeeds" "$([[ $rc == 0 && $out == "with client cert" ]] && echo yes || echo no)" "(rc $rc: $out)"
+
+# A broker addressed by IP: its certificate names IP 127.0.0.1 (subjectAltName), not 127.0.0.2.
+BY_IP="amqps://guest:guest@127.0.0.1:$TLS_PORT/%2F?cacertfile=$(enc "$WORK/ca.pem")"
+out=$("$CLI" call --timeout 10 --url "$BY_IP" tls-echo "by ip" 2>&1) && rc=0 || rc=$?
+check "amqps:// to an IP the certificate names is verified and succeeds" "$([[ $rc == 0 && $out == "by ip" ]] && echo yes || echo no)" "(rc $rc: $out)"
+OTHER_IP="amqps://guest:guest@127.0.0.2:$TLS_PORT/%2F?cacertfile=$(enc "$WORK/ca.pem")"
+out=$("$CLI" call --timeout 10 --url "$OTHER_IP" tls-echo x 2>&1) && rc=0 || rc=$?
+check "amqps:// to an IP the certificate does not name fails verification (exit 4, says SSL)" \
+  "$([[ $rc == 4 && $out == *unavailable* && ($out == *SSL* || $out == *certificate*) ]] && echo yes || echo no)" "(rc $rc: $out)"
 
 WRONG="amqps://guest:guest@localhost:$TLS_PORT/%2F?cacertfile=$(enc "$WORK/other-ca.pem")"
 out=$("$CLI" call --timeout 10 --url "$WRONG" tls-echo x 2>&1) && rc=0 || rc=$?
