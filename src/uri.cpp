@@ -74,6 +74,10 @@ Status apply_query_parameter(ConnectionOptions& o, std::string_view key, std::st
     auto v = parse_uint<int>(value, "frame_max", 4096, 1 << 30);
     if (!v) return v.status();
     o.frame_max = *v;
+  } else if (key == "max_message_size") {
+    auto v = parse_uint<std::int64_t>(value, "max_message_size", 1, std::int64_t{1} << 40);
+    if (!v) return v.status();
+    o.max_message_size = static_cast<std::size_t>(*v);
   } else if (key == "cacertfile" || key == "certfile" || key == "keyfile" || key == "verify" ||
              key == "server_name_indication") {
     if (!o.tls.enabled) {

@@ -39,11 +39,17 @@ struct ConnectionOptions {
   std::chrono::seconds heartbeat{60};                 // 0 disables heartbeats
   std::chrono::milliseconds connect_timeout{10'000};  // TCP connect + AMQP handshake
   int frame_max = 131072;
+  // The broker's max_message_size: a larger body is refused before it is sent
+  // (resource_exhausted), since the broker would close the channel, failing every call on it.
+  // RabbitMQ does not announce its limit: set this to the broker's (RabbitMQ 4.x's default is
+  // 16 MiB, 3.x's 128 MiB). URI: max_message_size=BYTES.
+  std::size_t max_message_size = 16u * 1024 * 1024;
   TlsOptions tls;
 
   // Parses an AMQP URI following RabbitMQ's URI spec: percent-decoding in every part, defaults
   // (localhost, 5672 or 5671 for amqps, guest/guest, vhost "/"), IPv6 literals in brackets,
-  // query parameters heartbeat (s), connection_timeout (ms), frame_max, and for amqps cacertfile,
+  // query parameters heartbeat (s), connection_timeout (ms), frame_max, max_message_size (bytes),
+  // and for amqps cacertfile,
   // certfile, keyfile, verify=verify_peer|verify_none, server_name_indication.
   // An empty path ("amqp://host/") means vhost "/", as most clients read it.
   // Errors are invalid_argument and name the part that is wrong.

@@ -45,6 +45,7 @@ void set_string(amqp_basic_properties_t& props, amqp_flags_t flag, amqp_bytes_t&
 
 Result<std::unique_ptr<Channel>> Channel::open(const ConnectionOptions& o) {
   std::unique_ptr<Channel> s(new Channel());
+  s->max_message_size_ = o.max_message_size;
   s->conn_ = amqp_new_connection();
   if (s->conn_ == nullptr) return Status{StatusCode::resource_exhausted, "out of memory"};
   const std::string where = o.to_string();

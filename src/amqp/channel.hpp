@@ -62,6 +62,8 @@ class Channel {
 
   int fd() const;
   int frame_max() const;
+  // The broker's limit on a message body, as configured (ConnectionOptions::max_message_size).
+  std::size_t max_message_size() const { return max_message_size_; }
   std::chrono::seconds heartbeat() const;
   // Frames handed out by read() so far: a change means the broker sent something.
   std::uint64_t frames_read() const { return frames_read_; }
@@ -107,6 +109,7 @@ class Channel {
   bool dead_ = false;  // the connection
   std::uint64_t frames_read_ = 0;
   std::uint64_t publish_seq_ = 0;
+  std::size_t max_message_size_ = 0;
   std::string channel_error_;  // why the broker closed our channel, once it has
   FrameAssembler assembler_;
 };

@@ -369,8 +369,8 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
     amqp::Properties props = detail::wire::encode_request(
         call.options, call.correlation_id, link_.reply_queue,
         std::chrono::ceil<std::chrono::milliseconds>(call.deadline - Clock::now()));
-    if (Status bad = detail::wire::validate_outgoing(props, call.body.size(), channel.frame_max(),
-                                                     "request");
+    if (Status bad = detail::wire::validate_outgoing(
+            props, call.body.size(), {channel.frame_max(), channel.max_message_size()}, "request");
         !bad.ok()) {
       return bad;
     }

@@ -36,8 +36,9 @@ bool expired(const Headers& headers, std::int64_t now_ms) {
   return deadline && *deadline < now_ms;
 }
 
-Status validate_outgoing(const amqp::Properties& p, std::size_t body_size, int frame_max,
+Status validate_outgoing(const amqp::Properties& p, std::size_t body_size, const Limits& limits,
                          std::string_view what) {
+  const int frame_max = limits.frame_max;
   auto too_long = [&](std::string_view field, std::size_t size) {
     return Status{StatusCode::invalid_argument, std::string(what) + ": " + std::string(field) +
                                                     " is " + std::to_string(size) +
@@ -59,10 +60,11 @@ Status validate_outgoing(const amqp::Properties& p, std::size_t body_size, int f
             std::string(what) + ": headers take " + std::to_string(table) +
                 " bytes; they must fit in one frame (at most " + std::to_string(room) + ")"};
   }
-  if (body_size > kMaxBodySize) {
+  if (body_size > limits.max_message_size) {
     return {StatusCode::resource_exhausted,
             std::string(what) + ": body is " + std::to_string(body_size) +
-                " bytes; the broker takes at most " + std::to_string(kMaxBodySize)};
+                " bytes; the broker takes at most " + std::to_string(limits.max_message_size) +
+                " (ConnectionOptions::max_message_size); not sent"};
   }
   return {};
 }

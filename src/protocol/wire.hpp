@@ -28,9 +28,6 @@ inline constexpr std::string_view kDeliveryCountHeader = "x-delivery-count";
 // Dead-lettered requests: why.
 inline constexpr std::string_view kDeadReasonHeader = "x-rpc-dead-reason";
 
-// RabbitMQ's default max_message_size (128 MiB); larger bodies make the broker close the channel.
-inline constexpr std::size_t kMaxBodySize = 128u * 1024 * 1024;
-
 // Milliseconds since the Unix epoch, the unit of x-rpc-deadline.
 std::int64_t epoch_ms(std::chrono::system_clock::time_point t = std::chrono::system_clock::now());
 
@@ -47,10 +44,17 @@ std::int64_t attempt_of(const Headers& headers, bool redelivered, bool quorum,
 // Whether the request's caller has given up (its x-rpc-deadline is before `now_ms`).
 bool expired(const Headers& headers, std::int64_t now_ms);
 
+// What the broker takes on a connection.
+struct Limits {
+  int frame_max = 131072;
+  std::size_t max_message_size = 16u * 1024 * 1024;
+};
+
 // Checks what rabbitmq-c and the broker would refuse only after part of the message is on the
-// wire (which breaks the connection): short strings over 255 bytes, a header table too large
-// for one frame, a body over the broker's limit. `what` names the message in the error.
-Status validate_outgoing(const amqp::Properties& p, std::size_t body_size, int frame_max,
+// wire (which breaks the connection or closes the channel): short strings over 255 bytes, a
+// header table too large for one frame, a body over the broker's max_message_size. `what`
+// names the message in the error.
+Status validate_outgoing(const amqp::Properties& p, std::size_t body_size, const Limits& limits,
                          std::string_view what);
 
 // The default dead-letter queue of a request queue: "<queue>.dead-letter", or, when that would

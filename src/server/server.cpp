@@ -434,8 +434,9 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       return;
     }
     if (out.settle == Settle::reply_then_ack || out.settle == Settle::reply_only) {
-      if (Status bad = detail::wire::validate_outgoing(out.props, out.body.size(),
-                                                       channel.frame_max(), "the handler's reply");
+      if (Status bad = detail::wire::validate_outgoing(
+              out.props, out.body.size(), {channel.frame_max(), channel.max_message_size()},
+              "the handler's reply");
           !bad.ok()) {
         // Sending it would break the connection; the caller learns why instead.
         detail::log(options_.logger, LogLevel::error, bad.message());
@@ -473,8 +474,9 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   // without breaking the connection.
   Status publish_copy(amqp::Channel& channel, const std::string& queue,
                       const amqp::Properties& props, const std::string& body) {
-    if (Status bad = detail::wire::validate_outgoing(props, body.size(), channel.frame_max(),
-                                                     "copy of a request for '" + queue + "'");
+    if (Status bad = detail::wire::validate_outgoing(
+            props, body.size(), {channel.frame_max(), channel.max_message_size()},
+            "copy of a request for '" + queue + "'");
         !bad.ok()) {
       return bad;
     }

@@ -336,6 +336,50 @@ TEST_F(SingleNode, WaitForReadyAndIdempotentAreSeparateChoicesAcrossABrokerResta
       std::string(to_string(ready.status.code())).c_str());
 }
 
+TEST_F(SingleNode, ABodyOverTheBrokersLimitFailsAloneAndTheCallsBesideItGoOn) {
+  // The node takes at most 1 MiB (RabbitMQ reads max_message_size when a channel opens).
+  ASSERT_EQ(node().ctl("eval 'application:set_env(rabbit, max_message_size, 1048576).'"), 0);
+  struct Restore {
+    ~Restore() {
+      SingleNode::node().ctl("eval 'application:set_env(rabbit, max_message_size, 134217728).'");
+    }
+  } restore;
+  ServerOptions so;
+  so.connection = node().options();
+  so.queue = queue;
+  so.workers = 2;
+  auto server = Server::start(so, [](const Request& r) {
+                  std::this_thread::sleep_for(100ms);
+                  return Reply::ok(std::to_string(r.body.size()));
+                }).value();
+  ConnectionOptions limited = node().options();
+  limited.max_message_size = 1024 * 1024;
+  auto client = make_client({limited});
+  CallOptions o;
+  o.timeout = 60s;
+  std::vector<std::future<Reply>> small;
+  for (int i = 0; i < 5; ++i) small.push_back(client->async_call(queue, "small", o));
+  auto big = client->async_call(queue, std::string(2 * 1024 * 1024, 'b'), o);
+  for (int i = 0; i < 5; ++i) small.push_back(client->async_call(queue, "small", o));
+  ASSERT_EQ(big.wait_for(5s), std::future_status::ready) << "refused before it is sent";
+  Reply refused = big.get();
+  EXPECT_EQ(refused.status.code(), StatusCode::resource_exhausted) << refused.status.to_string();
+  EXPECT_NE(refused.status.message().find("max_message_size"), std::string::npos);
+  for (auto& f : small) {
+    ASSERT_EQ(f.wait_for(kOutcome), std::future_status::ready);
+    Reply r = f.get();
+    EXPECT_TRUE(r.status.ok()) << "only the offending call may fail: " << r.status.to_string();
+  }
+  EXPECT_EQ(client->stats().reconnects, 0u);
+  // What the broker itself does with a body over its limit (a client not told the limit):
+  // it closes the channel; the call fails, and the client comes back.
+  auto unaware = make_client({node().options()});
+  Reply closed = unaware->try_call(queue, std::string(2 * 1024 * 1024, 'b'), o);
+  EXPECT_FALSE(closed.status.ok());
+  EXPECT_TRUE(
+      eventually([&] { return unaware->try_call(queue, "small", o).status.ok(); }, kOutcome));
+}
+
 TEST_F(SingleNode, IdempotentCallsAreResentAfterReconnectingInsteadOfFailing) {
   // A durable queue outlives the restart, so re-sent calls have somewhere to go even before the
   // server has reconnected (with a transient queue they would fail fast with "no route").

@@ -447,8 +447,10 @@ TEST_F(QueueTest, OversizedFieldsAreRefusedBeforeTheyCanBreakTheConnection) {
   EXPECT_EQ(r.status.code(), StatusCode::invalid_argument);
   EXPECT_NE(r.status.message().find("one frame"), std::string::npos) << r.status.message();
 
-  r = c->try_call(queue, std::string(129u * 1024 * 1024, 'b'));
+  // Over the broker's max_message_size (ConnectionOptions::max_message_size, 16 MiB here).
+  r = c->try_call(queue, std::string(16u * 1024 * 1024 + 1, 'b'));
   EXPECT_EQ(r.status.code(), StatusCode::resource_exhausted);
+  EXPECT_NE(r.status.message().find("max_message_size"), std::string::npos) << r.status.message();
 
   // None of it reached the wire: the connection is fine.
   EXPECT_EQ(c->call(queue, "still fine"), "still fine");

@@ -183,3 +183,12 @@ TEST(Uri, APasswordCutByAnUnescapedSlashBeforeAPortIsRefusedNotTakenForAVhost) {
   EXPECT_EQ(escaped->vhost, "v@h");
   EXPECT_EQ(escaped->to_string().find("Winter"), std::string::npos);
 }
+
+TEST(Uri, MaxMessageSizeIsAQueryParameter) {
+  auto o = ConnectionOptions::from_uri("amqp://h/?max_message_size=1048576");
+  ASSERT_TRUE(o.ok()) << o.status().to_string();
+  EXPECT_EQ(o->max_message_size, 1048576u);
+  EXPECT_EQ(ConnectionOptions::from_uri("amqp://h/").value().max_message_size, 16u << 20);
+  EXPECT_FALSE(ConnectionOptions::from_uri("amqp://h/?max_message_size=0").ok());
+  EXPECT_FALSE(ConnectionOptions::from_uri("amqp://h/?max_message_size=lots").ok());
+}
