@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what is missing, checks formatting, builds normal, sanitizer
-# (ASan + UBSan) and fuzzing (clang, libFuzzer) trees, runs unit, integration, interop, fault,
-# CLI, security and package tests in the first two, runs each fuzz target for a bounded time
+# (ASan + UBSan), fuzzing (clang, libFuzzer) and ThreadSanitizer trees, runs unit, integration,
+# interop, fault, CLI, security, package and build-type tests in the first two, unit and
+# integration tests in the ThreadSanitizer tree, each fuzz target for a bounded time
 # (AMQPRPC_FUZZ_SECONDS, default 20), and stops every node it started.
 #
 # Where the time goes, and how it is kept short on a 2-core machine:
@@ -172,6 +173,13 @@ cmake -S . -B build-fuzz -DCMAKE_CXX_COMPILER=clang++ -DAMQPRPC_FUZZ=ON -DAMQPRP
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAMQPRPC_FUZZ_SECONDS="${AMQPRPC_FUZZ_SECONDS:-20}" >/dev/null
 nice -n 10 cmake --build build-fuzz -j "$JOBS" || builds_ok=0
 PHASES+=("$(printf '%-44s %4d s' "  build: fuzzing" "$((SECONDS - b))")")
+b=$SECONDS
+step "build (ThreadSanitizer: unit and integration tests) in build-tsan/"
+cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAMQPRPC_TSAN=ON -DAMQPRPC_WERROR=ON \
+  -DAMQPRPC_BUILD_BENCH=OFF >/dev/null
+nice -n 10 cmake --build build-tsan -j "$JOBS" --target unit_tests integration_tests \
+  amqprpc_test_server || builds_ok=0
+PHASES+=("$(printf '%-44s %4d s' "  build: thread sanitizer" "$((SECONDS - b))")")
 finish_lane "$NORMAL" tests-normal
 BG_PIDS=()
 phase_done "normal tests | sanitizer and fuzzing builds" "$t"
@@ -191,6 +199,10 @@ BG_PIDS+=("$FAULTS")
 rest() {
   local rc=0
   ctest --test-dir build-asan --output-on-failure --timeout 300 -LE faults || rc=1
+  echo
+  echo "==> thread sanitizer: unit and integration tests"
+  TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1 second_deadlock_stack=1}" \
+    ctest --test-dir build-tsan --output-on-failure --timeout 300 -L 'unit|integration' || rc=1
   echo
   echo "==> fuzzing: each target for ${AMQPRPC_FUZZ_SECONDS:-20} s"
   ctest --test-dir build-fuzz --output-on-failure --timeout 600 -j "$JOBS" || rc=1
