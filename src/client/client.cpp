@@ -273,7 +273,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
     const StatusCode code = why.code() == StatusCode::permission_denied
                                 ? StatusCode::permission_denied
                                 : StatusCode::unavailable;
-    table_.take_held();  // what stays is held again below, in the table's order
+    table_.take_held();  // what may wait for the next connection is held again below
     auto failed = table_.take_unless([this](PendingCall& call) {
       loop_.io_thread.assert_held();  // called right here, on this thread
       if (!may_wait_for_reconnect(call)) return false;

@@ -5,6 +5,7 @@
 // on a job that never ends can leave its thread behind safely.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -30,6 +31,7 @@ class WorkerPool {
       threads_.reserve(threads);
       for (std::size_t i = 0; i < threads; ++i) {
         threads_.emplace_back([s = state_] { loop(*s); });
+        ids_.push_back(threads_.back().get_id());
       }
     } catch (...) {
       stop();
@@ -40,12 +42,10 @@ class WorkerPool {
   WorkerPool(const WorkerPool&) = delete;
   WorkerPool& operator=(const WorkerPool&) = delete;
 
-  // Whether the calling thread is one of this pool's (and not one a stop left behind).
+  // Whether the calling thread is one of this pool's (also one a stop left behind). Any thread:
+  // the ids never change after construction.
   bool is_worker() const {
-    for (const auto& t : threads_) {
-      if (t.get_id() == std::this_thread::get_id()) return true;
-    }
-    return false;
+    return std::find(ids_.begin(), ids_.end(), std::this_thread::get_id()) != ids_.end();
   }
 
   // Takes every job of `jobs` (moved from) with one lock and one wake-up. False once stopping.
@@ -69,10 +69,12 @@ class WorkerPool {
   };
   // Takes no more jobs, returns those never started, and waits until `deadline` for the
   // running ones. Threads still running a job then are left behind: each ends on its own when
-  // its job returns. Idempotent.
+  // its job returns. Idempotent: a later call returns at once. From one thread at a time.
   Stopped stop(std::chrono::steady_clock::time_point deadline =
                    std::chrono::steady_clock::time_point::max()) {
     Stopped out;
+    if (stopped_) return out;
+    stopped_ = true;
     {
       std::unique_lock lock(state_->mutex);
       state_->stopping = true;
@@ -124,7 +126,9 @@ class WorkerPool {
   }
 
   std::shared_ptr<State> state_;
-  std::vector<std::thread> threads_;
+  std::vector<std::thread> threads_;  // the stopping thread's
+  std::vector<std::thread::id> ids_;  // fixed at construction
+  bool stopped_ = false;              // the stopping thread's
 };
 
 }  // namespace amqprpc::detail

@@ -344,15 +344,13 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     }
   }
 
-  void on_read_batch(amqp::Channel& channel) override {
+  void on_read_batch(amqp::Channel&) override {
     loop_.io_thread.assert_held();
     if (link_.incoming.empty()) return;
     if (!pool_->submit_all(link_.incoming)) {
       // Stopping: these were never started, so they go back to the broker at once.
-      for (auto& job : link_.incoming) {
-        Outgoing out = requeue_of(std::move(job));
-        settle(channel, out);
-      }
+      // Through the outbox, like every publish: it waits while the connection may not publish.
+      for (auto& job : link_.incoming) core_->out.push(requeue_of(std::move(job)));
     }
     link_.incoming.clear();
   }
@@ -466,21 +464,35 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     amqp::Properties p = original;
     p.headers.clear();  // they are in wire_headers, as they arrived
     p.headers.emplace(detail::wire::kAttemptsHeader, std::to_string(attempt));
+    // The copy has not been returned yet: its attempts are all in x-rpc-attempts (a quorum
+    // queue writes its own count when it returns the copy).
+    p.headers.emplace(detail::wire::kDeliveryCountHeader, "0");
     p.user_id = loop_.user();
     return p;
   }
 
-  // Publishes a copy made by own_copy; fails alone (nothing sent) when it cannot be published
-  // without breaking the connection.
-  Status publish_copy(amqp::Channel& channel, const std::string& queue,
-                      const amqp::Properties& props, const std::string& body) {
+  // Publishes a copy made by own_copy and returns its publish number; fails alone (nothing
+  // sent) when it cannot be published without breaking the connection.
+  Result<std::uint64_t> publish_copy(amqp::Channel& channel, const std::string& queue,
+                                     const amqp::Properties& props, const std::string& body) {
     if (Status bad = detail::wire::validate_outgoing(
             props, body.size(), {channel.frame_max(), channel.max_message_size()},
             "copy of a request for '" + queue + "'");
         !bad.ok()) {
       return bad;
     }
-    return channel.publish("", queue, /*mandatory=*/false, props, body).status();
+    return channel.publish("", queue, /*mandatory=*/false, props, body);
+  }
+
+  // The original of a copy just published: acked now, or, with publisher confirms, once the
+  // broker confirms the copy (a refused copy sends the original back instead).
+  void ack_after_copy(amqp::Channel& channel, std::uint64_t copy_seq, std::uint64_t tag)
+      REQUIRES(loop_.io_thread) {
+    if (options_.confirm_replies) {
+      link_.unconfirmed.track(copy_seq, tag);
+    } else {
+      channel.ack(tag);
+    }
   }
 
   // Puts a redelivered request back at the end of its queue with its delivery count, so the
@@ -488,14 +500,14 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   // could not be copied, and is served uncounted instead.
   bool recount(amqp::Channel& channel, const amqp::Delivery& d, const std::string& queue,
                std::int64_t attempt) REQUIRES(loop_.io_thread) {
-    Status st = publish_copy(channel, queue, own_copy(d.props, attempt), d.body);
-    if (!st.ok()) {
+    auto copy = publish_copy(channel, queue, own_copy(d.props, attempt), d.body);
+    if (!copy) {
       detail::log(options_.logger, LogLevel::warning,
-                  "cannot re-publish a redelivered request to count its attempts (" + st.message() +
-                      "); serving it uncounted");
+                  "cannot re-publish a redelivered request to count its attempts (" +
+                      copy.status().message() + "); serving it uncounted");
       return false;
     }
-    channel.ack(d.delivery_tag);
+    ack_after_copy(channel, *copy, d.delivery_tag);
     return true;
   }
 
@@ -509,8 +521,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       return;
     }
     const std::string& queue = core_->routes[out.route].queue;
-    if (publish_copy(channel, queue, own_copy(out.props, out.attempt), out.body).ok()) {
-      channel.ack(out.delivery_tag);
+    if (auto copy = publish_copy(channel, queue, own_copy(out.props, out.attempt), out.body)) {
+      ack_after_copy(channel, *copy, out.delivery_tag);
     } else {
       channel.reject(out.delivery_tag, /*requeue=*/true);
     }
@@ -529,18 +541,21 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     amqp::Properties dead = own_copy(d.props, attempt);
     dead.expiration.clear();  // kept for inspection, whatever the caller's deadline was
     dead.headers.emplace(detail::wire::kDeadReasonHeader, why);
-    if (Status st = publish_copy(channel, dlq, dead, d.body); !st.ok()) {
+    auto copy = publish_copy(channel, dlq, dead, d.body);
+    if (!copy) {
       // It cannot be kept: the caller is told, and the broker drops it (or dead-letters it, if
       // the queue has a dead-letter exchange of its own).
-      detail::log(options_.logger, LogLevel::error,
-                  "cannot move the request to '" + dlq + "' (" + st.message() + "); dropped");
+      detail::log(
+          options_.logger, LogLevel::error,
+          "cannot move the request to '" + dlq + "' (" + copy.status().message() + "); dropped");
       reply_error_now(channel, d, Status{StatusCode::internal, why + " failed: dropped"},
                       /*ack=*/false);
       channel.reject(d.delivery_tag, /*requeue=*/false);
       return;
     }
     dead_lettered_.fetch_add(1, std::memory_order_relaxed);
-    reply_error_now(channel, d, Status{StatusCode::internal, why});
+    reply_error_now(channel, d, Status{StatusCode::internal, why}, /*ack=*/false);
+    ack_after_copy(channel, *copy, d.delivery_tag);
   }
 
   // Answers a request with an error from the I/O thread (no handler involved), then acks it
