@@ -268,6 +268,7 @@ TEST_F(SingleNode, WaitForReadyAndIdempotentAreSeparateChoicesAcrossABrokerResta
   // gRPC keeps them apart: wait_for_ready says a call made while (re)connecting may wait to be
   // sent; idempotent says a call in flight at a drop may be sent again. Fail-fast otherwise.
   std::atomic<int> slow_started{0};
+  std::atomic<bool> broker_down{false};
   ServerOptions so;
   so.connection = node().options();
   so.reconnect = quick_reconnect();
@@ -276,8 +277,10 @@ TEST_F(SingleNode, WaitForReadyAndIdempotentAreSeparateChoicesAcrossABrokerResta
   so.workers = 4;
   auto server = Server::start(so, [&](const Request& r) {
                   if (r.body.starts_with("slow")) {
+                    // Still running when the connection drops, however long the broker's
+                    // shutdown takes: its reply cannot reach the caller.
                     slow_started.fetch_add(1);
-                    std::this_thread::sleep_for(1500ms);
+                    eventually([&] { return broker_down.load(); }, kOutcome);
                   }
                   return Reply::ok(r.body);
                 }).value();
@@ -303,6 +306,7 @@ TEST_F(SingleNode, WaitForReadyAndIdempotentAreSeparateChoicesAcrossABrokerResta
       },
       kOutcome))
       << "the client must know it is disconnected";
+  broker_down = true;
   auto made_while_down = std::chrono::steady_clock::now();
   auto down_plain = client->async_call(queue, "down plain", with(false, false));
   auto down_idempotent = client->async_call(queue, "down idempotent", with(false, true));
