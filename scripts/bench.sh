@@ -15,7 +15,7 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j "$(nproc)" --target amqp-rpc-bench >/dev/null
 
 if [[ -z "${AMQP_URL:-}" ]]; then
-  export AMQPRPC_BROKER_NAME=amqprpc-bench AMQPRPC_BROKER_PORT=35710
+  export AMQPRPC_BROKER_NAME=amqprpc-bench AMQPRPC_BROKER_PORT=11710
   trap 'scripts/broker.sh stop >&2 || true' EXIT
   AMQP_URL="$(scripts/broker.sh start)"
   export AMQP_URL

@@ -17,7 +17,7 @@
 #
 # Environment (all optional):
 #   AMQPRPC_BROKER_NAME       instance name (default amqprpc); node name NAME@localhost
-#   AMQPRPC_BROKER_PORT       AMQP port (default 35672), listening on 127.0.0.1 only
+#   AMQPRPC_BROKER_PORT       AMQP port (default 11672), listening on 127.0.0.1 only
 #   AMQPRPC_BROKER_DIST_PORT  Erlang distribution port (default AMQP port + 10000)
 #                             rabbitmqctl's own distribution ports: DIST_PORT+10000..+10010
 #   AMQPRPC_BROKER_DIR        instance dir (default <repo>/build/rabbitmq/NAME)
@@ -27,15 +27,19 @@
 #                             cluster them
 #   AMQPRPC_BROKER_START_TIMEOUT  seconds to wait for start (default 90)
 #   AMQPRPC_BROKER_CTL_TIMEOUT    seconds for one rabbitmqctl call (default 60)
-#   AMQPRPC_EPMD_PORT         private epmd port (default 34369), on 127.0.0.1 only
+#   AMQPRPC_EPMD_PORT         private epmd port (default 14369), on 127.0.0.1 only
 #   AMQPRPC_EPMD_DIR          epmd state dir (default /tmp/amqprpc-epmd-PORT)
 #
 # Ports: an instance on AMQP port P uses P (AMQP), P+10000 (Erlang distribution) and lets its
-# rabbitmqctl runs pick from P+20000..P+20010. With AMQP ports in 35000-35999, the three kinds
-# live in disjoint bands (35xxx, 45xxx, 55xxx-56009), so no instance's rabbitmqctl can take
+# rabbitmqctl runs pick from P+20000..P+20010. With AMQP ports in 11000-11999, the three kinds
+# live in disjoint bands (11xxx, 21xxx, 31xxx-32009), so no instance's rabbitmqctl can take
 # another instance's AMQP or distribution port (ctl ranges may overlap each other: each run
-# takes a free port of its range). The project's instances: test 35672, demo 35700, bench
-# 35710, faults 35800, cluster 35811-35813, tls 35830 (+ its TLS listener 35831).
+# takes a free port of its range). All of them, and the private epmd (14369), lie below Linux's
+# ephemeral range (32768-60999): an outgoing connection can never hold one of them — not even
+# a client reconnecting to a stopped node, whose connect can land on the very port it dials
+# (a TCP self-connect) and keep the node from listening there again. The project's instances:
+# test 11672, demo 11700, bench 11710, faults 11800, cluster 11811-11813, tls 11830 (+ its TLS
+# listener 11831).
 #
 # Every instance that uses the same AMQPRPC_EPMD_PORT shares one private epmd. The first
 # `start` launches it (in the background, PID recorded in AMQPRPC_EPMD_DIR/epmd.pid);
@@ -61,8 +65,8 @@ if [[ ! "$NAME" =~ ^[A-Za-z0-9_-]+$ ]]; then
     say "bad AMQPRPC_BROKER_NAME '$NAME' (letters, digits, _ and - only)"
     exit 2
 fi
-PORT="${AMQPRPC_BROKER_PORT:-35672}"
-EPMD_PORT="${AMQPRPC_EPMD_PORT:-34369}"
+PORT="${AMQPRPC_BROKER_PORT:-11672}"
+EPMD_PORT="${AMQPRPC_EPMD_PORT:-14369}"
 START_TIMEOUT="${AMQPRPC_BROKER_START_TIMEOUT:-90}"
 CTL_TIMEOUT="${AMQPRPC_BROKER_CTL_TIMEOUT:-60}"
 require_numbers PORT EPMD_PORT START_TIMEOUT CTL_TIMEOUT

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A three-node RabbitMQ cluster on this machine for fault tests: nodes amqprpc-c1..3 on
-# 127.0.0.1:35811..35813 (distinct node names, AMQP and distribution ports, one shared private
+# 127.0.0.1:11811..11813 (distinct node names, AMQP and distribution ports, one shared private
 # cookie), c2 and c3 joined to c1.
 #   scripts/cluster.sh start|stop|status
 set -euo pipefail
@@ -12,7 +12,7 @@ NODES=(1 2 3)
 node() { # N ARGS... -> broker.sh for node N
   local n=$1
   shift
-  AMQPRPC_BROKER_NAME="amqprpc-c$n" AMQPRPC_BROKER_PORT="$((35810 + n))" "$ROOT/scripts/broker.sh" "$@"
+  AMQPRPC_BROKER_NAME="amqprpc-c$n" AMQPRPC_BROKER_PORT="$((11810 + n))" "$ROOT/scripts/broker.sh" "$@"
 }
 
 case "${1:-}" in

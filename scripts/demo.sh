@@ -26,7 +26,7 @@ cleanup() {
 trap cleanup EXIT
 
 if [[ -z "${AMQP_URL:-}" ]]; then
-  export AMQPRPC_BROKER_NAME=amqprpc-demo AMQPRPC_BROKER_PORT=35700
+  export AMQPRPC_BROKER_NAME=amqprpc-demo AMQPRPC_BROKER_PORT=11700
   echo "==> private RabbitMQ node" >&2
   STARTED_BROKER=1
   AMQP_URL="$(scripts/broker.sh start)"

@@ -16,7 +16,7 @@
 # time is printed at the end.
 #
 # Environment: AMQP_URL (use that broker instead of a private node), AMQPRPC_TEST_BROKER_NAME
-# and AMQPRPC_TEST_BROKER_PORT (the private test node, default amqprpc-test on 35672),
+# and AMQPRPC_TEST_BROKER_PORT (the private test node, default amqprpc-test on 11672),
 # AMQPRPC_FUZZ_SECONDS.
 set -euo pipefail
 
@@ -40,7 +40,7 @@ LOGS="$ROOT/build/suite-logs"
 mkdir -p "$LOGS"
 
 # ------------------------------------------------------------------ private nodes, in background
-FAULT_NODE=(env AMQPRPC_BROKER_NAME=amqprpc-faults AMQPRPC_BROKER_PORT=35800)
+FAULT_NODE=(env AMQPRPC_BROKER_NAME=amqprpc-faults AMQPRPC_BROKER_PORT=11800)
 BG_PIDS=()
 STARTED_TEST_BROKER=0
 cleanup() {
@@ -69,7 +69,7 @@ trap cleanup EXIT
 step "private RabbitMQ nodes boot in the background (logs in $LOGS)"
 if [[ -z "${AMQP_URL:-}" ]]; then
   export AMQPRPC_BROKER_NAME="${AMQPRPC_TEST_BROKER_NAME:-amqprpc-test}"
-  export AMQPRPC_BROKER_PORT="${AMQPRPC_TEST_BROKER_PORT:-35672}"
+  export AMQPRPC_BROKER_PORT="${AMQPRPC_TEST_BROKER_PORT:-11672}"
   STARTED_TEST_BROKER=1
   scripts/broker.sh start >"$LOGS/test-broker.log" 2>&1 &
   TEST_BROKER_PID=$!

@@ -34,6 +34,16 @@ bool is_ip_literal(const std::string& host) {
          inet_pton(AF_INET6, host.c_str(), buffer) == 1;
 }
 
+bool connected_to_itself(int fd) {
+  sockaddr_storage local{}, peer{};
+  socklen_t local_len = sizeof local, peer_len = sizeof peer;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_len) != 0 ||
+      getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0) {
+    return false;
+  }
+  return local_len == peer_len && std::memcmp(&local, &peer, local_len) == 0;
+}
+
 void set_string(amqp_basic_properties_t& props, amqp_flags_t flag, amqp_bytes_t& field,
                 const std::string& value) {
   if (value.empty()) return;
@@ -93,6 +103,14 @@ Result<std::unique_ptr<Channel>> Channel::open(const ConnectionOptions& o) {
     if (rc == AMQP_STATUS_TIMEOUT)
       why = "no answer within " + std::to_string(o.connect_timeout.count()) + " ms";
     return Status{StatusCode::unavailable, "cannot connect to " + where + ": " + why};
+  }
+  if (connected_to_itself(amqp_get_sockfd(s->conn_))) {
+    // Nothing listens on a local port in the ephemeral range, and the kernel gave this socket
+    // that very port: a TCP self-connect. Dropped at once, so it cannot keep a broker from
+    // listening there again.
+    s->dead_ = true;
+    return Status{StatusCode::unavailable,
+                  "cannot connect to " + where + ": connection refused (nothing listening)"};
   }
   if (o.heartbeat.count() > 0) {
     // A peer that stops reading (a cut network, a hung broker) would block a publish forever:

@@ -143,7 +143,7 @@ class SingleNode : public testing::Test {
     if (!node().accepts_amqp()) node().start();
   }
   static faults::BrokerNode& node() {
-    static faults::BrokerNode n("amqprpc-faults", 35800);
+    static faults::BrokerNode n("amqprpc-faults", 11800);
     return n;
   }
   void SetUp() override {
@@ -412,9 +412,9 @@ class Cluster : public testing::Test {
  protected:
   static faults::BrokerNode& node(int i) {
     static faults::BrokerNode nodes[3] = {
-        {"amqprpc-c1", 35811, "AMQPRPC_BROKER_COOKIE=amqprpc-cluster-test"},
-        {"amqprpc-c2", 35812, "AMQPRPC_BROKER_COOKIE=amqprpc-cluster-test"},
-        {"amqprpc-c3", 35813, "AMQPRPC_BROKER_COOKIE=amqprpc-cluster-test"}};
+        {"amqprpc-c1", 11811, "AMQPRPC_BROKER_COOKIE=amqprpc-cluster-test"},
+        {"amqprpc-c2", 11812, "AMQPRPC_BROKER_COOKIE=amqprpc-cluster-test"},
+        {"amqprpc-c3", 11813, "AMQPRPC_BROKER_COOKIE=amqprpc-cluster-test"}};
     return nodes[i];
   }
   // Starts the nodes not running (all three, or the one a previous run stopped) and clusters

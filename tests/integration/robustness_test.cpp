@@ -30,6 +30,12 @@ ServerOptions server_options(const std::string& queue) {
   return o;
 }
 
+std::unique_ptr<Client> connect_client(ConnectionOptions where = testbroker::options()) {
+  ClientOptions co;
+  co.connection = std::move(where);
+  return Client::connect(co).value();
+}
+
 class Robustness : public testing::Test {
  protected:
   void TearDown() override {
@@ -51,9 +57,7 @@ TEST_F(Robustness, AReplyAfterItsCallsDeadlineIsLateNotADuplicate) {
                   std::this_thread::sleep_for(300ms);
                   return Reply::ok(r.body);
                 }).value();
-  ClientOptions co;
-  co.connection = testbroker::options();
-  auto client = Client::connect(co).value();
+  auto client = connect_client();
   CallOptions o;
   o.timeout = 50ms;
   EXPECT_EQ(client->try_call(queue, "slow", o).status.code(), StatusCode::deadline_exceeded);
@@ -122,9 +126,7 @@ TEST_F(Robustness, AQueueNameOfTheFullLengthGetsADeadLetterQueueThatFits) {
   auto server =
       Server::start(server_options(long_queue), [](const Request& r) { return Reply::ok(r.body); });
   ASSERT_TRUE(server.ok()) << server.status().to_string();
-  ClientOptions co;
-  co.connection = testbroker::options();
-  auto client = Client::connect(co).value();
+  auto client = connect_client();
   EXPECT_EQ(client->call(long_queue, "fits"), "fits");
   testbroker::Raw raw;
   EXPECT_EQ(raw.depth(dlq), 0u) << "declared at start under its derived name";
@@ -164,9 +166,7 @@ TEST_F(Robustness, StopIsBoundedByItsGraceEvenWhenAHandlerNeverReturnsAndAnother
                  gate->returned.fetch_add(1);
                  return Reply::ok("from the stuck server: " + r.body);
                }).value();
-  ClientOptions co;
-  co.connection = testbroker::options();
-  auto client = Client::connect(co).value();
+  auto client = connect_client();
   CallOptions o;
   o.timeout = 60s;
   auto reply = client->async_call(queue, "hello", o);
@@ -300,9 +300,7 @@ TEST_F(Robustness, AFirstDeliveryCarryingAForgedAttemptCountIsServed) {
   auto server = Server::start(server_options(queue), [](const Request& r) {
                   return Reply::ok(r.body);
                 }).value();
-  ClientOptions co;
-  co.connection = testbroker::options();
-  auto client = Client::connect(co).value();
+  auto client = connect_client();
   CallOptions o;
   o.headers["x-rpc-attempts"] = "6";  // the server's own bookkeeping, forged by a caller
   Reply r = client->try_call(queue, "not poison", o);
@@ -359,10 +357,9 @@ INSTANTIATE_TEST_SUITE_P(WithAndWithoutConfirms, GracefulStops, testing::Bool())
 TEST_F(Robustness, ABusyHealthyConnectionIsNotDeclaredDead) {
   // 400,000 calls at once to a queue that does not exist, heartbeat 1 s: the client publishes
   // flat out while the broker sends a return for each. Nothing here is silence.
-  ClientOptions co;
-  co.connection = testbroker::options();
-  co.connection.heartbeat = 1s;
-  auto client = Client::connect(co).value();
+  ConnectionOptions beating = testbroker::options();
+  beating.heartbeat = 1s;
+  auto client = connect_client(beating);
   const int n = 400000;
   std::atomic<int> done{0}, no_route{0};
   std::mutex m;

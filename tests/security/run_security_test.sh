@@ -11,8 +11,8 @@ set -euo pipefail
 CLI="$(realpath "$1")"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 WORK="$(mktemp -d)"
-export AMQPRPC_BROKER_NAME=amqprpc-tls AMQPRPC_BROKER_PORT=35830
-TLS_PORT=35831
+export AMQPRPC_BROKER_NAME=amqprpc-tls AMQPRPC_BROKER_PORT=11830
+TLS_PORT=11831
 PIDS=()
 cleanup() {
   local pid
