@@ -107,7 +107,6 @@ class IoLoop final : private amqp::Channel::Events {
   std::uint64_t reconnects() const { return reconnects_.load(std::memory_order_relaxed); }
   // The endpoint in use (or last used), password masked.
   std::string endpoint() const;
-  const Logger& logger() const { return logger_; }
 
  private:
   // What lives and dies with one connection.
