@@ -26,12 +26,6 @@ namespace {
 // Longer timeouts are clamped: time_point arithmetic must not overflow.
 constexpr std::chrono::milliseconds kMaxTimeout = std::chrono::hours(24 * 30);
 
-std::vector<ConnectionOptions> endpoints(const ClientOptions& o) {
-  std::vector<ConnectionOptions> all{o.connection};
-  all.insert(all.end(), o.alternates.begin(), o.alternates.end());
-  return all;
-}
-
 }  // namespace
 
 // Thread safety: the public entry points (submit, request_cancel, stats, reply_queue) are safe
@@ -41,7 +35,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
  public:
   explicit Impl(ClientOptions options)
       : options_(std::move(options)),
-        loop_(endpoints(options_), options_.reconnect, *this, options_.logger),
+        loop_(detail::endpoints_of(options_), options_.reconnect, *this, options_.logger),
         calls_out_([this] { loop_.wake(); }),
         cancels_out_([this] { loop_.wake(); }) {}
 

@@ -28,6 +28,14 @@ namespace amqprpc::detail {
 
 using Clock = std::chrono::steady_clock;
 
+// The brokers a client or a server tries in turn: `connection`, then `alternates`.
+template <class Options>
+std::vector<ConnectionOptions> endpoints_of(const Options& o) {
+  std::vector<ConnectionOptions> all{o.connection};
+  all.insert(all.end(), o.alternates.begin(), o.alternates.end());
+  return all;
+}
+
 class IoLoop final : private amqp::Channel::Events {
  public:
   // What the owner (client or server) does on the I/O thread. Every hook that concerns a

@@ -63,12 +63,6 @@ Outgoing requeue_of(Job&& job) {
                   job.attempt};
 }
 
-std::vector<ConnectionOptions> endpoints(const ServerOptions& o) {
-  std::vector<ConnectionOptions> all{o.connection};
-  all.insert(all.end(), o.alternates.begin(), o.alternates.end());
-  return all;
-}
-
 std::vector<std::string> users(const std::vector<ConnectionOptions>& endpoints) {
   std::vector<std::string> out;
   for (const auto& e : endpoints) out.push_back(e.user);
@@ -135,8 +129,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       : options_(std::move(options)),
         core_(std::make_shared<Core>(std::move(routes), [this] { loop_.wake(); })),
         policy_{options_.max_attempts, options_.queue_type == QueueType::quorum,
-                options_.max_request_size, users(endpoints(options_))},
-        loop_(endpoints(options_), options_.reconnect, *this, options_.logger) {
+                options_.max_request_size, users(detail::endpoints_of(options_))},
+        loop_(detail::endpoints_of(options_), options_.reconnect, *this, options_.logger) {
     if (options_.dead_letter_queue.empty() && !core_->routes.empty()) {
       options_.dead_letter_queue = detail::wire::dead_letter_queue_for(core_->routes.front().queue);
     }
