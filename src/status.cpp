@@ -5,7 +5,7 @@
 namespace amqprpc {
 namespace {
 
-constexpr std::array<std::pair<StatusCode, std::string_view>, 11> kNames{{
+constexpr std::array<std::pair<StatusCode, std::string_view>, 12> kNames{{
     {StatusCode::ok, "ok"},
     {StatusCode::cancelled, "cancelled"},
     {StatusCode::invalid_argument, "invalid_argument"},
@@ -17,6 +17,7 @@ constexpr std::array<std::pair<StatusCode, std::string_view>, 11> kNames{{
     {StatusCode::unavailable, "unavailable"},
     {StatusCode::internal, "internal"},
     {StatusCode::unknown, "unknown"},
+    {StatusCode::unimplemented, "unimplemented"},
 }};
 
 }  // namespace

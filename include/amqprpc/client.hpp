@@ -42,6 +42,13 @@ class Client {
   void async_call(const std::string& queue, std::string body, const CallOptions& options,
                   std::function<void(Reply)> on_done);
 
+  // A one-way call (fire-and-forget): sends `body` to `method` of the service on `queue` and
+  // expects nothing back; the server runs the handler and acks. Blocks until the request is
+  // sent; with ClientOptions::confirm_requests, until the broker has taken it (a queue that does
+  // not exist then fails with unavailable). Fails like a call when it cannot be sent.
+  Status notify(const std::string& queue, const std::string& method, std::string body,
+                const CallOptions& options = {});
+
   // The queue replies come back on ("amq.rabbitmq.reply-to" or the exclusive queue's name).
   std::string reply_queue() const;
 

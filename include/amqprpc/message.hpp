@@ -18,6 +18,8 @@ using Headers = std::map<std::string, std::string, std::less<>>;
 // A request as a server's handler sees it.
 struct Request {
   std::string queue;           // the queue it was consumed from
+  std::string method;          // the method called (header x-rpc-method); empty: the default
+  bool oneway = false;         // a one-way call (Client::notify): nothing is sent back
   std::string body;            // raw bytes
   std::string content_type;    // empty when the client set none
   std::string correlation_id;  // may be empty: seed-style clients may send none

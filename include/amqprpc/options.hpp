@@ -94,6 +94,9 @@ struct ClientOptions {
 };
 
 struct CallOptions {
+  // The method of the queue's service to call (header x-rpc-method); empty: the service's
+  // default handler, which is what tutorial-6 clients reach.
+  std::string method;
   std::optional<std::chrono::milliseconds> timeout;  // default: ClientOptions::default_timeout
   Headers headers;
   std::string content_type;

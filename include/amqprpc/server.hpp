@@ -11,28 +11,22 @@
 #include "amqprpc/message.hpp"
 #include "amqprpc/metrics.hpp"
 #include "amqprpc/options.hpp"
+#include "amqprpc/service.hpp"
 #include "amqprpc/status.hpp"
 
 namespace amqprpc {
 
-// Turns a request into a reply. Runs on one of the server's worker threads. An exception it
-// throws becomes an error reply with code internal and the exception's message.
-using Handler = std::function<Reply(const Request&)>;
-
-// One queue and the handler for its requests: a server may serve several ("methods").
-struct Route {
-  std::string queue;
-  Handler handler;
-};
-
 class Server {
  public:
   // Connects, declares options.queue, sets the prefetch, starts consuming. Returns once requests
-  // are being consumed, or the reason they cannot be.
+  // are being consumed, or the reason they cannot be. Every request goes to `handler` (the
+  // default handler of a service on options.queue).
   static Result<std::unique_ptr<Server>> start(ServerOptions options, Handler handler);
-  // The same for several queues on one connection (options.queue is not used). Each queue has
-  // its own consumer and prefetch; Request::queue tells a shared handler which one it serves.
-  static Result<std::unique_ptr<Server>> start(ServerOptions options, std::vector<Route> routes);
+  // Serves a service on its queue (options.queue is not used).
+  static Result<std::unique_ptr<Server>> start(ServerOptions options, Service service);
+  // Several services on one connection, each on its own queue with its own consumer.
+  static Result<std::unique_ptr<Server>> start(ServerOptions options,
+                                               std::vector<Service> services);
 
   ~Server();  // stop()
   Server(const Server&) = delete;
@@ -44,6 +38,10 @@ class Server {
   // broker that does not answer the close is given 1 s). Idempotent. From a handler it only
   // starts the stop; wait() tells when it is done.
   void stop();
+
+  // What the reserved health method answers: serving (the default) or not_serving, like gRPC's
+  // SetServingStatus. A stopping server answers not_serving whatever this says.
+  void set_serving(bool serving);
 
   // Blocks until the server stops: stop() was called, or the connection was lost. Returns why.
   Status wait();
@@ -58,6 +56,9 @@ class Server {
     std::uint64_t redelivered = 0;    // came back after a crash or lost connection
     std::uint64_t dead_lettered = 0;  // failed max_attempts times: moved to the dead-letter queue
     std::uint64_t requeued = 0;       // not started when the server stopped: back to the broker
+    std::uint64_t oneway = 0;         // one-way calls handled (nothing sent back)
+    std::uint64_t unimplemented = 0;  // calls of a method the service does not have
+    std::uint64_t reserved = 0;       // describe and health requests answered by the framework
     std::uint64_t reconnects = 0;
     std::map<StatusCode, std::uint64_t> errors;  // error replies by status code
     LatencyHistogram handler_latency;            // time spent in handlers

@@ -1,6 +1,7 @@
 // Errors as values: a Status carries a code a caller can branch on and a message for people.
 #pragma once
 
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -24,6 +25,7 @@ enum class StatusCode {
   unavailable,          // cannot reach a broker or a server (connection lost, no route)
   internal,             // a bug or an unexpected failure, e.g. a handler threw
   unknown,              // an error reply whose code this version does not know
+  unimplemented,        // the server's service has no such method
 };
 
 // The wire name of a code ("invalid_argument"); "unknown" for out-of-range values.
@@ -31,22 +33,43 @@ std::string_view to_string(StatusCode code) noexcept;
 // Parses a wire name; nullopt when the name is not one of ours.
 std::optional<StatusCode> status_code_from_string(std::string_view name) noexcept;
 
+// A machine-readable detail an error may carry besides its message, like gRPC's rich status:
+// a typed payload (amqprpc/service.hpp packs and unpacks JSON and protobuf ones).
+struct StatusDetail {
+  std::string type;          // what it is: a protobuf message's full name, or the sender's name
+  std::string content_type;  // how it is encoded: application/protobuf, application/json, ...
+  std::string data;          // the encoded bytes
+
+  friend bool operator==(const StatusDetail&, const StatusDetail&) = default;
+};
+
 class Status {
  public:
   Status() = default;  // ok
   Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
+  Status(StatusCode code, std::string message, StatusDetail detail)
+      : code_(code),
+        message_(std::move(message)),
+        detail_(std::make_shared<const StatusDetail>(std::move(detail))) {}
 
   bool ok() const noexcept { return code_ == StatusCode::ok; }
   StatusCode code() const noexcept { return code_; }
   const std::string& message() const noexcept { return message_; }
+  // The error's detail; null when it carries none.
+  const StatusDetail* detail() const noexcept { return detail_.get(); }
   // "deadline_exceeded: no reply within 100 ms" or "ok".
   std::string to_string() const;
 
-  friend bool operator==(const Status&, const Status&) = default;
+  friend bool operator==(const Status& a, const Status& b) {
+    if (a.code_ != b.code_ || a.message_ != b.message_) return false;
+    if (!a.detail_ || !b.detail_) return !a.detail_ && !b.detail_;
+    return *a.detail_ == *b.detail_;
+  }
 
  private:
   StatusCode code_ = StatusCode::ok;
   std::string message_;
+  std::shared_ptr<const StatusDetail> detail_;  // shared: a Status is copied often, detail rarely
 };
 
 // What the blocking API throws: carries the Status so a caller can still branch on the code.

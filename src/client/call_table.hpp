@@ -56,6 +56,7 @@ struct PendingCall {
   Clock::time_point deadline;
   Clock::time_point submitted;
   std::string correlation_id;
+  bool oneway = false;  // Client::notify: done once sent (or confirmed), no reply expected
   std::variant<std::promise<Reply>, std::function<void(Reply)>> done;
   // Registered with options.cancel; unregistered when the call is destroyed.
   std::optional<std::stop_callback<CancelRequest>> on_cancel;

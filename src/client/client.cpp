@@ -221,7 +221,15 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
   void on_return(amqp::Channel&, amqp::Returned&& r) override {
     loop_.io_thread.assert_held();
     auto call = table_.take(r.props.correlation_id);
-    if (!call) return;
+    if (!call) {
+      if (detail::wire::is_oneway(r.props.headers)) {
+        // A one-way call sent without confirms is done already: only the log can tell.
+        detail::log(options_.logger, LogLevel::warning,
+                    "a one-way call came back from the broker (" + std::to_string(r.reply_code) +
+                        " " + r.reply_text + "): no queue took it");
+      }
+      return;
+    }
     unroutable_.fetch_add(1, std::memory_order_relaxed);
     call->complete(
         Reply::error(StatusCode::unavailable, "no route to queue '" + call->queue +
@@ -290,7 +298,14 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
   void on_confirm(amqp::Channel&, std::uint64_t seq, bool multiple, bool ack) override {
     loop_.io_thread.assert_held();
     auto settled = link_.unconfirmed.settle(seq, multiple);
-    if (ack) return;  // taken: the call goes on waiting for its reply
+    if (ack) {
+      // Taken: a call goes on waiting for its reply; a one-way call is done.
+      for (const auto& id : settled) {
+        PendingCall* call = table_.find(id);
+        if (call != nullptr && call->oneway) table_.take(id)->complete(Reply{}, options_.logger);
+      }
+      return;
+    }
     for (const auto& id : settled) {
       auto call = table_.take(id);
       if (!call) continue;
@@ -348,7 +363,13 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
   // the next connection when it may.
   void send(amqp::Channel& channel, PendingCall& call) REQUIRES(loop_.io_thread) {
     Status st = publish(channel, call);
-    if (st.ok()) return;
+    if (st.ok()) {
+      // Without confirms a one-way call is done once it is on its way.
+      if (call.oneway && !options_.confirm_requests) {
+        table_.take(call.correlation_id)->complete(Reply{}, options_.logger);
+      }
+      return;
+    }
     if (st.code() == StatusCode::unavailable && options_.reconnect.enabled &&
         (call.options.idempotent || call.options.wait_for_ready)) {
       // The connection broke under this publish: the call waits for the next one.
@@ -361,8 +382,8 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
 
   Status publish(amqp::Channel& channel, PendingCall& call) REQUIRES(loop_.io_thread) {
     amqp::Properties props = detail::wire::encode_request(
-        call.options, call.correlation_id, link_.reply_queue,
-        std::chrono::ceil<std::chrono::milliseconds>(call.deadline - Clock::now()));
+        call.options, call.correlation_id, call.oneway ? std::string() : link_.reply_queue,
+        std::chrono::ceil<std::chrono::milliseconds>(call.deadline - Clock::now()), call.oneway);
     if (Status bad = detail::wire::validate_outgoing(
             props, call.body.size(), {channel.frame_max(), channel.max_message_size()}, "request");
         !bad.ok()) {
@@ -455,6 +476,21 @@ std::string Client::call(const std::string& queue, std::string body, const CallO
   Reply reply = try_call(queue, std::move(body), options);
   if (!reply.status.ok()) throw RpcError(reply.status);
   return std::move(reply.body);
+}
+
+Status Client::notify(const std::string& queue, const std::string& method, std::string body,
+                      const CallOptions& options) {
+  if (impl_->in_io_thread()) {
+    return {StatusCode::failed_precondition,
+            "a blocking notify from the client's own callback would deadlock"};
+  }
+  CallOptions oneway = options;
+  oneway.method = method;
+  auto call = impl_->make_call(queue, std::move(body), oneway);
+  call->oneway = true;
+  auto future = call->done.emplace<std::promise<Reply>>().get_future();
+  impl_->submit(std::move(call));
+  return future.get().status;
 }
 
 std::string Client::reply_queue() const {

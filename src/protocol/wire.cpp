@@ -85,8 +85,14 @@ std::string dead_letter_queue_for(std::string_view queue) {
   return std::string(queue.substr(0, keep)) + "~" + hex + std::string(kSuffix);
 }
 
+bool is_oneway(const Headers& headers) {
+  auto it = headers.find(kOnewayHeader);
+  return it != headers.end() && (it->second == "1" || it->second == "true");
+}
+
 amqp::Properties encode_request(const CallOptions& options, std::string correlation_id,
-                                std::string reply_to, std::chrono::milliseconds time_left) {
+                                std::string reply_to, std::chrono::milliseconds time_left,
+                                bool oneway) {
   amqp::Properties props;
   props.correlation_id = std::move(correlation_id);
   props.reply_to = std::move(reply_to);
@@ -98,6 +104,10 @@ amqp::Properties encode_request(const CallOptions& options, std::string correlat
   props.expiration = std::to_string(time_left.count());
   props.headers.insert_or_assign(std::string(kDeadlineHeader),
                                  std::to_string(epoch_ms() + time_left.count()));
+  if (!options.method.empty()) {
+    props.headers.insert_or_assign(std::string(kMethodHeader), options.method);
+  }
+  if (oneway) props.headers.insert_or_assign(std::string(kOnewayHeader), "1");
   return props;
 }
 
@@ -109,6 +119,8 @@ Request decode_request(amqp::Delivery&& d, const std::string& queue) {
   req.correlation_id = std::move(d.props.correlation_id);
   req.reply_to = std::move(d.props.reply_to);
   req.headers = std::move(d.props.headers);
+  if (auto m = req.headers.find(kMethodHeader); m != req.headers.end()) req.method = m->second;
+  req.oneway = is_oneway(req.headers);
   req.redelivered = d.redelivered;
   return req;
 }
@@ -125,6 +137,13 @@ void encode_reply(Reply&& reply, std::string_view correlation_id, amqp::Properti
   props.headers.insert_or_assign(std::string(kStatusHeader),
                                  std::string(to_string(reply.status.code())));
   props.headers.insert_or_assign(std::string(kMessageHeader), reply.status.message());
+  if (const StatusDetail* detail = reply.status.detail()) {
+    // The detail is the body; a tutorial client shows it instead of the message.
+    props.headers.insert_or_assign(std::string(kDetailTypeHeader), detail->type);
+    props.content_type = detail->content_type;
+    body = detail->data;
+    return;
+  }
   if (props.content_type.empty()) props.content_type = "text/plain";
   body = reply.status.message();
 }
@@ -141,7 +160,12 @@ Reply decode_reply(amqp::Properties&& props, std::string&& body) {
     if (code == StatusCode::unknown && status->second != "unknown") {
       text = "error reply with unknown status '" + status->second + "': " + text;
     }
-    reply.status = Status{code, std::move(text)};
+    if (auto detail = reply.headers.find(kDetailTypeHeader); detail != reply.headers.end()) {
+      reply.status =
+          Status{code, std::move(text), StatusDetail{detail->second, reply.content_type, body}};
+    } else {
+      reply.status = Status{code, std::move(text)};
+    }
   }
   reply.body = std::move(body);
   return reply;

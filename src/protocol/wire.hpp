@@ -25,6 +25,12 @@ inline constexpr std::string_view kDeadlineHeader = "x-rpc-deadline";
 inline constexpr std::string_view kAttemptsHeader = "x-rpc-attempts";
 // Set by quorum queues on redelivered messages: how many times it was returned.
 inline constexpr std::string_view kDeliveryCountHeader = "x-delivery-count";
+// Requests: the method of the queue's service to call; absent: the default handler.
+inline constexpr std::string_view kMethodHeader = "x-rpc-method";
+// Requests: "1" marks a one-way call (Client::notify): no reply_to, nothing sent back.
+inline constexpr std::string_view kOnewayHeader = "x-rpc-oneway";
+// Error replies carrying a detail: its type; the body is the detail, in the reply's content type.
+inline constexpr std::string_view kDetailTypeHeader = "x-rpc-detail-type";
 // Dead-lettered requests: why.
 inline constexpr std::string_view kDeadReasonHeader = "x-rpc-dead-reason";
 
@@ -64,10 +70,15 @@ std::string dead_letter_queue_for(std::string_view queue);
 
 // ---- requests ----
 
-// The properties of a request: the caller's options, where to reply, and the deadline both as
-// the message's expiration (`time_left`, at least 1 ms) and as x-rpc-deadline.
+// The properties of a request: the caller's options (method, headers, ...), where to reply
+// (empty for a one-way call, which is marked so), and the deadline both as the message's
+// expiration (`time_left`, at least 1 ms) and as x-rpc-deadline.
 amqp::Properties encode_request(const CallOptions& options, std::string correlation_id,
-                                std::string reply_to, std::chrono::milliseconds time_left);
+                                std::string reply_to, std::chrono::milliseconds time_left,
+                                bool oneway = false);
+
+// Whether a request is a one-way call.
+bool is_oneway(const Headers& headers);
 
 // What a handler sees of a request that arrived on `queue` (moved out of the delivery).
 Request decode_request(amqp::Delivery&& delivery, const std::string& queue);

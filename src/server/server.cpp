@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "framework/reserved.hpp"
 #include "io/confirm_tracker.hpp"
 #include "io/io_loop.hpp"
 #include "io/outbox.hpp"
@@ -28,7 +29,7 @@ namespace {
 // A request on its way to a handler.
 struct Job {
   amqp::Delivery delivery;
-  std::size_t route = 0;
+  std::size_t route = 0;         // which service
   std::uint64_t generation = 0;  // the connection it came on: tags die with their connection
   std::int64_t attempt = 1;      // which delivery of the request this is
 };
@@ -48,7 +49,7 @@ struct Outgoing {
   std::string reply_to;
   amqp::Properties props;  // the reply's; for a requeue, the request's
   std::string body;        // the reply's; for a requeue, the request's
-  std::size_t route = 0;   // requeue: the request's queue
+  std::size_t route = 0;   // requeue: the request's service (its queue)
   std::int64_t attempt = 1;
 };
 
@@ -73,8 +74,8 @@ std::vector<std::string> users(const std::vector<ConnectionOptions>& endpoints) 
 // stop leaves behind (its handler would not return) keeps this alive, and finds the outbox
 // closed when its handler finally returns.
 struct Core {
-  Core(std::vector<Route> r, std::function<void()> wake)
-      : routes(std::move(r)), out(std::move(wake)) {}
+  Core(std::vector<Service> s, std::function<void()> wake, Logger log)
+      : services(std::move(s)), out(std::move(wake)), logger(std::move(log)) {}
 
   // On a worker thread, or on the I/O thread when handlers run inline.
   void handle(Job& job) {
@@ -87,18 +88,37 @@ struct Core {
       return;
     }
     Outgoing reply_out{Settle::reply_then_ack, d.delivery_tag, job.generation, {}, {}, {}};
-    const Route& route = routes[job.route];
-    Request req = detail::wire::decode_request(std::move(d), route.queue);
+    const Service& service = services[job.route];
+    Request req = detail::wire::decode_request(std::move(d), service.queue());
     Reply reply;
-    auto started = std::chrono::steady_clock::now();
-    try {
-      reply = route.handler(req);
-    } catch (const std::exception& e) {
-      reply = Reply::error(StatusCode::internal, e.what());
-    } catch (...) {
-      reply = Reply::error(StatusCode::internal, "the handler threw a non-standard exception");
+    if (const Handler* handler = handler_for(service, req.method)) {
+      auto started = std::chrono::steady_clock::now();
+      try {
+        reply = (*handler)(req);
+      } catch (const RpcError& e) {
+        reply = Reply{e.status(), {}, {}, {}};
+      } catch (const std::exception& e) {
+        reply = Reply::error(StatusCode::internal, e.what());
+      } catch (...) {
+        reply = Reply::error(StatusCode::internal, "the handler threw a non-standard exception");
+      }
+      handler_latency.record(std::chrono::steady_clock::now() - started);
+    } else {
+      unimplemented.fetch_add(1, std::memory_order_relaxed);
+      reply = Reply::error(StatusCode::unimplemented, unimplemented_message(service, req.method));
     }
-    handler_latency.record(std::chrono::steady_clock::now() - started);
+    if (req.oneway) {
+      // Nothing goes back: the caller asked for none. A failure is only logged.
+      oneway.fetch_add(1, std::memory_order_relaxed);
+      if (!reply.status.ok()) {
+        if (reply.status.code() != StatusCode::unimplemented) errors.count(reply.status.code());
+        detail::log(logger, LogLevel::warning,
+                    "one-way call of '" + req.method + "' on '" + service.queue() +
+                        "' failed: " + reply.status.to_string());
+      }
+      out.push(Outgoing{Settle::ack, reply_out.delivery_tag, job.generation, {}, {}, {}});
+      return;
+    }
     count_reply(reply.status);
     reply_out.reply_to = std::move(req.reply_to);
     detail::wire::encode_reply(std::move(reply), req.correlation_id, reply_out.props,
@@ -111,11 +131,28 @@ struct Core {
     (status.ok() ? replied_ok : replied_error).fetch_add(1, std::memory_order_relaxed);
   }
 
-  const std::vector<Route> routes;
+  static const Handler* handler_for(const Service& service, std::string_view method) {
+    if (method.empty()) return service.default_handler() ? &service.default_handler() : nullptr;
+    const Service::Method* m = service.find(method);
+    return m != nullptr ? &m->handler : nullptr;
+  }
+
+  static std::string unimplemented_message(const Service& service, std::string_view method) {
+    if (method.empty()) {
+      return "service '" + service.name() + "' on '" + service.queue() +
+             "' has no default handler: name a method (header x-rpc-method)";
+    }
+    return "service '" + service.name() + "' on '" + service.queue() + "' has no method '" +
+           std::string(method) + "'";
+  }
+
+  const std::vector<Service> services;
   detail::Outbox<Outgoing> out;  // finished requests, to the I/O thread
+  const Logger logger;
   detail::LatencyRecorder handler_latency;
   detail::ErrorCounter errors;
-  std::atomic<std::uint64_t> replied_ok{0}, replied_error{0}, expired{0};
+  std::atomic<std::uint64_t> replied_ok{0}, replied_error{0}, expired{0}, oneway{0},
+      unimplemented{0};
 };
 
 }  // namespace
@@ -125,14 +162,19 @@ struct Core {
 // Workers hand finished requests to the I/O thread through the outbox.
 class Server::Impl final : public detail::IoLoop::Hooks {
  public:
-  Impl(ServerOptions options, std::vector<Route> routes)
+  Impl(ServerOptions options, std::vector<Service> services)
       : options_(std::move(options)),
-        core_(std::make_shared<Core>(std::move(routes), [this] { loop_.wake(); })),
+        core_(std::make_shared<Core>(
+            std::move(services), [this] { loop_.wake(); }, options_.logger)),
         policy_{options_.max_attempts, options_.queue_type == QueueType::quorum,
                 options_.max_request_size, users(detail::endpoints_of(options_))},
         loop_(detail::endpoints_of(options_), options_.reconnect, *this, options_.logger) {
-    if (options_.dead_letter_queue.empty() && !core_->routes.empty()) {
-      options_.dead_letter_queue = detail::wire::dead_letter_queue_for(core_->routes.front().queue);
+    if (options_.dead_letter_queue.empty() && !core_->services.empty()) {
+      options_.dead_letter_queue =
+          detail::wire::dead_letter_queue_for(core_->services.front().queue());
+    }
+    for (const auto& service : core_->services) {
+      describe_bodies_.push_back(detail::describe_json(service));
     }
   }
 
@@ -143,14 +185,17 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   }
 
   Status start() {
-    if (core_->routes.empty())
-      return {StatusCode::invalid_argument, "the server needs a queue to serve"};
-    for (const auto& r : core_->routes) {
-      if (!r.handler) {
-        return {StatusCode::invalid_argument, "queue '" + r.queue + "' has no handler"};
-      }
-      if (r.queue.empty() || r.queue.size() > 255) {
-        return {StatusCode::invalid_argument, "queue name must be 1 to 255 bytes"};
+    if (core_->services.empty()) {
+      return {StatusCode::invalid_argument, "the server needs a service to serve"};
+    }
+    for (std::size_t i = 0; i < core_->services.size(); ++i) {
+      const Service& service = core_->services[i];
+      if (Status st = service.check(); !st.ok()) return st;
+      for (std::size_t j = 0; j < i; ++j) {
+        if (core_->services[j].queue() == service.queue()) {
+          return {StatusCode::invalid_argument,
+                  "two services on queue '" + service.queue() + "': one queue, one service"};
+        }
       }
     }
     if (options_.prefetch == 0) {
@@ -220,6 +265,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     });
   }
 
+  void set_serving(bool serving) { serving_.store(serving, std::memory_order_relaxed); }
+
   Status wait() {
     std::unique_lock lock(done_mutex_);
     done_cv_.wait(lock, [this] { return done_; });
@@ -237,6 +284,9 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     s.redelivered = redelivered_.load(std::memory_order_relaxed);
     s.dead_lettered = dead_lettered_.load(std::memory_order_relaxed);
     s.requeued = requeued_.load(std::memory_order_relaxed);
+    s.oneway = core_->oneway.load(std::memory_order_relaxed);
+    s.unimplemented = core_->unimplemented.load(std::memory_order_relaxed);
+    s.reserved = reserved_.load(std::memory_order_relaxed);
     s.reconnects = loop_.reconnects();
     s.errors = core_->errors.snapshot();
     s.handler_latency = core_->handler_latency.snapshot();
@@ -255,10 +305,11 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     if (options_.confirm_replies) {
       if (Status st = channel.confirm_select(); !st.ok()) return st;
     }
-    for (std::size_t i = 0; i < core_->routes.size(); ++i) {
-      auto declared = channel.declare_queue(queue_spec(core_->routes[i].queue));
+    for (std::size_t i = 0; i < core_->services.size(); ++i) {
+      const std::string& queue = core_->services[i].queue();
+      auto declared = channel.declare_queue(queue_spec(queue));
       if (!declared) return declared.status();
-      auto tag = channel.consume(core_->routes[i].queue, /*no_ack=*/false, /*exclusive=*/false);
+      auto tag = channel.consume(queue, /*no_ack=*/false, /*exclusive=*/false);
       if (!tag) return tag.status();
       link_.route_of_tag[*tag] = i;
     }
@@ -298,7 +349,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       channel.reject(d.delivery_tag, /*requeue=*/true);
       return;
     }
-    const std::string& queue = core_->routes[route->second].queue;
+    const std::string& queue = core_->services[route->second].queue();
     if (d.redelivered) redelivered_.fetch_add(1, std::memory_order_relaxed);
     if (options_.max_attempts > 0 && !policy_.quorum) {
       // Only quorum queues count deliveries; on a classic queue this header came from a client.
@@ -330,6 +381,11 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       case detail::Verdict::serve:
         break;
     }
+    if (auto m = d.props.headers.find(detail::wire::kMethodHeader);
+        m != d.props.headers.end() && m->second.starts_with(kReservedMethodPrefix)) {
+      answer_reserved(channel, d, route->second, m->second);
+      return;
+    }
     Job job{std::move(d), route->second, generation_.load(std::memory_order_relaxed), t.attempt};
     if (pool_) {
       link_.incoming.push_back(std::move(job));  // handed to the pool in one go after the read
@@ -353,7 +409,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     loop_.io_thread.assert_held();
     auto route = link_.route_of_tag.find(tag);
     std::string queue =
-        route == link_.route_of_tag.end() ? tag : core_->routes[route->second].queue;
+        route == link_.route_of_tag.end() ? tag : core_->services[route->second].queue();
     detail::log(options_.logger, LogLevel::error,
                 "the broker cancelled the consumer of '" + queue +
                     "' (queue deleted?); this server no longer receives its requests");
@@ -425,6 +481,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       if (same_connection) requeue(channel, out);
       return;
     }
+    if (out.reply_to.empty() && out.settle == Settle::reply_only) return;  // one-way: no reply
+    if (out.reply_to.empty() && out.settle == Settle::reply_then_ack) out.settle = Settle::ack;
     if (out.settle == Settle::reply_then_ack || out.settle == Settle::reply_only) {
       if (Status bad = detail::wire::validate_outgoing(
               out.props, out.body.size(), {channel.frame_max(), channel.max_message_size()},
@@ -514,7 +572,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       channel.ack(out.delivery_tag);
       return;
     }
-    const std::string& queue = core_->routes[out.route].queue;
+    const std::string& queue = core_->services[out.route].queue();
     if (auto copy = publish_copy(channel, queue, own_copy(out.props, out.attempt), out.body)) {
       ack_after_copy(channel, *copy, out.delivery_tag);
     } else {
@@ -568,6 +626,34 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     settle(channel, out);
   }
 
+  // The framework's own methods, answered here on the I/O thread so that a probe gets its
+  // answer even while every worker is busy. Health says not_serving once a stop has begun.
+  void answer_reserved(amqp::Channel& channel, const amqp::Delivery& d, std::size_t service,
+                       const std::string& method) REQUIRES(loop_.io_thread) {
+    reserved_.fetch_add(1, std::memory_order_relaxed);
+    Reply reply;
+    if (method == kHealthMethod) {
+      reply = detail::health_reply(serving_.load(std::memory_order_relaxed) &&
+                                   !cancel_requested_.load(std::memory_order_acquire));
+    } else if (method == kDescribeMethod) {
+      reply = Reply::ok(describe_bodies_[service]);
+      reply.content_type = std::string(kJsonContentType);
+    } else {
+      reply = Reply::error(StatusCode::unimplemented, "no reserved method '" + method +
+                                                          "' (there are '" +
+                                                          std::string(kDescribeMethod) + "' and '" +
+                                                          std::string(kHealthMethod) + "')");
+    }
+    Outgoing out{Settle::reply_then_ack,
+                 d.delivery_tag,
+                 generation_.load(std::memory_order_relaxed),
+                 d.props.reply_to,
+                 {},
+                 {}};
+    detail::wire::encode_reply(std::move(reply), d.props.correlation_id, out.props, out.body);
+    settle(channel, out);
+  }
+
   void finish(Status why) {
     {
       std::lock_guard lock(done_mutex_);
@@ -583,7 +669,9 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   const detail::TriagePolicy policy_;
   detail::IoLoop loop_;
 
-  std::atomic<bool> cancel_requested_{false};
+  std::atomic<bool> cancel_requested_{false};  // a stop has begun
+  std::atomic<bool> serving_{true};            // set_serving
+  std::vector<std::string> describe_bodies_;   // by service, computed once
   std::promise<void> consumers_cancelled_;
   std::atomic<std::uint64_t> generation_{0};  // of the connection; read by workers
 
@@ -602,19 +690,28 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   Status done_status_;
 
   std::atomic<std::uint64_t> received_{0}, rejected_{0}, oversized_{0}, redelivered_{0},
-      dead_lettered_{0}, requeued_{0};
+      dead_lettered_{0}, requeued_{0}, reserved_{0};
 
   // Null when handlers run inline on the I/O thread. Last: its threads use the members above.
   std::unique_ptr<detail::WorkerPool<Job>> pool_;
 };
 
 Result<std::unique_ptr<Server>> Server::start(ServerOptions options, Handler handler) {
-  std::string queue = options.queue;
-  return start(std::move(options), std::vector<Route>{{std::move(queue), std::move(handler)}});
+  if (!handler) return Status{StatusCode::invalid_argument, "the server needs a handler"};
+  Service service(options.queue);
+  service.default_handler(std::move(handler));
+  return start(std::move(options), std::move(service));
 }
 
-Result<std::unique_ptr<Server>> Server::start(ServerOptions options, std::vector<Route> routes) {
-  auto impl = std::make_unique<Impl>(std::move(options), std::move(routes));
+Result<std::unique_ptr<Server>> Server::start(ServerOptions options, Service service) {
+  std::vector<Service> services;
+  services.push_back(std::move(service));
+  return start(std::move(options), std::move(services));
+}
+
+Result<std::unique_ptr<Server>> Server::start(ServerOptions options,
+                                              std::vector<Service> services) {
+  auto impl = std::make_unique<Impl>(std::move(options), std::move(services));
   if (Status st = impl->start(); !st.ok()) return st;
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
@@ -631,6 +728,9 @@ Server::~Server() {
 }
 void Server::stop() {
   impl_->stop();
+}
+void Server::set_serving(bool serving) {
+  impl_->set_serving(serving);
 }
 Status Server::wait() {
   return impl_->wait();

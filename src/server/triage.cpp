@@ -7,7 +7,7 @@
 namespace amqprpc::detail {
 
 Triage triage(const amqp::Delivery& d, const TriagePolicy& policy, std::int64_t now_ms) {
-  if (d.props.reply_to.empty()) return {Verdict::reject};
+  if (d.props.reply_to.empty() && !wire::is_oneway(d.props.headers)) return {Verdict::reject};
   const Headers& headers = d.props.headers;
   const bool expired = wire::expired(headers, now_ms);
   std::int64_t attempt = 1;

@@ -1,6 +1,6 @@
 // What a server does with a delivery before any handler sees it, decided in one place, as a
 // pure function of the delivery, the server's policy and the time (docs/PROTOCOL.md):
-//   reject       no reply_to: nowhere to answer (rejected, not requeued)
+//   reject       no reply_to and not a one-way call: nowhere to answer (rejected, not requeued)
 //   dead_letter  delivered more than max_attempts times: moved aside, caller told
 //   expired      the caller's deadline passed: acked, not served
 //   recount      a redelivery on a classic queue: re-published with its attempt count, since

@@ -137,9 +137,10 @@ TEST_F(ServerTest, AReplyQueueThatNoLongerExistsLosesOnlyThatReply) {
 TEST_F(ServerTest, OneServerServesSeveralQueues) {
   std::string other = queue + "-b";
   auto o = server_options("");
-  auto s = Server::start(
-      o, {{queue, [](const Request& r) { return Reply::ok("A:" + r.body); }},
-          {other, [](const Request& r) { return Reply::ok(r.queue + ":" + r.body); }}});
+  std::vector<Service> services{Service(queue), Service(other)};
+  services[0].default_handler([](const Request& r) { return Reply::ok("A:" + r.body); });
+  services[1].default_handler([](const Request& r) { return Reply::ok(r.queue + ":" + r.body); });
+  auto s = Server::start(o, std::move(services));
   ASSERT_TRUE(s.ok()) << s.status().to_string();
   auto c = client();
   EXPECT_EQ(c->call(queue, "1"), "A:1");

@@ -1,0 +1,55 @@
+#include "amqprpc/service.hpp"
+
+namespace amqprpc {
+
+Service::Service(std::string queue, std::string name)
+    : queue_(std::move(queue)), name_(name.empty() ? queue_ : std::move(name)) {}
+
+Service& Service::default_handler(Handler handler) {
+  default_ = std::move(handler);
+  return *this;
+}
+
+Service& Service::method(std::string name, Handler handler, MethodInfo info) {
+  auto fail = [this](std::string why) {
+    if (error_.empty()) error_ = std::move(why);
+    return std::ref(*this);
+  };
+  if (name.empty() || name.size() > 255) {
+    return fail("a method name must be 1 to 255 bytes, got " + std::to_string(name.size()));
+  }
+  if (name.starts_with(kReservedMethodPrefix)) {
+    return fail("method '" + name + "': names starting with '" +
+                std::string(kReservedMethodPrefix) + "' are reserved for the framework");
+  }
+  if (!handler) return fail("method '" + name + "' has no handler");
+  if (methods_.count(name) != 0) return fail("method '" + name + "' is registered twice");
+  methods_.emplace(std::move(name), Method{std::move(handler), std::move(info)});
+  return *this;
+}
+
+Service& Service::add_proto_files(const ProtoFiles& files) {
+  for (const auto& [name, proto] : files) proto_files_.emplace(name, proto);
+  return *this;
+}
+
+const Service::Method* Service::find(std::string_view method) const {
+  auto it = methods_.find(method);
+  return it == methods_.end() ? nullptr : &it->second;
+}
+
+Status Service::check() const {
+  if (queue_.empty() || queue_.size() > 255) {
+    return {StatusCode::invalid_argument, "queue name must be 1 to 255 bytes"};
+  }
+  if (!error_.empty()) {
+    return {StatusCode::invalid_argument, "service on '" + queue_ + "': " + error_};
+  }
+  if (!default_ && methods_.empty()) {
+    return {StatusCode::invalid_argument,
+            "service on '" + queue_ + "' has neither a default handler nor methods"};
+  }
+  return {};
+}
+
+}  // namespace amqprpc
