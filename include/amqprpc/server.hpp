@@ -42,6 +42,8 @@ class Server {
   // What the reserved health method answers: serving (the default) or not_serving, like gRPC's
   // SetServingStatus. A stopping server answers not_serving whatever this says.
   void set_serving(bool serving);
+  // What health answers now: false once set_serving(false) or a stop has begun.
+  bool serving() const;
 
   // Blocks until the server stops: stop() was called, or the connection was lost. Returns why.
   Status wait();

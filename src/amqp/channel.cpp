@@ -326,11 +326,11 @@ Result<std::string> Channel::consume(const std::string& queue, bool no_ack, bool
 }
 
 Status Channel::cancel(const std::string& consumer_tag) {
-  // nowait: a stopping server must not wait on a broker that may not answer. Deliveries the
-  // broker sent before it saw the cancel still arrive and are handled as usual.
+  // Not a blocking RPC: the answer (basic.cancel-ok) comes through read() as on_cancel_ok,
+  // after every delivery the broker sent before it saw the cancel.
   amqp_basic_cancel_t cancel{};
   cancel.consumer_tag = as_bytes(consumer_tag);
-  cancel.nowait = 1;
+  cancel.nowait = 0;
   if (int rc = amqp_send_method(conn_, kChannel, AMQP_BASIC_CANCEL_METHOD, &cancel);
       rc != AMQP_STATUS_OK) {
     dead_ = true;
@@ -395,6 +395,11 @@ Status Channel::dispatch(const amqp_frame_t& frame, Events& events) {
           amqp_send_method(conn_, kChannel, AMQP_BASIC_CANCEL_OK_METHOD, &ok);
         }
         events.on_consumer_cancelled(tag);
+        return {};
+      }
+      case AMQP_BASIC_CANCEL_OK_METHOD: {
+        auto* ok = static_cast<amqp_basic_cancel_ok_t*>(m.decoded);
+        events.on_cancel_ok(to_string(ok->consumer_tag));
         return {};
       }
       case AMQP_BASIC_ACK_METHOD: {

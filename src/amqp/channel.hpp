@@ -28,6 +28,8 @@ class Channel {
     virtual void on_delivery(Delivery&& d) = 0;
     virtual void on_return(Returned&& r) = 0;
     virtual void on_consumer_cancelled(const std::string& consumer_tag) = 0;
+    // The broker answered our cancel(): no delivery for that consumer follows.
+    virtual void on_cancel_ok(const std::string& consumer_tag) = 0;
     virtual void on_blocked(bool blocked, const std::string& reason) = 0;
     // Publisher confirms: the broker took (ack) or refused (nack) publish number `seq`, or all
     // publishes up to it when `multiple`.
@@ -85,7 +87,8 @@ class Channel {
   Status qos(std::uint16_t prefetch);
   Result<std::string> declare_queue(const QueueSpec& spec);
   Result<std::string> consume(const std::string& queue, bool no_ack, bool exclusive);
-  // Cancels a consumer without waiting for the broker's answer (nowait).
+  // Asks the broker to cancel a consumer, without blocking: Events::on_cancel_ok says when it
+  // has, after the last delivery it sent.
   Status cancel(const std::string& consumer_tag);
 
   // Reads what is available without blocking (also sends a heartbeat when one is due) and hands

@@ -192,6 +192,10 @@ void IoLoop::on_consumer_cancelled(const std::string& tag) {
   io_thread.assert_held();
   hooks_.on_consumer_cancelled(*link_.channel, tag);
 }
+void IoLoop::on_cancel_ok(const std::string& tag) {
+  io_thread.assert_held();
+  hooks_.on_cancel_ok(*link_.channel, tag);
+}
 void IoLoop::on_confirm(std::uint64_t seq, bool multiple, bool ack) {
   io_thread.assert_held();
   hooks_.on_confirm(*link_.channel, seq, multiple, ack);

@@ -53,6 +53,7 @@ class IoLoop final : private amqp::Channel::Events {
     virtual void on_read_batch(amqp::Channel&) {}
     virtual void on_return(amqp::Channel&, amqp::Returned&&) {}
     virtual void on_consumer_cancelled(amqp::Channel&, const std::string& /*consumer_tag*/) {}
+    virtual void on_cancel_ok(amqp::Channel&, const std::string& /*consumer_tag*/) {}
     // The broker blocked or unblocked publishing (can_publish() says so from now on).
     virtual void on_blocked(amqp::Channel&, bool /*blocked*/) {}
     virtual void on_confirm(amqp::Channel&, std::uint64_t /*seq*/, bool /*multiple*/,
@@ -144,6 +145,7 @@ class IoLoop final : private amqp::Channel::Events {
   void on_delivery(amqp::Delivery&& d) override;
   void on_return(amqp::Returned&& r) override;
   void on_consumer_cancelled(const std::string& tag) override;
+  void on_cancel_ok(const std::string& tag) override;
   void on_blocked(bool blocked, const std::string& reason) override;
   void on_confirm(std::uint64_t seq, bool multiple, bool ack) override;
 

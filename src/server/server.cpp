@@ -6,6 +6,7 @@
 #include <exception>
 #include <future>
 #include <mutex>
+#include <set>
 #include <system_error>
 #include <unordered_map>
 #include <vector>
@@ -239,10 +240,16 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   void stop_now() {
     std::call_once(stop_once_, [this] {
       // 1. No new requests: cancel the consumers (bounded wait; moot if the connection is gone).
+      auto sent = cancel_sent_signal_.get_future();
       auto cancelled = consumers_cancelled_.get_future();
       cancel_requested_.store(true, std::memory_order_release);
       loop_.wake();
-      if (loop_.connected()) cancelled.wait_for(std::chrono::seconds(10));
+      // The I/O thread sends the cancels once free (an inline handler may hold it), then the
+      // broker answers; a broker that does not is not waited for long.
+      if (loop_.connected() &&
+          sent.wait_for(std::chrono::seconds(10)) == std::future_status::ready) {
+        cancelled.wait_for(kCancelAnswerTimeout);
+      }
       // 2. Let running handlers finish, for stop_grace at most; what no handler started goes
       //    back to the broker.
       if (pool_) {
@@ -266,6 +273,10 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   }
 
   void set_serving(bool serving) { serving_.store(serving, std::memory_order_relaxed); }
+  bool serving() const {
+    return serving_.load(std::memory_order_relaxed) &&
+           !cancel_requested_.load(std::memory_order_acquire);
+  }
 
   Status wait() {
     std::unique_lock lock(done_mutex_);
@@ -309,6 +320,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       const std::string& queue = core_->services[i].queue();
       auto declared = channel.declare_queue(queue_spec(queue));
       if (!declared) return declared.status();
+      // A stop that began while disconnected: the new connection takes no more requests.
+      if (cancel_requested_.load(std::memory_order_acquire)) continue;
       auto tag = channel.consume(queue, /*no_ack=*/false, /*exclusive=*/false);
       if (!tag) return tag.status();
       link_.route_of_tag[*tag] = i;
@@ -332,13 +345,31 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       for (auto& out : batch_) settle(*channel, out);
     }
     batch_.clear();
-    if (cancel_requested_.load(std::memory_order_acquire) && !cancel_done_) {
-      cancel_done_ = true;
+    if (cancel_requested_.load(std::memory_order_acquire) && !cancel_sent_) {
+      cancel_sent_ = true;
       if (channel != nullptr) {
-        for (const auto& [tag, route] : link_.route_of_tag) channel->cancel(tag);
+        for (const auto& [tag, route] : link_.route_of_tag) {
+          if (channel->cancel(tag).ok()) link_.cancels_pending.insert(tag);
+        }
       }
-      consumers_cancelled_.set_value();
+      // Stopping waits for the broker's answers: the deliveries it sent before them are still
+      // handled (served or handed back), none is left in the socket when the channel closes.
+      cancel_sent_signal_.set_value();
+      if (link_.cancels_pending.empty()) consumers_are_cancelled();
     }
+  }
+
+  void on_cancel_ok(amqp::Channel&, const std::string& tag) override {
+    loop_.io_thread.assert_held();
+    if (link_.cancels_pending.erase(tag) != 0 && link_.cancels_pending.empty()) {
+      consumers_are_cancelled();
+    }
+  }
+
+  void consumers_are_cancelled() REQUIRES(loop_.io_thread) {
+    if (cancel_signalled_) return;
+    cancel_signalled_ = true;
+    consumers_cancelled_.set_value();
   }
 
   void on_delivery(amqp::Channel& channel, amqp::Delivery&& d) override {
@@ -417,6 +448,9 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   }
 
   void on_lost(const Status& why) override {
+    loop_.io_thread.assert_held();
+    // Nothing more arrives on this connection; the next one does not consume once stopping.
+    if (cancel_sent_) consumers_are_cancelled();
     if (!options_.reconnect.enabled) finish(why);
   }
 
@@ -449,6 +483,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     std::unordered_map<std::string, std::size_t> route_of_tag;  // consumer tag -> route
     detail::ConfirmTracker<std::uint64_t> unconfirmed;  // reply's publish number -> request tag
     std::vector<Job> incoming;                          // read in this batch, for the worker pool
+    std::set<std::string> cancels_pending;  // consumers cancelled, the broker's answer awaited
   };
 
   amqp::QueueSpec queue_spec(const std::string& name) const {
@@ -633,8 +668,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     reserved_.fetch_add(1, std::memory_order_relaxed);
     Reply reply;
     if (method == kHealthMethod) {
-      reply = detail::health_reply(serving_.load(std::memory_order_relaxed) &&
-                                   !cancel_requested_.load(std::memory_order_acquire));
+      reply = detail::health_reply(serving());
     } else if (method == kDescribeMethod) {
       reply = Reply::ok(describe_bodies_[service]);
       reply.content_type = std::string(kJsonContentType);
@@ -672,13 +706,16 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   std::atomic<bool> cancel_requested_{false};  // a stop has begun
   std::atomic<bool> serving_{true};            // set_serving
   std::vector<std::string> describe_bodies_;   // by service, computed once
-  std::promise<void> consumers_cancelled_;
+  std::promise<void> cancel_sent_signal_;      // the I/O thread has sent the cancels
+  std::promise<void> consumers_cancelled_;     // and the broker has answered them
+  static constexpr std::chrono::seconds kCancelAnswerTimeout{2};
   std::atomic<std::uint64_t> generation_{0};  // of the connection; read by workers
 
   // I/O thread only.
   Link link_ GUARDED_BY(loop_.io_thread);
   std::vector<Outgoing> batch_ GUARDED_BY(loop_.io_thread);
-  bool cancel_done_ GUARDED_BY(loop_.io_thread) = false;
+  bool cancel_sent_ GUARDED_BY(loop_.io_thread) = false;
+  bool cancel_signalled_ GUARDED_BY(loop_.io_thread) = false;
   bool warned_no_reply_to_ GUARDED_BY(loop_.io_thread) = false;
 
   std::once_flag stop_once_;
@@ -731,6 +768,9 @@ void Server::stop() {
 }
 void Server::set_serving(bool serving) {
   impl_->set_serving(serving);
+}
+bool Server::serving() const {
+  return impl_->serving();
 }
 Status Server::wait() {
   return impl_->wait();
