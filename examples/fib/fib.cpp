@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <vector>
 
+#include "amqprpc/json.hpp"
+
 namespace fib {
 namespace {
 
@@ -85,6 +87,50 @@ amqprpc::Reply handle(std::string_view body, std::uint64_t limit) {
   auto n = parse_n(body, limit);
   if (!n) return amqprpc::Reply{n.status(), {}, {}, {}};
   return amqprpc::Reply::ok(fibonacci(*n));
+}
+
+void to_json(nlohmann::json& j, const FibRequest& r) {
+  j = {{"n", r.n}};
+}
+void from_json(const nlohmann::json& j, FibRequest& r) {
+  const auto& n = j.at("n");
+  // nlohmann would turn -1 or 2.5 into an unsigned number silently.
+  if (!n.is_number_unsigned()) throw std::invalid_argument("\"n\" must be a whole number >= 0");
+  r.n = n.get<std::uint64_t>();
+}
+void to_json(nlohmann::json& j, const FibReply& r) {
+  j = {{"n", r.n}, {"fib", r.fib}};
+}
+void from_json(const nlohmann::json& j, FibReply& r) {
+  j.at("n").get_to(r.n);
+  j.at("fib").get_to(r.fib);
+}
+
+amqprpc::Service service(
+    const std::string& queue, std::uint64_t limit,
+    std::function<void(const amqprpc::Request&, const amqprpc::Reply&)> on_request) {
+  amqprpc::Service s(queue, "fib.Fibonacci");
+  s.default_handler([limit, on_request](const amqprpc::Request& r) {
+    amqprpc::Reply reply = handle(r.body, limit);
+    if (on_request) on_request(r, reply);
+    return reply;
+  });
+  s.method<FibRequest, FibReply>(
+      "Fib",
+      [limit, on_request](const FibRequest& in,
+                          const amqprpc::Request& r) -> amqprpc::Result<FibReply> {
+        amqprpc::Result<FibReply> out = [&]() -> amqprpc::Result<FibReply> {
+          if (in.n > limit) {
+            return amqprpc::Status{amqprpc::StatusCode::invalid_argument,
+                                   "n=" + std::to_string(in.n) +
+                                       " is over this server's limit of " + std::to_string(limit)};
+          }
+          return FibReply{in.n, fibonacci(in.n)};
+        }();
+        if (on_request) on_request(r, amqprpc::Reply{out.status(), {}, {}, {}});
+        return out;
+      });
+  return s;
 }
 
 }  // namespace fib

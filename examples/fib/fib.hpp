@@ -2,10 +2,12 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 
 #include "amqprpc/message.hpp"
+#include "amqprpc/service.hpp"
 #include "amqprpc/status.hpp"
 
 namespace fib {
@@ -22,5 +24,25 @@ amqprpc::Result<std::uint64_t> parse_n(std::string_view body, std::uint64_t limi
 
 // The server's handler logic: body in, reply out (error replies for bad input).
 amqprpc::Reply handle(std::string_view body, std::uint64_t limit);
+
+// The typed method `Fib`, in JSON: {"n": 10} -> {"n": 10, "fib": "55"} (the number as a string:
+// fib(10000) has 2090 digits).
+struct FibRequest {
+  std::uint64_t n = 0;
+};
+struct FibReply {
+  std::uint64_t n = 0;
+  std::string fib;
+};
+void to_json(nlohmann::json& j, const FibRequest& r);
+void from_json(const nlohmann::json& j, FibRequest& r);  // n must be a whole number >= 0
+void to_json(nlohmann::json& j, const FibReply& r);
+void from_json(const nlohmann::json& j, FibReply& r);
+
+// The demo's service on `queue`: the seed's decimal bodies (no method) to the default handler,
+// and the typed method Fib. `on_request`, when set, sees each request and its reply (logging).
+amqprpc::Service service(
+    const std::string& queue, std::uint64_t limit,
+    std::function<void(const amqprpc::Request&, const amqprpc::Reply&)> on_request = {});
 
 }  // namespace fib

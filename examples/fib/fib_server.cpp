@@ -44,18 +44,22 @@ int main(int argc, char** argv) {
 
   tools::block_stop_signals();
 
-  auto server = amqprpc::Server::start(options, [limit, quiet](const amqprpc::Request& req) {
-    amqprpc::Reply reply = fib::handle(req.body, limit);
-    if (!quiet) {
-      if (reply.status.ok()) {
-        std::printf(" [.] fib(%.*s)\n", static_cast<int>(req.body.size()), req.body.data());
-      } else {
-        std::printf(" [!] %s\n", reply.status.to_string().c_str());
-      }
-      std::fflush(stdout);
+  auto log = [](const amqprpc::Request& req, const amqprpc::Reply& reply) {
+    if (reply.status.ok()) {
+      std::printf(" [.] %sfib(%.*s)\n",
+                  req.method.empty() ? "" : "Fib: ", static_cast<int>(req.body.size()),
+                  req.body.data());
+    } else {
+      std::printf(" [!] %s\n", reply.status.to_string().c_str());
     }
-    return reply;
-  });
+    std::fflush(stdout);
+  };
+  // Method-less requests (the seed's) get fib of the decimal body; method Fib speaks JSON.
+  auto server = amqprpc::Server::start(
+      options,
+      fib::service(
+          options.queue, limit,
+          quiet ? std::function<void(const amqprpc::Request&, const amqprpc::Reply&)>() : log));
   if (!server) {
     std::cerr << "fib_server: " << server.status().to_string() << "\n";
     return tools::kError;

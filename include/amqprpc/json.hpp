@@ -37,7 +37,7 @@ struct Codec<T> {
     if (j.is_discarded()) return {StatusCode::invalid_argument, "not valid JSON"};
     try {
       out = j.template get<T>();
-    } catch (const nlohmann::json::exception& e) {
+    } catch (const std::exception& e) {  // nlohmann's, or a from_json's own check
       return {StatusCode::invalid_argument, e.what()};
     }
     return {};

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "amqprpc/client.hpp"
+#include "amqprpc/json.hpp"
 #include "amqprpc/server.hpp"
 #include "fib.hpp"
 #include "support/broker.hpp"
@@ -16,7 +17,7 @@ class FibDemo : public testing::Test {
     so.connection = testbroker::options();
     so.queue = queue;
     so.max_request_size = 64;
-    auto s = Server::start(so, [](const Request& r) { return fib::handle(r.body, 10'000); });
+    auto s = Server::start(so, fib::service(queue, 10'000));
     ASSERT_TRUE(s.ok()) << s.status().to_string();
     server = std::move(*s);
     ClientOptions co;
@@ -57,6 +58,25 @@ TEST_F(FibDemo, BadRequestsGetClearErrorsAndServingGoesOn) {
         << "server must keep serving after " << body.substr(0, 10);
   }
   EXPECT_EQ(server->stats().replied_error, 6u);
+}
+
+TEST_F(FibDemo, TheTypedFibMethodSpeaksJson) {
+  auto r = typed_call<fib::FibReply>(*client, queue, "Fib", fib::FibRequest{30});
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_EQ(r->n, 30u);
+  EXPECT_EQ(r->fib, "832040");
+  auto over = typed_call<fib::FibReply>(*client, queue, "Fib", fib::FibRequest{10'001});
+  EXPECT_EQ(over.status().code(), StatusCode::invalid_argument);
+  EXPECT_NE(over.status().message().find("limit of 10000"), std::string::npos);
+  CallOptions o;
+  o.method = "Fib";
+  o.content_type = "application/json";
+  for (std::string bad : {R"({"n": -1})", R"({"n": 2.5})", R"({"m": 1})", "30", "{"}) {
+    Reply reply = client->try_call(queue, bad, o);
+    EXPECT_EQ(reply.status.code(), StatusCode::invalid_argument) << bad;
+    EXPECT_NE(reply.status.message().find("'Fib'"), std::string::npos) << reply.status.message();
+  }
+  EXPECT_EQ(client->call(queue, "10"), "55") << "the seed's way still works beside it";
 }
 
 TEST_F(FibDemo, OversizedRequestsAreRefusedBeforeParsing) {

@@ -3,7 +3,8 @@
 #   1. the seed's pika client is served by our fib_server;
 #   2. our fib_client calls the seed's pika server (both reply modes);
 #   3. two fib_server processes share rpc_queue, every call gets its own right answer;
-#   4. bad input to fib_client/fib_server: clear errors and exit codes, serving goes on.
+#   4. bad input to fib_client/fib_server: clear errors and exit codes, serving goes on;
+#   5. a pika client calls methods (x-rpc-method, JSON bodies), health and describe.
 # Usage: run_interop.sh FIB_SERVER FIB_CLIENT   (needs AMQP_URL)
 set -euo pipefail
 
@@ -184,6 +185,18 @@ ok = (props.correlation_id == cid and props.headers.get("x-rpc-status") == "inva
 sys.exit(0 if ok else 1)
 PYEOF
 check "pika client sending 'abc' gets an error reply with x-rpc-status" "0" "$rc"
+
+echo "# 5. a pika client calls methods: the x-rpc-method header and JSON bodies"
+call() { "$PY" "$HERE/pika_method_call.py" --timeout 30 rpc_queue "$@"; }
+check "pika calls the typed method Fib in JSON" 'ok|application/json|{"fib":"832040","n":30}' \
+  "$(call Fib '{"n": 30}')"
+check "a bad JSON body is invalid_argument naming the method" "invalid_argument|'Fib'" \
+  "$(call Fib '{"n": "x"}' | cut -d'|' -f1 | tr -d '\n')|$(call Fib '{"n": "x"}' | grep -o "'Fib'")"
+check "an unknown method is unimplemented" "unimplemented" "$(call Nope '1' | cut -d'|' -f1)"
+check "pika asks the framework's health method" 'ok|application/json|{"status":"serving"}' \
+  "$(call amqprpc.health '')"
+check "describe lists Fib" "yes" \
+  "$(call amqprpc.describe '' | grep -q '"name":"Fib"' && echo yes || echo no)"
 kill -TERM "$S4"
 wait_exit "$S4"
 check "fib_server exits 0 after bad input" "0" "$EXIT"
