@@ -2,6 +2,8 @@
 //   1. raw: an echo server and a pipelined client written directly on rabbitmq-c (the ceiling);
 //   2. amqp-rpc: Server + Client (async, pipelined), same bodies and concurrency;
 //   3. the seed: its pika client and server (sequential), as the tutorial has them, no sleep;
+//   4. amqp-rpc with methods: the same echo as a raw-bytes method (x-rpc-method dispatch), and as
+//      typed JSON and protobuf methods called through typed_async_call (dispatch and codecs);
 // and a long run showing the client's memory stays flat. Prints a Markdown table.
 // Each measurement runs in a process of its own so CPU time and peak RSS are the client's alone.
 #include <fcntl.h>
@@ -25,16 +27,34 @@
 #include <thread>
 
 #include "amqprpc/client.hpp"
+#include "amqprpc/json.hpp"
+#include "amqprpc/protobuf.hpp"
 #include "amqprpc/server.hpp"
+#include "bench.pb.h"
 #include "common/cli.hpp"
 #include "common/common.hpp"
 #include "raw_baseline.hpp"
 
 extern char** environ;
 
+namespace bench_types {
+// The typed JSON echo: the body as a string field.
+struct Echo {
+  std::string data;
+};
+void to_json(nlohmann::json& j, const Echo& e) {
+  j = {{"data", e.data}};
+}
+void from_json(const nlohmann::json& j, Echo& e) {
+  j.at("data").get_to(e.data);
+}
+}  // namespace bench_types
+
 namespace {
 
 using json = nlohmann::json;
+using JsonEcho = bench_types::Echo;
+using ProtoEcho = amqprpc::bench::Echo;
 namespace tools = amqprpc::tools;
 using Clock = std::chrono::steady_clock;
 constexpr int kPrefetch = 512;  // both servers: more than the largest concurrency
@@ -108,8 +128,13 @@ int serve(const std::string& impl, const std::string& url, const std::string& qu
   o.queue = queue;
   o.prefetch = kPrefetch;
   o.workers = impl == "amqprpc-inline" ? 0 : 1;
-  auto server = amqprpc::Server::start(
-      o, [](const amqprpc::Request& r) { return amqprpc::Reply::ok(r.body); });
+  // One service: the default handler (plain calls), a raw method and typed methods, all echoes.
+  amqprpc::Service echo(queue);
+  echo.default_handler([](const amqprpc::Request& r) { return amqprpc::Reply::ok(r.body); });
+  echo.method("Echo", [](const amqprpc::Request& r) { return amqprpc::Reply::ok(r.body); });
+  echo.method<JsonEcho, JsonEcho>("EchoJson", [](const JsonEcho& e) { return e; });
+  echo.method<ProtoEcho, ProtoEcho>("EchoProto", [](const ProtoEcho& e) { return e; });
+  auto server = amqprpc::Server::start(o, std::move(echo));
   if (!server) {
     std::cerr << "bench serve: " << server.status().to_string() << "\n";
     return tools::kError;
@@ -124,12 +149,30 @@ int serve(const std::string& impl, const std::string& url, const std::string& qu
 
 // Keeps `concurrency` async calls in flight; each completion (on the client's I/O thread)
 // records its latency and starts the next call.
+// How a client calls: plain bytes (no method), a raw method, or a typed JSON or protobuf method.
+enum class CallKind { bytes, method, json, proto };
+
+CallKind call_kind(const std::string& mode) {
+  if (mode == "method") return CallKind::method;
+  if (mode == "json") return CallKind::json;
+  if (mode == "proto") return CallKind::proto;
+  return CallKind::bytes;
+}
+
 struct AsyncRun {
-  AsyncRun(amqprpc::Client& c, std::string q, std::string b)
-      : client(c), queue(std::move(q)), body(std::move(b)) {}
+  AsyncRun(amqprpc::Client& c, std::string q, std::string b, CallKind k = CallKind::bytes)
+      : client(c), queue(std::move(q)), body(std::move(b)), kind(k) {
+    json_echo.data = body;
+    proto_echo.set_data(body);
+    method_options.method = "Echo";
+  }
   amqprpc::Client& client;
   std::string queue;
   std::string body;
+  CallKind kind;
+  JsonEcho json_echo;
+  ProtoEcho proto_echo;
+  amqprpc::CallOptions method_options;
   Clock::time_point measure_from, end;
   std::uint64_t total = 0, limit = UINT64_MAX;
   bench::RunResult result;
@@ -143,19 +186,39 @@ struct AsyncRun {
 
   void start_one() {
     auto t0 = Clock::now();
-    client.async_call(queue, body, {}, [this, t0](amqprpc::Reply r) { done(t0, r); });
+    switch (kind) {
+      case CallKind::bytes:
+        client.async_call(queue, body, {}, [this, t0](amqprpc::Reply r) { done(t0, r.status); });
+        return;
+      case CallKind::method:
+        client.async_call(queue, body, method_options,
+                          [this, t0](amqprpc::Reply r) { done(t0, r.status); });
+        return;
+      case CallKind::json:
+        amqprpc::typed_async_call<JsonEcho>(
+            client, queue, "EchoJson", json_echo, {},
+            std::function<void(amqprpc::Result<JsonEcho>)>(
+                [this, t0](amqprpc::Result<JsonEcho> r) { done(t0, r.status()); }));
+        return;
+      case CallKind::proto:
+        amqprpc::typed_async_call<ProtoEcho>(
+            client, queue, "EchoProto", proto_echo, {},
+            std::function<void(amqprpc::Result<ProtoEcho>)>(
+                [this, t0](amqprpc::Result<ProtoEcho> r) { done(t0, r.status()); }));
+        return;
+    }
   }
-  void done(Clock::time_point t0, const amqprpc::Reply& r) {
+  void done(Clock::time_point t0, const amqprpc::Status& status) {
     auto now = Clock::now();
     ++total;
-    if (!r.status.ok() && result.error.empty()) result.error = r.status.to_string();
+    if (!status.ok() && result.error.empty()) result.error = status.to_string();
     if (record_latencies && now >= measure_from && now < end) {
       if (result.latencies_us.empty()) first_measured = now;
       last_measured = now;
       result.latencies_us.push_back(std::chrono::duration<double, std::micro>(now - t0).count());
     }
     if (on_progress) on_progress(total);
-    if (now < end && total + static_cast<std::uint64_t>(in_flight) <= limit && r.status.ok()) {
+    if (now < end && total + static_cast<std::uint64_t>(in_flight) <= limit && status.ok()) {
       start_one();
       return;
     }
@@ -191,7 +254,7 @@ int client(const std::string& impl, const std::string& url, const std::string& q
     std::cerr << "bench client: " << c.status().to_string() << "\n";
     return 1;
   }
-  AsyncRun run{**c, queue, std::string(size, 'x')};
+  AsyncRun run{**c, queue, std::string(size, 'x'), call_kind(impl)};
   auto start = Clock::now();
   run.measure_from =
       start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(warmup));
@@ -314,6 +377,12 @@ bool wait_for_queue(const std::string& url, const std::string& queue) {
   return false;
 }
 
+// The key of an implementation in the JSON report: the server mode, or for a method client, the
+// kind of call.
+std::string mode_key(const std::string& server, const std::string& client) {
+  return server.empty() ? client : server;
+}
+
 std::string fmt(double v, int decimals = 0) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
@@ -378,23 +447,30 @@ int main(int argc, char** argv) {
   // Orchestrate.
   const std::string common_url = "--url=" + url;
   struct Impl {
-    std::string name;  // in the table
-    std::string mode;  // serve/client argument
+    std::string name;    // in the table
+    std::string server;  // serve argument
+    std::string client;  // client argument
     std::string queue;
-    Child server;
+    Child child;
   };
   const std::string suffix = std::to_string(getpid());
+  // The typed ones call methods of the worker-thread server: compare them with its plain calls.
   std::vector<Impl> impls = {
-      {"raw rabbitmq-c", "raw", "bench-raw-" + suffix, {}},
-      {"amqp-rpc (1 worker thread)", "amqprpc", "bench-amqprpc-" + suffix, {}},
-      {"amqp-rpc (inline handler)", "amqprpc-inline", "bench-inline-" + suffix, {}},
+      {"raw rabbitmq-c", "raw", "raw", "bench-raw-" + suffix, {}},
+      {"amqp-rpc (1 worker thread)", "amqprpc", "bytes", "bench-amqprpc-" + suffix, {}},
+      {"amqp-rpc (inline handler)", "amqprpc-inline", "bytes", "bench-inline-" + suffix, {}},
+      {"amqp-rpc raw-bytes method (1 worker)", "", "method", "bench-amqprpc-" + suffix, {}},
+      {"amqp-rpc typed JSON method (1 worker)", "", "json", "bench-amqprpc-" + suffix, {}},
+      {"amqp-rpc typed protobuf method (1 worker)", "", "proto", "bench-amqprpc-" + suffix, {}},
   };
   bool up = true;
-  for (auto& impl : impls)
-    impl.server = spawn({exe, common_url, "serve", impl.mode, impl.queue}, false);
+  for (auto& impl : impls) {
+    if (!impl.server.empty())
+      impl.child = spawn({exe, common_url, "serve", impl.server, impl.queue}, false);
+  }
   for (auto& impl : impls) up = up && wait_for_queue(url, impl.queue);
   auto stop_servers = [&] {
-    for (auto& impl : impls) stop_child(impl.server);
+    for (auto& impl : impls) stop_child(impl.child);
   };
   if (!up) {
     std::cerr << "bench: the echo servers did not come up\n";
@@ -423,13 +499,12 @@ int main(int argc, char** argv) {
         for (std::size_t i = 0; i < impls.size(); ++i) {
           if (live) {  // a live progress line on a terminal
             std::cerr << "\rbench: cell " << cell_number << "/" << cells << " (" << sz << " B, "
-                      << c << " in flight): " << impls[i].mode << " run " << (r + 1) << "/"
+                      << c << " in flight): " << impls[i].client << " run " << (r + 1) << "/"
                       << repeat << "          " << std::flush;
           }
           runs[i].push_back(run_json({exe, common_url, "--seconds=" + fmt(seconds, 3),
-                                      "--warmup=" + fmt(warmup, 3), "client",
-                                      impls[i].mode == "raw" ? "raw" : "amqprpc", impls[i].queue,
-                                      std::to_string(c), std::to_string(sz)}));
+                                      "--warmup=" + fmt(warmup, 3), "client", impls[i].client,
+                                      impls[i].queue, std::to_string(c), std::to_string(sz)}));
         }
       }
       std::vector<json> median(impls.size());
@@ -461,10 +536,11 @@ int main(int argc, char** argv) {
            << fmt(j.value("cpu_us_per_call", 0.0), 1) << " | "
            << fmt(j.value("peak_rss_kb", 0) / 1024.0, 1) << " | " << fmt(ratio, 2) << " | "
            << fmt(p50_ratio, 2) << " |\n";
-        cell[impls[i].mode] = j;
-        cell[impls[i].mode + "_ratio_calls_per_s"] = ratio;
-        cell[impls[i].mode + "_ratio_p50"] = p50_ratio;
-        std::cerr << " " << impls[i].mode << " " << fmt(j.value("calls_per_s", 0.0)) << "/s";
+        const std::string key = mode_key(impls[i].server, impls[i].client);
+        cell[key] = j;
+        cell[key + "_ratio_calls_per_s"] = ratio;
+        cell[key + "_ratio_p50"] = p50_ratio;
+        std::cerr << " " << key << " " << fmt(j.value("calls_per_s", 0.0)) << "/s";
       }
       std::cerr << "\n";
       all.push_back(cell);
@@ -528,6 +604,26 @@ int main(int argc, char** argv) {
            << fmt(long_result.value("seconds", 0.0), 1) << " s; client RSS (MiB) after each tenth:";
     for (const auto& s : long_result["samples"])
       report << " " << fmt(s["rss_kb"].get<long>() / 1024.0, 1);
+    report << "\n";
+  }
+  // Typed calls against the same server's plain calls, same run: what dispatch and codecs cost.
+  for (const auto& cell : all) {
+    if (cell["size"] != 16 || (cell["concurrency"] != 1 && cell["concurrency"] != 256)) continue;
+    const json& plain = cell["amqprpc"];
+    report << "\nAt " << cell["concurrency"].get<int>()
+           << " in flight (16 B), against plain calls to the same server (1 worker):";
+    for (const char* key : {"method", "json", "proto"}) {
+      const json& t = cell[key];
+      auto ratio = [&](const char* field) {
+        double base = plain.value(field, 0.0);
+        return base > 0 ? t.value(field, 0.0) / base : 0.0;
+      };
+      const double extra_cpu =
+          t.value("cpu_us_per_call", 0.0) - plain.value("cpu_us_per_call", 0.0);
+      report << " " << key << " calls/s " << fmt(ratio("calls_per_s"), 2) << "x, p50 "
+             << fmt(ratio("p50_us"), 2) << "x, client CPU " << (extra_cpu >= 0 ? "+" : "")
+             << fmt(extra_cpu, 1) << " µs/call;";
+    }
     report << "\n";
   }
   for (const auto& f : findings) report << "\nerror during the run: " << f << "\n";

@@ -185,7 +185,7 @@ TEST(Describe, ListsMethodsTypesAndTheDescriptorSet) {
   google::protobuf::FileDescriptorSet set;
   ASSERT_TRUE(set.ParseFromString(detail::file_descriptor_set(s.proto_files())));
   ASSERT_EQ(set.file_size(), 1);
-  EXPECT_EQ(set.file(0).name(), "proto/test_messages.proto");
+  EXPECT_EQ(set.file(0).name(), "test_messages.proto");
 }
 
 TEST(Describe, Base64IsStandard) {
