@@ -141,3 +141,12 @@ TEST(Triage, OnAQuorumQueueAServersCopyAddsTheBrokersCount) {
   EXPECT_EQ(t.attempt, 4);
   EXPECT_EQ(t.verdict, Verdict::serve);
 }
+
+TEST(Triage, AOneWayCallNeedsNoReplyTo) {
+  amqp::Delivery d = request();
+  d.props.reply_to.clear();
+  d.props.headers["x-rpc-oneway"] = "1";
+  EXPECT_EQ(triage(d, classic(), kNow).verdict, Verdict::serve);
+  d.props.headers["x-rpc-oneway"] = "no";
+  EXPECT_EQ(triage(d, classic(), kNow).verdict, Verdict::reject) << "only 1 or true marks it";
+}

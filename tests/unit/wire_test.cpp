@@ -106,3 +106,42 @@ TEST(Wire, ExpiredOnlyWhenTheDeadlineHeaderIsANumberInThePast) {
   h["x-rpc-deadline"] = "-5";
   EXPECT_FALSE(wire::expired(h, 1000));
 }
+
+TEST(Wire, AMethodAndAOneWayMarkTravelInHeaders) {
+  CallOptions o;
+  o.method = "Divide";
+  auto props = wire::encode_request(o, "c", "", std::chrono::milliseconds(100), /*oneway=*/true);
+  EXPECT_EQ(props.headers.at("x-rpc-method"), "Divide");
+  EXPECT_EQ(props.headers.at("x-rpc-oneway"), "1");
+  EXPECT_TRUE(props.reply_to.empty());
+  detail::amqp::Delivery d;
+  d.props = props;
+  Request req = wire::decode_request(std::move(d), "q");
+  EXPECT_EQ(req.method, "Divide");
+  EXPECT_TRUE(req.oneway);
+
+  auto plain = wire::encode_request(CallOptions{}, "c", "r", std::chrono::milliseconds(100));
+  EXPECT_EQ(plain.headers.count("x-rpc-method"), 0u) << "no method: the seed's request";
+  EXPECT_EQ(plain.headers.count("x-rpc-oneway"), 0u);
+}
+
+TEST(Wire, AnErrorDetailIsTheBodyAndComesBackWithItsType) {
+  detail::amqp::Properties props;
+  std::string body;
+  Status with_detail{StatusCode::invalid_argument, "divide by zero",
+                     StatusDetail{"calc.MathError", "application/protobuf", "\x0a\x01x"}};
+  wire::encode_reply(Reply{with_detail, {}, {}, {}}, "c", props, body);
+  EXPECT_EQ(props.headers.at("x-rpc-detail-type"), "calc.MathError");
+  EXPECT_EQ(props.headers.at("x-rpc-message"), "divide by zero");
+  EXPECT_EQ(props.content_type, "application/protobuf");
+  EXPECT_EQ(body, "\x0a\x01x");
+  Reply back = wire::decode_reply(std::move(props), std::move(body));
+  EXPECT_EQ(back.status, with_detail);
+  ASSERT_NE(back.status.detail(), nullptr);
+  EXPECT_EQ(back.status.detail()->type, "calc.MathError");
+}
+
+TEST(Wire, UnimplementedHasItsWireName) {
+  EXPECT_EQ(to_string(StatusCode::unimplemented), "unimplemented");
+  EXPECT_EQ(status_code_from_string("unimplemented"), StatusCode::unimplemented);
+}
