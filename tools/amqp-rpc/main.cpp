@@ -84,11 +84,12 @@ amqprpc::Result<std::unique_ptr<amqprpc::Client>> connect_client(
 }
 
 // The service on `queue`, from its reply to amqprpc.describe; else nullopt, with the exit code
-// in `exit_code` and the reason in `why`. `raw` gets the reply's body.
+// in `exit_code` and the reason in `why` (unimplemented: the server does not describe itself).
+// `raw` gets the reply's body.
 std::optional<tools::Description> fetch_description(amqprpc::Client& client,
                                                     const std::string& queue,
                                                     std::chrono::milliseconds timeout,
-                                                    int& exit_code, std::string& why,
+                                                    int& exit_code, amqprpc::Status& why,
                                                     std::string* raw = nullptr) {
   amqprpc::CallOptions o;
   o.method = std::string(amqprpc::kDescribeMethod);
@@ -98,14 +99,15 @@ std::optional<tools::Description> fetch_description(amqprpc::Client& client,
   if (!reply.status.ok()) {
     exit_code = tools::exit_code_for_reply(reply);
     if (reply.status.code() == amqprpc::StatusCode::deadline_exceeded) {
-      why = "no server on '" + queue + "' answered " + std::string(amqprpc::kDescribeMethod) +
-            " within " + seconds_text(static_cast<double>(timeout.count()) / 1000);
+      why = {reply.status.code(), "no server on '" + queue + "' answered " +
+                                      std::string(amqprpc::kDescribeMethod) + " within " +
+                                      seconds_text(static_cast<double>(timeout.count()) / 1000)};
     } else if (reply.headers.count("x-rpc-status") != 0) {
       exit_code = kError;
-      why = does_not + "it answers " + std::string(amqprpc::kDescribeMethod) + " with " +
-            reply.status.to_string();
+      why = {reply.status.code(), does_not + "it answers " + std::string(amqprpc::kDescribeMethod) +
+                                      " with " + reply.status.to_string()};
     } else {
-      why = reply.status.to_string();
+      why = {reply.status.code(), reply.status.to_string()};
     }
     return std::nullopt;
   }
@@ -113,8 +115,9 @@ std::optional<tools::Description> fetch_description(amqprpc::Client& client,
   auto d = tools::parse_description(reply.content_type, reply.body);
   if (!d) {
     exit_code = kError;
-    why = does_not + "its reply to " + std::string(amqprpc::kDescribeMethod) + " is " +
-          d.status().message();
+    why = {amqprpc::StatusCode::unimplemented, does_not + "its reply to " +
+                                                   std::string(amqprpc::kDescribeMethod) + " is " +
+                                                   d.status().message()};
     return std::nullopt;
   }
   return std::move(*d);
@@ -206,6 +209,31 @@ std::optional<amqprpc::Result<std::string>> protobuf_as_json(const Typed& typed,
   return schema->binary_to_json(*descriptor, body);
 }
 
+// How deeply JSON text nests (brackets outside strings): parsed JSON from a server is only put
+// in the --json output when shallow, as printing it recurses.
+std::size_t json_depth(std::string_view text) {
+  std::size_t depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
 int run_call(const CallArgs& a) {
   auto conn = tools::parse_broker_url("amqp-rpc call", a.url);
   if (!conn) return kUsage;
@@ -256,13 +284,11 @@ int run_call(const CallArgs& a) {
   if (!a.method.empty() && !a.method.starts_with(amqprpc::kReservedMethodPrefix) &&
       a.content_type.empty()) {
     int code = kOk;
-    std::string why;
+    amqprpc::Status why;
     typed.description = fetch_description(**client, a.queue, *timeout, code, why);
     if (!typed.description) {
-      fail_json({code == kTimeout ? amqprpc::StatusCode::deadline_exceeded
-                                  : amqprpc::StatusCode::unavailable,
-                 why});
-      std::cerr << "amqp-rpc call: " << why
+      fail_json(why);
+      std::cerr << "amqp-rpc call: " << why.message()
                 << (code == kError ? " (call without --method for a raw call)" : "") << "\n";
       return code;
     }
@@ -309,7 +335,8 @@ int run_call(const CallArgs& a) {
     if (as_json && as_json->ok()) {
       detail_text = **as_json;
       detail_json = {{"type", d->type}, {"value", json::parse(**as_json, nullptr, false)}};
-    } else if (d->content_type == kJsonContentType && json::accept(d->data)) {
+    } else if (d->content_type == kJsonContentType && json_depth(d->data) <= 100 &&
+               json::accept(d->data)) {
       detail_text = d->data;
       detail_json = {{"type", d->type}, {"value", json::parse(d->data)}};
     } else {
@@ -382,10 +409,11 @@ int run_describe(const DescribeArgs& a) {
     return tools::exit_code_for_connect(client.status());
   }
   int code = kOk;
-  std::string why, raw;
+  amqprpc::Status why;
+  std::string raw;
   auto d = fetch_description(**client, a.queue, *timeout, code, why, &raw);
   if (!d) {
-    std::cerr << "amqp-rpc describe: " << why << "\n";
+    std::cerr << "amqp-rpc describe: " << why.message() << "\n";
     return code;
   }
   if (a.as_json) {
