@@ -1,5 +1,8 @@
 // amqp-rpc: the command line for AMQP RPC, like grpcurl for gRPC.
-//   amqp-rpc call QUEUE [BODY]      call a server, print the reply (or --json)
+//   amqp-rpc call QUEUE [BODY]      call a server, print the reply (or --json); with --method,
+//                                   a method of its service, JSON in and out for typed methods
+//   amqp-rpc describe QUEUE         the service on a queue: methods, message types (or --json)
+//   amqp-rpc health QUEUE           serving or not_serving (exit 0 only when serving)
 //   amqp-rpc serve --queue Q        serve with a built-in handler (fib, echo)
 //   amqp-rpc bench [OPTIONS]        the benchmark (raw rabbitmq-c vs amqp-rpc vs the seed)
 // Exit codes: 0 ok, 1 error reply from the server, 2 usage, 3 timeout, 4 broker or server
@@ -13,19 +16,24 @@
 #include <iostream>
 #include <iterator>
 #include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include "amqprpc/client.hpp"
 #include "amqprpc/server.hpp"
 #include "common/cli.hpp"
 #include "common/common.hpp"
+#include "common/describe.hpp"
 #include "fib.hpp"
 
 namespace {
 
 using json = nlohmann::json;
 namespace tools = amqprpc::tools;
+using tools::kError;
 using tools::kOk;
+using tools::kTimeout;
 using tools::kUnreachable;
 using tools::kUsage;
 
@@ -47,6 +55,76 @@ json errors_json(const std::map<amqprpc::StatusCode, std::uint64_t>& errors) {
   return j;
 }
 
+// ---- talking to one queue: what call, describe and health share ----
+
+std::string seconds_text(double s) {
+  std::ostringstream out;
+  out << s;
+  return out.str() + " s";
+}
+
+// --timeout as milliseconds; nullopt (said why) when it is not a number.
+std::optional<std::chrono::milliseconds> timeout_of(std::string_view program, double s) {
+  if (!std::isfinite(s)) {  // CLI11's range check lets NaN through
+    std::cerr << program << ": --timeout must be a number of seconds, got " << s << "\n";
+    return std::nullopt;
+  }
+  return std::chrono::milliseconds(static_cast<long long>(std::ceil(s * 1000)));
+}
+
+amqprpc::Result<std::unique_ptr<amqprpc::Client>> connect_client(
+    const amqprpc::ConnectionOptions& conn, const std::string& reply_mode = "direct") {
+  amqprpc::ClientOptions options;
+  options.connection = conn;
+  options.reconnect.enabled = false;  // one command: report, do not retry
+  options.reply_mode = reply_mode == "direct" ? amqprpc::ReplyMode::direct_reply_to
+                                              : amqprpc::ReplyMode::exclusive_queue;
+  options.logger = [](amqprpc::LogLevel, std::string_view) {};  // errors are reported by callers
+  return amqprpc::Client::connect(options);
+}
+
+// The service on `queue`, from its reply to amqprpc.describe; else nullopt, with the exit code
+// in `exit_code` and the reason in `why` (unimplemented: the server does not describe itself).
+// `raw` gets the reply's body.
+std::optional<tools::Description> fetch_description(amqprpc::Client& client,
+                                                    const std::string& queue,
+                                                    std::chrono::milliseconds timeout,
+                                                    int& exit_code, amqprpc::Status& why,
+                                                    std::string* raw = nullptr) {
+  amqprpc::CallOptions o;
+  o.method = std::string(amqprpc::kDescribeMethod);
+  o.timeout = timeout;
+  amqprpc::Reply reply = client.try_call(queue, "", o);
+  const std::string does_not = "the server on '" + queue + "' does not describe itself: ";
+  if (!reply.status.ok()) {
+    exit_code = tools::exit_code_for_reply(reply);
+    if (reply.status.code() == amqprpc::StatusCode::deadline_exceeded) {
+      why = {reply.status.code(), "no server on '" + queue + "' answered " +
+                                      std::string(amqprpc::kDescribeMethod) + " within " +
+                                      seconds_text(static_cast<double>(timeout.count()) / 1000)};
+    } else if (reply.headers.count("x-rpc-status") != 0) {
+      exit_code = kError;
+      why = {reply.status.code(), does_not + "it answers " + std::string(amqprpc::kDescribeMethod) +
+                                      " with " + reply.status.to_string()};
+    } else {
+      why = {reply.status.code(), reply.status.to_string()};
+    }
+    return std::nullopt;
+  }
+  if (raw != nullptr) *raw = reply.body;
+  auto d = tools::parse_description(reply.content_type, reply.body);
+  if (!d) {
+    exit_code = kError;
+    why = {amqprpc::StatusCode::unimplemented, does_not + "its reply to " +
+                                                   std::string(amqprpc::kDescribeMethod) + " is " +
+                                                   d.status().message()};
+    return std::nullopt;
+  }
+  return std::move(*d);
+}
+
+// ---- call ----
+
 struct CallArgs {
   std::string url;
   std::string queue;
@@ -58,7 +136,103 @@ struct CallArgs {
   std::vector<std::string> headers;
   std::string content_type;
   std::string reply_mode = "direct";
+  std::string method;
 };
+
+// What a typed call knows beyond the raw call: the method's description and the schema.
+struct Typed {
+  std::optional<tools::Description> description;
+  const tools::DescribedMethod* method = nullptr;
+};
+
+using amqprpc::kJsonContentType;
+using amqprpc::kProtobufContentType;
+
+bool is_protobuf_type(const std::string& type) {
+  return type != "json" && type != "bytes";
+}
+
+// Turns BODY into the request `typed.method` takes (JSON: checked; a protobuf type: JSON to
+// binary through the schema) and sets the call's content type and type header. 0, or the exit
+// code after saying why.
+int encode_typed_request(const Typed& typed, std::string& body, amqprpc::CallOptions& call) {
+  const tools::DescribedMethod& m = *typed.method;
+  const std::string& type = m.request_type;
+  if (type == "json") {
+    if (!nlohmann::json::accept(body)) {
+      std::cerr << "amqp-rpc call: method '" << m.name << "' takes JSON; the body is not JSON\n";
+      return kUsage;
+    }
+    call.content_type = std::string(kJsonContentType);
+    return 0;
+  }
+  if (!is_protobuf_type(type)) return 0;  // bytes: as given
+  const tools::Schema* schema = typed.description->schema.get();
+  if (schema == nullptr) {
+    std::cerr << "amqp-rpc call: method '" << m.name << "' takes " << type
+              << " but the server sends no descriptor set to build it with\n";
+    return kError;
+  }
+  auto descriptor = schema->find(type);
+  if (!descriptor) {
+    std::cerr << "amqp-rpc call: method '" << m.name << "': " << descriptor.status().message()
+              << "\n";
+    return kError;
+  }
+  auto binary = schema->json_to_binary(*descriptor, body);
+  if (!binary) {
+    std::cerr << "amqp-rpc call: method '" << m.name << "': the body is not JSON for " << type
+              << ": " << binary.status().message() << "\n";
+    return kUsage;
+  }
+  body = std::move(*binary);
+  call.content_type = std::string(kProtobufContentType);
+  call.headers.insert_or_assign(std::string(amqprpc::kTypeHeader), type);
+  return 0;
+}
+
+// A protobuf body as JSON when the schema has its type; nullopt when it is not protobuf.
+std::optional<amqprpc::Result<std::string>> protobuf_as_json(const Typed& typed,
+                                                             const std::string& content_type,
+                                                             const std::string& type,
+                                                             const std::string& body) {
+  if (!typed.description || content_type != kProtobufContentType || !is_protobuf_type(type)) {
+    return std::nullopt;
+  }
+  const tools::Schema* schema = typed.description->schema.get();
+  if (schema == nullptr) {
+    return amqprpc::Result<std::string>(
+        amqprpc::Status{amqprpc::StatusCode::not_found, "the server sends no descriptor set"});
+  }
+  auto descriptor = schema->find(type);
+  if (!descriptor) return amqprpc::Result<std::string>(descriptor.status());
+  return schema->binary_to_json(*descriptor, body);
+}
+
+// How deeply JSON text nests (brackets outside strings): parsed JSON from a server is only put
+// in the --json output when shallow, as printing it recurses.
+std::size_t json_depth(std::string_view text) {
+  std::size_t depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return deepest;
+}
 
 int run_call(const CallArgs& a) {
   auto conn = tools::parse_broker_url("amqp-rpc call", a.url);
@@ -67,14 +241,12 @@ int run_call(const CallArgs& a) {
     std::cerr << "amqp-rpc call: give the body as an argument or with --stdin, not both\n";
     return kUsage;
   }
-  if (!std::isfinite(a.timeout_s)) {  // CLI11's range check lets NaN through
-    std::cerr << "amqp-rpc call: --timeout must be a number of seconds, got " << a.timeout_s
-              << "\n";
-    return kUsage;
-  }
+  auto timeout = timeout_of("amqp-rpc call", a.timeout_s);
+  if (!timeout) return kUsage;
   amqprpc::CallOptions call;
-  call.timeout = std::chrono::milliseconds(static_cast<long long>(std::ceil(a.timeout_s * 1000)));
+  call.timeout = *timeout;
   call.content_type = a.content_type;
+  call.method = a.method;
   for (const auto& h : a.headers) {
     auto eq = h.find('=');
     if (eq == std::string::npos || eq == 0) {
@@ -86,30 +258,94 @@ int run_call(const CallArgs& a) {
   std::string body = a.body;
   if (a.from_stdin) body.assign(std::istreambuf_iterator<char>(std::cin), {});
 
-  amqprpc::ClientOptions options;
-  options.connection = *conn;
-  options.reconnect.enabled = false;  // one call: report, do not retry
-  options.reply_mode = a.reply_mode == "direct" ? amqprpc::ReplyMode::direct_reply_to
-                                                : amqprpc::ReplyMode::exclusive_queue;
-  options.logger = [](amqprpc::LogLevel, std::string_view) {};  // errors are reported below
   auto started = std::chrono::steady_clock::now();
-  auto client = amqprpc::Client::connect(options);
+  auto client = connect_client(*conn, a.reply_mode);
   auto connected = std::chrono::steady_clock::now();
   auto ms = [](auto d) { return std::chrono::duration<double, std::milli>(d).count(); };
+  auto fail_json = [&](const amqprpc::Status& why) {
+    if (!a.as_json) return;
+    json j{{"status", amqprpc::to_string(why.code())},
+           {"message", why.message()},
+           {"url", conn->to_string()},
+           {"queue", a.queue},
+           {"timing_ms", {{"connect", ms(connected - started)}}}};
+    if (!a.method.empty()) j["method"] = a.method;
+    std::cout << dump(j) << "\n";
+  };
   if (!client) {
-    if (a.as_json) {
-      std::cout << dump({{"status", amqprpc::to_string(client.status().code())},
-                         {"message", client.status().message()},
-                         {"url", conn->to_string()},
-                         {"queue", a.queue},
-                         {"timing_ms", {{"connect", ms(connected - started)}}}})
-                << "\n";
-    }
+    fail_json(client.status());
     std::cerr << "amqp-rpc call: " << client.status().to_string() << "\n";
     return tools::exit_code_for_connect(client.status());
   }
+
+  // A method of the service (not a reserved one, not with a content type of the caller's
+  // choosing): what it takes comes from the server's describe.
+  Typed typed;
+  if (!a.method.empty() && !a.method.starts_with(amqprpc::kReservedMethodPrefix) &&
+      a.content_type.empty()) {
+    int code = kOk;
+    amqprpc::Status why;
+    typed.description = fetch_description(**client, a.queue, *timeout, code, why);
+    if (!typed.description) {
+      fail_json(why);
+      std::cerr << "amqp-rpc call: " << why.message()
+                << (code == kError ? " (call without --method for a raw call)" : "") << "\n";
+      return code;
+    }
+    typed.method = typed.description->find(a.method);
+    if (typed.method == nullptr) {
+      const std::string why = "the service '" + typed.description->service + "' on '" + a.queue +
+                              "' has no method '" + a.method +
+                              "' (its methods: " + typed.description->method_names() + ")";
+      fail_json({amqprpc::StatusCode::unimplemented, why});
+      std::cerr << "amqp-rpc call: " << why << "\n";
+      return kUsage;
+    }
+    if (int code = encode_typed_request(typed, body, call); code != 0) return code;
+    // One deadline for both calls.
+    auto left = *timeout - std::chrono::duration_cast<std::chrono::milliseconds>(
+                               std::chrono::steady_clock::now() - connected);
+    call.timeout = std::max(left, std::chrono::milliseconds(1));
+  }
+
   amqprpc::Reply reply = (*client)->try_call(a.queue, body, call);
   auto done = std::chrono::steady_clock::now();
+  int code = tools::exit_code_for_reply(reply);
+
+  // A protobuf reply or detail, as JSON.
+  std::string shown = reply.body;
+  if (reply.status.ok() && typed.method != nullptr) {
+    auto type = reply.headers.find(std::string(amqprpc::kTypeHeader));
+    auto as_json = protobuf_as_json(
+        typed, reply.content_type,
+        type != reply.headers.end() ? type->second : typed.method->reply_type, reply.body);
+    if (as_json && !as_json->ok()) {
+      reply.status = {
+          amqprpc::StatusCode::internal,
+          "method '" + a.method + "': the reply does not decode: " + as_json->status().message()};
+      code = kError;
+    } else if (as_json) {
+      shown = **as_json;
+    }
+  }
+  json detail_json;
+  std::string detail_text;
+  if (const amqprpc::StatusDetail* d = reply.status.detail()) {
+    auto as_json = protobuf_as_json(typed, d->content_type, d->type, d->data);
+    if (as_json && as_json->ok()) {
+      detail_text = **as_json;
+      detail_json = {{"type", d->type}, {"value", json::parse(**as_json, nullptr, false)}};
+    } else if (d->content_type == kJsonContentType && json_depth(d->data) <= 100 &&
+               json::accept(d->data)) {
+      detail_text = d->data;
+      detail_json = {{"type", d->type}, {"value", json::parse(d->data)}};
+    } else {
+      detail_text = "(" + std::to_string(d->data.size()) + " bytes of " +
+                    (d->content_type.empty() ? "?" : d->content_type) + ")";
+      detail_json = {{"type", d->type}, {"content_type", d->content_type}};
+    }
+  }
+
   if (a.as_json) {
     auto stats = (*client)->stats();
     json j{{"status", amqprpc::to_string(reply.status.code())},
@@ -126,23 +362,143 @@ int run_call(const CallArgs& a) {
              {"reconnects", stats.reconnects},
              {"errors", errors_json(stats.errors)},
              {"latency", histogram_json(stats.latency)}}}};
+    if (!a.method.empty()) j["method"] = a.method;
     if (reply.status.ok()) {
-      j["body"] = reply.body;
+      j["body"] = shown;
     } else {
       j["message"] = reply.status.message();
+      if (!detail_json.is_null()) j["detail"] = detail_json;
     }
     std::cout << dump(j) << "\n";
   } else if (reply.status.ok()) {
-    std::cout << reply.body;
-    if (isatty(STDOUT_FILENO) || reply.body.empty() || reply.body.back() != '\n') std::cout << "\n";
+    std::cout << shown;
+    if (isatty(STDOUT_FILENO) || shown.empty() || shown.back() != '\n') std::cout << "\n";
   }
-  const int code = tools::exit_code_for_reply(reply);
   if (code == kUsage) {
     std::cerr << "amqp-rpc call: " << reply.status.message() << " (nothing was sent)\n";
   } else if (!reply.status.ok()) {
     std::cerr << "amqp-rpc call: " << reply.status.to_string() << "\n";
+    if (const amqprpc::StatusDetail* d = reply.status.detail()) {
+      std::cerr << "amqp-rpc call: detail " << d->type << ": " << detail_text << "\n";
+    }
   }
   return code;
+}
+
+// ---- describe ----
+
+struct DescribeArgs {
+  std::string url;
+  std::string queue;
+  bool as_json = false;
+  double timeout_s = 5;
+};
+
+std::string method_line(const tools::DescribedMethod& m) {
+  return m.name + "(" + m.request_type + ") returns (" + m.reply_type + ") [" + m.encoding + "]";
+}
+
+int run_describe(const DescribeArgs& a) {
+  auto conn = tools::parse_broker_url("amqp-rpc describe", a.url);
+  if (!conn) return kUsage;
+  auto timeout = timeout_of("amqp-rpc describe", a.timeout_s);
+  if (!timeout) return kUsage;
+  auto client = connect_client(*conn);
+  if (!client) {
+    std::cerr << "amqp-rpc describe: " << client.status().to_string() << "\n";
+    return tools::exit_code_for_connect(client.status());
+  }
+  int code = kOk;
+  amqprpc::Status why;
+  std::string raw;
+  auto d = fetch_description(**client, a.queue, *timeout, code, why, &raw);
+  if (!d) {
+    std::cerr << "amqp-rpc describe: " << why.message() << "\n";
+    return code;
+  }
+  if (a.as_json) {
+    std::cout << raw << "\n";
+    return kOk;
+  }
+  std::string out = "service " + d->service + "\n";
+  out += "queue: " + d->queue + "\n";
+  out += std::string("default handler: ") + (d->default_handler ? "yes" : "no") + "\n";
+  out += "methods:" + std::string(d->methods.empty() ? " none" : "") + "\n";
+  std::vector<std::string> types;  // the protobuf types the methods use, in order, once each
+  std::set<std::string> seen;
+  for (const auto& m : d->methods) {
+    out += "  " + method_line(m) + "\n";
+    for (const auto* t : {&m.request_type, &m.reply_type}) {
+      if (is_protobuf_type(*t) && seen.insert(*t).second) types.push_back(*t);
+    }
+  }
+  if (!types.empty()) out += "messages:\n";
+  for (const auto& t : types) {
+    if (d->schema == nullptr) {
+      out += "  message " + t + ": no descriptor set\n";
+      continue;
+    }
+    auto descriptor = d->schema->find(t);
+    if (descriptor) {
+      out += "  " + tools::message_definition(**descriptor, "  ") + "\n";
+    } else {
+      out += "  message " + t + ": " + descriptor.status().message() + "\n";
+    }
+  }
+  if (!d->reserved.empty()) {
+    out += "reserved:";
+    for (const auto& r : d->reserved) out += " " + r;
+    out += "\n";
+  }
+  std::cout << out;
+  return kOk;
+}
+
+// ---- health ----
+
+struct HealthArgs {
+  std::string url;
+  std::string queue;
+  double timeout_s = 5;
+};
+
+// A readiness probe: exit 0 only when a server on the queue says it is serving.
+int run_health(const HealthArgs& a) {
+  auto conn = tools::parse_broker_url("amqp-rpc health", a.url);
+  if (!conn) return kUsage;
+  auto timeout = timeout_of("amqp-rpc health", a.timeout_s);
+  if (!timeout) return kUsage;
+  auto client = connect_client(*conn);
+  if (!client) {
+    std::cerr << "amqp-rpc health: " << client.status().to_string() << "\n";
+    return tools::exit_code_for_connect(client.status());
+  }
+  amqprpc::CallOptions o;
+  o.method = std::string(amqprpc::kHealthMethod);
+  o.timeout = *timeout;
+  amqprpc::Reply reply = (*client)->try_call(a.queue, "", o);
+  if (reply.status.code() == amqprpc::StatusCode::deadline_exceeded) {
+    std::cout << "not_serving\n";
+    std::cerr << "amqp-rpc health: no server answered within " << seconds_text(a.timeout_s) << "\n";
+    return kTimeout;
+  }
+  const bool from_server = reply.headers.count("x-rpc-status") != 0;
+  if (!reply.status.ok() && !from_server) {
+    std::cerr << "amqp-rpc health: " << reply.status.to_string() << "\n";
+    return tools::exit_code_for_reply(reply);
+  }
+  json j = reply.status.ok() ? json::parse(reply.body, nullptr, false) : json();
+  auto status = j.is_object() ? j.find("status") : j.end();
+  if (!reply.status.ok() || status == j.end() || !status->is_string()) {
+    std::cerr << "amqp-rpc health: the server on '" << a.queue << "' does not answer "
+              << amqprpc::kHealthMethod
+              << (reply.status.ok() ? " (its reply is not a health reply)"
+                                    : " (its reply: " + reply.status.to_string() + ")")
+              << "\n";
+    return kError;
+  }
+  std::cout << status->get<std::string>() << "\n";
+  return status->get<std::string>() == "serving" ? kOk : kError;
 }
 
 struct ServeArgs {
@@ -289,6 +645,29 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::IsMember({"direct", "exclusive"}));
 
+  call_cmd->add_option("-m,--method", call.method,
+                       "method of the queue's service; typed methods take and print JSON");
+
+  DescribeArgs describe;
+  auto* describe_cmd =
+      app.add_subcommand("describe", "describe the service on QUEUE: methods and message types");
+  describe_cmd->add_option("queue", describe.queue, "queue the server consumes")->required();
+  tools::add_url_option(*describe_cmd, describe.url, "broker URI (amqp:// or amqps://)");
+  describe_cmd->add_option("--timeout", describe.timeout_s, "seconds to wait for the reply")
+      ->capture_default_str()
+      ->check(CLI::Range(0.001, 30.0 * 24 * 3600));
+  describe_cmd->add_flag("--json", describe.as_json,
+                         "print the server's describe reply (JSON, with its descriptor set)");
+
+  HealthArgs health;
+  auto* health_cmd = app.add_subcommand(
+      "health", "print serving or not_serving for QUEUE; exit 0 only when serving");
+  health_cmd->add_option("queue", health.queue, "queue the server consumes")->required();
+  tools::add_url_option(*health_cmd, health.url, "broker URI (amqp:// or amqps://)");
+  health_cmd->add_option("--timeout", health.timeout_s, "seconds to wait for an answer")
+      ->capture_default_str()
+      ->check(CLI::Range(0.001, 30.0 * 24 * 3600));
+
   ServeArgs serve;
   auto* serve_cmd = app.add_subcommand("serve", "serve a queue with a built-in handler");
   serve_cmd->add_option("--queue", serve.options.queue, "queue to serve")->capture_default_str();
@@ -320,6 +699,8 @@ int main(int argc, char** argv) {
 
   if (auto exit_code = tools::parse_command_line(app, argc, argv)) return *exit_code;
   if (*call_cmd) return run_call(call);
+  if (*describe_cmd) return run_describe(describe);
+  if (*health_cmd) return run_health(health);
   if (*serve_cmd) return run_serve(serve);
   if (*bench_cmd) return run_bench(bench_cmd->remaining(), argv[0]);
   return kUsage;
