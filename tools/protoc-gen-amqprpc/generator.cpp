@@ -117,7 +117,8 @@ std::string leading_comment(const D* descriptor, const std::string& indent) {
 
 // Why the service cannot be generated; empty when it can.
 std::string check_service(const pb::ServiceDescriptor* service) {
-  const std::string where = service->file()->name() + ": service " + service->full_name();
+  // protoc prefixes the file's name.
+  const std::string where = "service " + service->full_name();
   for (const char* suffix : {"Client", "Service"}) {
     const std::string cls = service->name() + suffix;
     std::string full =
@@ -187,20 +188,21 @@ void print_header(pb::io::Printer& p, const pb::FileDescriptor* file, const std:
     Vars sv{{"service", service->name()}, {"service_full", service->full_name()}};
     p.Print("\n");
     p.PrintRaw(leading_comment(service, ""));
-    p.Print(sv,
-            "// Calls $service_full$ through an amqprpc::Client, which must outlive the stub. "
-            "Thread-safe\n"
-            "// as the client is: one stub may serve many threads.\n"
-            "class $service$Client {\n"
-            " public:\n"
-            "  // The queue a $service$Service serves by default: the service's full name.\n"
-            "  static constexpr const char* kDefaultQueue = \"$service_full$\";\n"
-            "\n"
-            "  explicit $service$Client(::amqprpc::Client& client, std::string queue = "
-            "kDefaultQueue);\n"
-            "\n"
-            "  // The queue this stub calls.\n"
-            "  const std::string& queue() const { return queue_; }\n");
+    p.Print(
+        sv,
+        "// Calls $service_full$ through an amqprpc::Client, which must outlive the stub. "
+        "Thread-safe\n"
+        "// as the client is: one stub may serve many threads.\n"
+        "class $service$Client {\n"
+        " public:\n"
+        "  // The queue $service$Service::service() serves by default: the service's full name.\n"
+        "  static constexpr const char* kDefaultQueue = \"$service_full$\";\n"
+        "\n"
+        "  explicit $service$Client(::amqprpc::Client& client, std::string queue = "
+        "kDefaultQueue);\n"
+        "\n"
+        "  // The queue this stub calls.\n"
+        "  const std::string& queue() const { return queue_; }\n");
     for (int i = 0; i < service->method_count(); ++i) {
       const pb::MethodDescriptor* m = service->method(i);
       Vars v = method_vars(m);
