@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs the build into a scratch prefix and builds a small program against it twice, with
-# find_package(amqprpc) and with pkg-config; both must run and call a server. The installed CLI
-# must answer --help.   Usage: run_package_test.sh BUILD_DIR   (needs AMQP_URL)
+# find_package(amqprpc) (without protobuf) and with pkg-config; both must run and call a server.
+# A project with its own .proto (proto_consumer/) builds with amqprpc_generate() and the
+# installed protoc-gen-amqprpc under -Werror, serves and calls its service; without protobuf,
+# amqprpc_generate() says what is missing. The installed CLI must answer --help.
+#   Usage: run_package_test.sh BUILD_DIR   (needs AMQP_URL)
 set -euo pipefail
 BUILD=$1
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -12,12 +15,15 @@ PREFIX="$WORK/prefix"
 
 cmake --install "$BUILD" --prefix "$PREFIX" >/dev/null
 for f in lib/libamqprpc.a include/amqprpc/client.hpp lib/cmake/amqprpc/amqprpcConfig.cmake \
-         lib/pkgconfig/amqprpc.pc bin/amqp-rpc bin/amqp-rpc-bench; do
+         lib/pkgconfig/amqprpc.pc bin/amqp-rpc bin/amqp-rpc-bench bin/protoc-gen-amqprpc \
+         lib/cmake/amqprpc/amqprpcGenerate.cmake lib/cmake/amqprpc/amqprpcPluginTargets.cmake; do
   [[ -e "$PREFIX/$f" ]] || { echo "FAIL - not installed: $f"; exit 1; }
 done
-echo "ok   - installed library, headers, CMake package, pkg-config file, CLI"
+echo "ok   - installed library, headers, CMake package, pkg-config file, CLI, protoc plugin"
 
-cmake -S "$HERE/consumer" -B "$WORK/cmake-build" -DCMAKE_PREFIX_PATH="$PREFIX" >/dev/null
+# find_package(amqprpc) must not need protobuf: only amqprpc_generate() and protobuf.hpp do.
+cmake -S "$HERE/consumer" -B "$WORK/cmake-build" -DCMAKE_PREFIX_PATH="$PREFIX" \
+  -DCMAKE_DISABLE_FIND_PACKAGE_Protobuf=ON >/dev/null
 cmake --build "$WORK/cmake-build" >/dev/null
 out=$("$WORK/cmake-build/consumer" "package-cmake-$$")
 [[ "$out" == "installed:ok" ]] || { echo "FAIL - find_package build printed '$out'"; exit 1; }
@@ -30,7 +36,23 @@ out=$("$WORK/pc-consumer" "package-pc-$$")
 [[ "$out" == "installed:ok" ]] || { echo "FAIL - pkg-config build printed '$out'"; exit 1; }
 echo "ok   - pkg-config amqprpc build runs: $out"
 
+cmake -S "$HERE/proto_consumer" -B "$WORK/proto-build" -DCMAKE_PREFIX_PATH="$PREFIX" >/dev/null
+cmake --build "$WORK/proto-build" >/dev/null
+out=$("$WORK/proto-build/proto_consumer" "package-proto-$$")
+[[ "$out" == "generated:hello, package:unimplemented" ]] ||
+  { echo "FAIL - amqprpc_generate build printed '$out'"; exit 1; }
+echo "ok   - amqprpc_generate() build with the installed plugin runs: $out"
+
+if cmake -S "$HERE/proto_consumer" -B "$WORK/no-protobuf" -DCMAKE_PREFIX_PATH="$PREFIX" \
+     -DCMAKE_DISABLE_FIND_PACKAGE_Protobuf=ON >"$WORK/no-protobuf.log" 2>&1 ||
+   ! grep -q "amqprpc_generate: needs protobuf" "$WORK/no-protobuf.log"; then
+  echo "FAIL - amqprpc_generate without protobuf:"
+  cat "$WORK/no-protobuf.log"
+  exit 1
+fi
+echo "ok   - amqprpc_generate() without protobuf says what is missing"
+
 "$PREFIX/bin/amqp-rpc" --help | grep -q "amqp-rpc" || { echo "FAIL - amqp-rpc --help"; exit 1; }
 "$PREFIX/bin/amqp-rpc" call --help | grep -q -- "--json" || { echo "FAIL - amqp-rpc call --help"; exit 1; }
 echo "ok   - installed amqp-rpc answers --help"
-echo "4 passed, 0 failed"
+echo "6 passed, 0 failed"
