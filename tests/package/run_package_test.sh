@@ -43,6 +43,26 @@ out=$("$WORK/proto-build/proto_consumer" "package-proto-$$")
   { echo "FAIL - amqprpc_generate build printed '$out'"; exit 1; }
 echo "ok   - amqprpc_generate() build with the installed plugin runs: $out"
 
+# A new user's next steps: serve it, then describe, probe and call it with the installed CLI in
+# JSON, with no generated code on the CLI's side.
+QUEUE="package-cli-$$"
+"$WORK/proto-build/proto_consumer" "$QUEUE" --serve >"$WORK/serve.log" 2>&1 &
+SERVER=$!
+for _ in $(seq 1 600); do grep -q serving "$WORK/serve.log" && break; sleep 0.1; done
+grep -q serving "$WORK/serve.log" || { echo "FAIL - proto_consumer --serve did not start"; cat "$WORK/serve.log"; exit 1; }
+described=$("$PREFIX/bin/amqp-rpc" describe --timeout 30 "$QUEUE")
+grep -q "Hello(pkgtest.v1.HelloRequest) returns (pkgtest.v1.HelloReply)" <<<"$described" ||
+  { echo "FAIL - amqp-rpc describe printed: $described"; kill -TERM "$SERVER"; exit 1; }
+echo "ok   - installed amqp-rpc describes the generated service"
+"$PREFIX/bin/amqp-rpc" health --timeout 30 "$QUEUE" >/dev/null ||
+  { echo "FAIL - amqp-rpc health"; kill -TERM "$SERVER"; exit 1; }
+reply=$("$PREFIX/bin/amqp-rpc" call --timeout 30 "$QUEUE" '{"name":"cli"}' --method Hello)
+[[ "$reply" == '{"greeting":"hello, cli"}' ]] ||
+  { echo "FAIL - amqp-rpc call --method Hello printed '$reply'"; kill -TERM "$SERVER"; exit 1; }
+echo "ok   - installed amqp-rpc health says serving and call --method speaks JSON: $reply"
+kill -TERM "$SERVER"
+wait "$SERVER" || { echo "FAIL - proto_consumer --serve did not stop cleanly"; exit 1; }
+
 if cmake -S "$HERE/proto_consumer" -B "$WORK/no-protobuf" -DCMAKE_PREFIX_PATH="$PREFIX" \
      -DCMAKE_DISABLE_FIND_PACKAGE_Protobuf=ON >"$WORK/no-protobuf.log" 2>&1 ||
    ! grep -q "amqprpc_generate: needs protobuf" "$WORK/no-protobuf.log"; then
@@ -55,4 +75,4 @@ echo "ok   - amqprpc_generate() without protobuf says what is missing"
 "$PREFIX/bin/amqp-rpc" --help | grep -q "amqp-rpc" || { echo "FAIL - amqp-rpc --help"; exit 1; }
 "$PREFIX/bin/amqp-rpc" call --help | grep -q -- "--json" || { echo "FAIL - amqp-rpc call --help"; exit 1; }
 echo "ok   - installed amqp-rpc answers --help"
-echo "6 passed, 0 failed"
+echo "8 passed, 0 failed"

@@ -1,7 +1,11 @@
 // Serves pkgtest.v1.Greeter through the generated base and calls it through the generated stub,
 // against the installed package. Prints "generated:<greeting>:<Ping's status code>".
-//   proto_consumer QUEUE   (needs AMQP_URL)
+//   proto_consumer QUEUE           (needs AMQP_URL)
+//   proto_consumer QUEUE --serve   serves until SIGTERM or SIGINT (prints "serving" when ready)
+#include <signal.h>
+
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 
 #include "amqprpc/server.hpp"
@@ -23,10 +27,16 @@ class Greeter : public pkgtest::v1::GreeterService {
 
 int main(int argc, char** argv) {
   const char* url = std::getenv("AMQP_URL");
-  if (argc != 2 || url == nullptr) {
-    std::cerr << "usage: AMQP_URL=... proto_consumer QUEUE\n";
+  const bool serve_only = argc == 3 && std::strcmp(argv[2], "--serve") == 0;
+  if ((argc != 2 && !serve_only) || url == nullptr) {
+    std::cerr << "usage: AMQP_URL=... proto_consumer QUEUE [--serve]\n";
     return 2;
   }
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);  // before any thread starts
   auto connection = amqprpc::ConnectionOptions::from_uri(url);
   if (!connection) {
     std::cerr << connection.status().to_string() << "\n";
@@ -39,6 +49,13 @@ int main(int argc, char** argv) {
   if (!server) {
     std::cerr << "server: " << server.status().to_string() << "\n";
     return 1;
+  }
+  if (serve_only) {
+    std::cout << "serving" << std::endl;
+    int signal = 0;
+    sigwait(&stop_signals, &signal);
+    (*server)->stop();
+    return 0;
   }
   amqprpc::ClientOptions client_options;
   client_options.connection = *connection;
