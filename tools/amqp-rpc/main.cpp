@@ -532,19 +532,17 @@ int run_serve(ServeArgs& a) {
   if (!conn) return kUsage;
   a.options.connection = *conn;
   if (a.quorum) a.options.queue_type = amqprpc::QueueType::quorum;
-  amqprpc::Handler handler;
-  if (a.handler == "fib") {
-    handler = [limit = a.fib_limit](const amqprpc::Request& r) {
-      return fib::handle(r.body, limit);
-    };
-  } else {
-    handler = [](const amqprpc::Request& r) {
+  // fib: the demo's service (the seed's decimal bodies, and the typed JSON method Fib).
+  amqprpc::Service service = fib::service(a.options.queue, a.fib_limit);
+  if (a.handler != "fib") {
+    service = amqprpc::Service(a.options.queue, "echo");
+    service.default_handler([](const amqprpc::Request& r) {
       amqprpc::Reply reply = amqprpc::Reply::ok(r.body);
       reply.content_type = r.content_type;
       reply.headers = r.headers;
       reply.headers.erase("x-rpc-deadline");
       return reply;
-    };
+    });
   }
   tools::block_stop_signals();
 
@@ -555,7 +553,7 @@ int run_serve(ServeArgs& a) {
       }
     };
   }
-  auto server = amqprpc::Server::start(a.options, handler);
+  auto server = amqprpc::Server::start(a.options, std::move(service));
   if (!server) {
     std::cerr << "amqp-rpc serve: " << server.status().to_string() << "\n";
     return tools::exit_code_for_connect(server.status());
