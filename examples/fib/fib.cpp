@@ -92,17 +92,26 @@ amqprpc::Reply handle(std::string_view body, std::uint64_t limit) {
 void to_json(nlohmann::json& j, const FibRequest& r) {
   j = {{"n", r.n}};
 }
+namespace {
+// nlohmann turns -1 or 2.5 into an unsigned number silently, and a floating-point number out of
+// range into undefined behaviour: only a JSON unsigned integer is taken.
+std::uint64_t whole_number(const nlohmann::json& j, const char* name) {
+  const auto& n = j.at(name);
+  if (!n.is_number_unsigned()) {
+    throw std::invalid_argument(std::string("\"") + name + "\" must be a whole number >= 0");
+  }
+  return n.get<std::uint64_t>();
+}
+}  // namespace
+
 void from_json(const nlohmann::json& j, FibRequest& r) {
-  const auto& n = j.at("n");
-  // nlohmann would turn -1 or 2.5 into an unsigned number silently.
-  if (!n.is_number_unsigned()) throw std::invalid_argument("\"n\" must be a whole number >= 0");
-  r.n = n.get<std::uint64_t>();
+  r.n = whole_number(j, "n");
 }
 void to_json(nlohmann::json& j, const FibReply& r) {
   j = {{"n", r.n}, {"fib", r.fib}};
 }
 void from_json(const nlohmann::json& j, FibReply& r) {
-  j.at("n").get_to(r.n);
+  r.n = whole_number(j, "n");
   j.at("fib").get_to(r.fib);
 }
 

@@ -1,6 +1,13 @@
 // JSON messages: every type nlohmann::json converts both ways (to_json/from_json, or the
 // standard types it knows) travels as application/json. Include this to type methods and calls
 // with such types; it needs Debian's nlohmann-json3-dev.
+//
+// A body that is not JSON, or that from_json refuses (by throwing), is a clear error, never a
+// crash. One thing only from_json can check: nlohmann converts a JSON number to an integer
+// field with a plain cast, so a floating-point number out of the field's range (1e300 into an
+// int) is undefined behaviour, and -1 into an unsigned silently wraps. Read integer fields from
+// the network with a check (is_number_integer / is_number_unsigned, then get), as the demo's
+// examples/fib/fib.cpp does.
 #pragma once
 
 #include <nlohmann/json.hpp>
