@@ -170,7 +170,7 @@ PHASES+=("$(printf '%-44s %4d s' "  build: sanitizer" "$((SECONDS - b))")")
 b=$SECONDS
 step "build (libFuzzer targets, clang) in build-fuzz/"
 cmake -S . -B build-fuzz -DCMAKE_CXX_COMPILER=clang++ -DAMQPRPC_FUZZ=ON -DAMQPRPC_WERROR=ON \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAMQPRPC_FUZZ_SECONDS="${AMQPRPC_FUZZ_SECONDS:-20}" >/dev/null
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAMQPRPC_FUZZ_SECONDS="${AMQPRPC_FUZZ_SECONDS:-15}" >/dev/null
 nice -n 10 cmake --build build-fuzz -j "$JOBS" || builds_ok=0
 PHASES+=("$(printf '%-44s %4d s' "  build: fuzzing" "$((SECONDS - b))")")
 b=$SECONDS
@@ -204,7 +204,7 @@ rest() {
   TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1 second_deadlock_stack=1}" \
     ctest --test-dir build-tsan --output-on-failure --timeout 300 -L 'unit|integration' || rc=1
   echo
-  echo "==> fuzzing: each target for ${AMQPRPC_FUZZ_SECONDS:-20} s"
+  echo "==> fuzzing: each target for ${AMQPRPC_FUZZ_SECONDS:-15} s"
   ctest --test-dir build-fuzz --output-on-failure --timeout 600 -j "$JOBS" || rc=1
   return "$rc"
 }
