@@ -24,6 +24,9 @@ struct Request {
   std::string content_type;    // empty when the client set none
   std::string correlation_id;  // may be empty: seed-style clients may send none
   std::string reply_to;
+  // The verified caller: the AMQP user_id the broker validated against the caller's login
+  // (amqp-rpc clients set it). Empty: unknown (a client that set none).
+  std::string caller;
   Headers headers;
   bool redelivered = false;
 };

@@ -90,6 +90,10 @@ struct ClientOptions {
   bool confirm_requests = false;
   ReplyMode reply_mode = ReplyMode::direct_reply_to;
   std::chrono::milliseconds default_timeout{30'000};  // for calls that set none
+  // Requests carry the AMQP user_id of this connection's login, which RabbitMQ validates: a
+  // server sees it as the verified caller (Request::caller) and may restrict methods to some
+  // callers (Service::allow). Off: requests carry none, and the caller is unknown.
+  bool send_user_id = true;
   Logger logger;
 };
 

@@ -60,6 +60,7 @@ class Server {
     std::uint64_t requeued = 0;       // not started when the server stopped: back to the broker
     std::uint64_t oneway = 0;         // one-way calls handled (nothing sent back)
     std::uint64_t unimplemented = 0;  // calls of a method the service does not have
+    std::uint64_t denied = 0;         // calls refused: the caller is not on the method's list
     std::uint64_t reserved = 0;       // describe and health requests answered by the framework
     std::uint64_t reconnects = 0;
     std::map<StatusCode, std::uint64_t> errors;  // error replies by status code

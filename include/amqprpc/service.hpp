@@ -67,6 +67,11 @@ class Service {
   template <Codable Req, Codable Resp, class F>
   Service& method(std::string name, F handler);
 
+  // Only these verified callers (Request::caller: the broker-validated AMQP user_id) may call
+  // `method`, a method of this service; others, and callers of unknown identity, are answered
+  // permission_denied without reaching the handler.
+  Service& allow(std::string method, std::vector<std::string> callers);
+
   // Adds .proto files for describe (typed protobuf methods add theirs themselves).
   Service& add_proto_files(const ProtoFiles& files);
 
@@ -84,6 +89,8 @@ class Service {
   const ProtoFiles& proto_files() const { return proto_files_; }
   // Why this service cannot be served (a bad or repeated method name); ok when it can.
   Status check() const;
+  // Whether `caller` may call `method` (see allow): ok, or permission_denied saying why.
+  Status authorize(std::string_view method, std::string_view caller) const;
 
  private:
   std::string queue_;
@@ -91,6 +98,7 @@ class Service {
   Handler default_;
   std::map<std::string, Method, std::less<>> methods_;
   ProtoFiles proto_files_;
+  std::map<std::string, std::vector<std::string>, std::less<>> allowed_;  // method -> callers
   std::string error_;  // the first registration error, reported by check()
 };
 

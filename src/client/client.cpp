@@ -71,6 +71,17 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
       return;
     }
     call->timeout = std::min(call->timeout, kMaxTimeout);
+    for (std::string_view reserved : {detail::wire::kAttemptsHeader, detail::wire::kCallerHeader}) {
+      // Servers trust these only in their own copies, by their user_id, which this client now
+      // shares when it logs in as a server's user: it must not be the tool that forges them.
+      if (call->options.headers.count(reserved) != 0) {
+        call->complete(Reply::error(StatusCode::invalid_argument,
+                                    "header '" + std::string(reserved) +
+                                        "' is written by servers only (docs/PROTOCOL.md)"),
+                       options_.logger);
+        return;
+      }
+    }
     if (call->queue.size() > 255) {
       call->complete(Reply::error(StatusCode::invalid_argument, "queue name longer than 255 bytes"),
                      options_.logger);
@@ -384,6 +395,8 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
     amqp::Properties props = detail::wire::encode_request(
         call.options, call.correlation_id, call.oneway ? std::string() : link_.reply_queue,
         std::chrono::ceil<std::chrono::milliseconds>(call.deadline - Clock::now()), call.oneway);
+    // The broker checks it against this connection's login: the server can trust it.
+    if (options_.send_user_id) props.user_id = loop_.user();
     if (Status bad = detail::wire::validate_outgoing(
             props, call.body.size(), {channel.frame_max(), channel.max_message_size()}, "request");
         !bad.ok()) {

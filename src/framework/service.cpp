@@ -28,6 +28,23 @@ Service& Service::method(std::string name, Handler handler, MethodInfo info) {
   return *this;
 }
 
+Service& Service::allow(std::string method, std::vector<std::string> callers) {
+  allowed_[std::move(method)] = std::move(callers);
+  return *this;
+}
+
+Status Service::authorize(std::string_view method, std::string_view caller) const {
+  auto list = allowed_.find(method);
+  if (list == allowed_.end()) return {};
+  for (const auto& allowed : list->second) {
+    if (!caller.empty() && allowed == caller) return {};
+  }
+  return {StatusCode::permission_denied,
+          "method '" + std::string(method) + "' of '" + name_ + "' is not allowed for " +
+              (caller.empty() ? std::string("a caller without a verified identity (no user_id)")
+                              : "user '" + std::string(caller) + "'")};
+}
+
 Service& Service::add_proto_files(const ProtoFiles& files) {
   for (const auto& [name, proto] : files) proto_files_.emplace(name, proto);
   return *this;
@@ -44,6 +61,12 @@ Status Service::check() const {
   }
   if (!error_.empty()) {
     return {StatusCode::invalid_argument, "service on '" + queue_ + "': " + error_};
+  }
+  for (const auto& [method, callers] : allowed_) {
+    if (methods_.count(method) == 0) {
+      return {StatusCode::invalid_argument, "service on '" + queue_ + "': allow() names method '" +
+                                                method + "', which it does not have"};
+    }
   }
   if (!default_ && methods_.empty()) {
     return {StatusCode::invalid_argument,

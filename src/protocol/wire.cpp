@@ -31,6 +31,14 @@ std::int64_t attempt_of(const Headers& headers, bool redelivered, bool quorum,
   return redelivered ? base + 1 : base;
 }
 
+std::string caller_of(const amqp::Properties& props, bool from_server) {
+  if (from_server) {
+    auto it = props.headers.find(kCallerHeader);
+    if (it != props.headers.end()) return it->second;
+  }
+  return props.user_id;
+}
+
 bool expired(const Headers& headers, std::int64_t now_ms) {
   auto deadline = int_header(headers, kDeadlineHeader);
   return deadline && *deadline < now_ms;

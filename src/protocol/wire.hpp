@@ -31,6 +31,9 @@ inline constexpr std::string_view kMethodHeader = "x-rpc-method";
 inline constexpr std::string_view kOnewayHeader = "x-rpc-oneway";
 // Error replies carrying a detail: its type; the body is the detail, in the reply's content type.
 inline constexpr std::string_view kDetailTypeHeader = "x-rpc-detail-type";
+// A server's own copy of a request (see own_copy): the verified caller of the original, since
+// the copy's user_id is the server's. Trusted only on a copy a server published.
+inline constexpr std::string_view kCallerHeader = "x-rpc-caller";
 // Dead-lettered requests: why.
 inline constexpr std::string_view kDeadReasonHeader = "x-rpc-dead-reason";
 
@@ -46,6 +49,11 @@ std::optional<std::int64_t> int_header(const Headers& headers, std::string_view 
 // (when `quorum`: elsewhere a client could have set it) or the broker's redelivered flag.
 std::int64_t attempt_of(const Headers& headers, bool redelivered, bool quorum,
                         bool attempts_trusted);
+
+// The verified caller of a request: the user_id the broker validated, or, on a copy a server
+// published (`from_server`: its user_id is a server's), the original's caller it carries in
+// x-rpc-caller. Empty: unknown (the caller set no user_id).
+std::string caller_of(const amqp::Properties& props, bool from_server);
 
 // Whether the request's caller has given up (its x-rpc-deadline is before `now_ms`).
 bool expired(const Headers& headers, std::int64_t now_ms);

@@ -33,6 +33,7 @@ struct Job {
   std::size_t route = 0;         // which service
   std::uint64_t generation = 0;  // the connection it came on: tags die with their connection
   std::int64_t attempt = 1;      // which delivery of the request this is
+  std::string caller = {};       // verified (triage): the broker-validated user_id
 };
 
 // What a request's end asks of the I/O thread.
@@ -52,6 +53,7 @@ struct Outgoing {
   std::string body;        // the reply's; for a requeue, the request's
   std::size_t route = 0;   // requeue: the request's service (its queue)
   std::int64_t attempt = 1;
+  std::string caller = {};  // requeue: the request's verified caller, for its copy
 };
 
 Outgoing requeue_of(Job&& job) {
@@ -62,7 +64,8 @@ Outgoing requeue_of(Job&& job) {
                   std::move(job.delivery.props),
                   std::move(job.delivery.body),
                   job.route,
-                  job.attempt};
+                  job.attempt,
+                  std::move(job.caller)};
 }
 
 std::vector<std::string> users(const std::vector<ConnectionOptions>& endpoints) {
@@ -91,8 +94,12 @@ struct Core {
     Outgoing reply_out{Settle::reply_then_ack, d.delivery_tag, job.generation, {}, {}, {}};
     const Service& service = services[job.route];
     Request req = detail::wire::decode_request(std::move(d), service.queue());
+    req.caller = std::move(job.caller);
     Reply reply;
-    if (const Handler* handler = handler_for(service, req.method)) {
+    if (Status refused = service.authorize(req.method, req.caller); !refused.ok()) {
+      denied.fetch_add(1, std::memory_order_relaxed);
+      reply = Reply{std::move(refused), {}, {}, {}};
+    } else if (const Handler* handler = handler_for(service, req.method)) {
       auto started = std::chrono::steady_clock::now();
       try {
         reply = (*handler)(req);
@@ -112,7 +119,7 @@ struct Core {
       // Nothing goes back: the caller asked for none. A failure is only logged.
       oneway.fetch_add(1, std::memory_order_relaxed);
       if (!reply.status.ok()) {
-        if (reply.status.code() != StatusCode::unimplemented) errors.count(reply.status.code());
+        errors.count(reply.status.code());
         detail::log(logger, LogLevel::warning,
                     "one-way call of '" + req.method + "' on '" + service.queue() +
                         "' failed: " + reply.status.to_string());
@@ -153,7 +160,7 @@ struct Core {
   detail::LatencyRecorder handler_latency;
   detail::ErrorCounter errors;
   std::atomic<std::uint64_t> replied_ok{0}, replied_error{0}, expired{0}, oneway{0},
-      unimplemented{0};
+      unimplemented{0}, denied{0};
 };
 
 }  // namespace
@@ -297,6 +304,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     s.requeued = requeued_.load(std::memory_order_relaxed);
     s.oneway = core_->oneway.load(std::memory_order_relaxed);
     s.unimplemented = core_->unimplemented.load(std::memory_order_relaxed);
+    s.denied = core_->denied.load(std::memory_order_relaxed);
     s.reserved = reserved_.load(std::memory_order_relaxed);
     s.reconnects = loop_.reconnects();
     s.errors = core_->errors.snapshot();
@@ -392,14 +400,14 @@ class Server::Impl final : public detail::IoLoop::Hooks {
         reject_no_reply_to(channel, d, queue);
         return;
       case detail::Verdict::dead_letter:
-        dead_letter(channel, std::move(d), queue, t.attempt);
+        dead_letter(channel, std::move(d), queue, t.attempt, t.caller);
         return;
       case detail::Verdict::expired:
         core_->expired.fetch_add(1, std::memory_order_relaxed);
         channel.ack(d.delivery_tag);
         return;
       case detail::Verdict::recount:
-        if (recount(channel, d, queue, t.attempt)) return;
+        if (recount(channel, d, queue, t.attempt, t.caller)) return;
         break;
       case detail::Verdict::oversized:
         oversized_.fetch_add(1, std::memory_order_relaxed);
@@ -417,7 +425,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       answer_reserved(channel, d, route->second, m->second);
       return;
     }
-    Job job{std::move(d), route->second, generation_.load(std::memory_order_relaxed), t.attempt};
+    Job job{std::move(d), route->second, generation_.load(std::memory_order_relaxed), t.attempt,
+            t.caller};
     if (pool_) {
       link_.incoming.push_back(std::move(job));  // handed to the pool in one go after the read
     } else {
@@ -546,11 +555,14 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   // A server's own copy of a request, for its queue or the dead-letter queue: what arrived, its
   // header table as it came (never re-encoded, so never larger), marked with the attempt count
   // and with this connection's user, which the broker validates: a client cannot forge a count.
-  amqp::Properties own_copy(const amqp::Properties& original, std::int64_t attempt) const
-      REQUIRES(loop_.io_thread) {
+  amqp::Properties own_copy(const amqp::Properties& original, std::int64_t attempt,
+                            const std::string& caller) const REQUIRES(loop_.io_thread) {
     amqp::Properties p = original;
     p.headers.clear();  // they are in wire_headers, as they arrived
     p.headers.emplace(detail::wire::kAttemptsHeader, std::to_string(attempt));
+    // The copy's user_id is this server's: the original's verified caller travels in a header
+    // (always set, so that one a client wrote into the original never passes for the server's).
+    p.headers.emplace(detail::wire::kCallerHeader, caller);
     // The copy has not been returned yet: its attempts are all in x-rpc-attempts (a quorum
     // queue writes its own count when it returns the copy).
     p.headers.emplace(detail::wire::kDeliveryCountHeader, "0");
@@ -586,8 +598,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   // next crash is counted too; the original is acked once the copy is published. False: it
   // could not be copied, and is served uncounted instead.
   bool recount(amqp::Channel& channel, const amqp::Delivery& d, const std::string& queue,
-               std::int64_t attempt) REQUIRES(loop_.io_thread) {
-    auto copy = publish_copy(channel, queue, own_copy(d.props, attempt), d.body);
+               std::int64_t attempt, const std::string& caller) REQUIRES(loop_.io_thread) {
+    auto copy = publish_copy(channel, queue, own_copy(d.props, attempt, caller), d.body);
     if (!copy) {
       detail::log(options_.logger, LogLevel::warning,
                   "cannot re-publish a redelivered request to count its attempts (" +
@@ -608,7 +620,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       return;
     }
     const std::string& queue = core_->services[out.route].queue();
-    if (auto copy = publish_copy(channel, queue, own_copy(out.props, out.attempt), out.body)) {
+    if (auto copy =
+            publish_copy(channel, queue, own_copy(out.props, out.attempt, out.caller), out.body)) {
       ack_after_copy(channel, *copy, out.delivery_tag);
     } else {
       channel.reject(out.delivery_tag, /*requeue=*/true);
@@ -617,7 +630,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   }
 
   void dead_letter(amqp::Channel& channel, amqp::Delivery&& d, const std::string& queue,
-                   std::int64_t attempt) REQUIRES(loop_.io_thread) {
+                   std::int64_t attempt, const std::string& caller) REQUIRES(loop_.io_thread) {
     const std::string& dlq = options_.dead_letter_queue;
     const std::string why = "the request on '" + queue + "' was delivered " +
                             std::to_string(attempt) +
@@ -625,7 +638,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
                             "moved to dead-letter queue '" +
                             dlq + "'";
     detail::log(options_.logger, LogLevel::error, why);
-    amqp::Properties dead = own_copy(d.props, attempt);
+    amqp::Properties dead = own_copy(d.props, attempt, caller);
     dead.expiration.clear();  // kept for inspection, whatever the caller's deadline was
     dead.headers.emplace(detail::wire::kDeadReasonHeader, why);
     auto copy = publish_copy(channel, dlq, dead, d.body);

@@ -10,21 +10,25 @@ Triage triage(const amqp::Delivery& d, const TriagePolicy& policy, std::int64_t 
   if (d.props.reply_to.empty() && !wire::is_oneway(d.props.headers)) return {Verdict::reject};
   const Headers& headers = d.props.headers;
   const bool expired = wire::expired(headers, now_ms);
+  // Published by a server: its own copy (x-rpc-attempts and x-rpc-caller are the server's).
+  const bool own_copy =
+      !d.props.user_id.empty() && std::find(policy.server_users.begin(), policy.server_users.end(),
+                                            d.props.user_id) != policy.server_users.end();
+  std::string caller = wire::caller_of(d.props, own_copy);
   std::int64_t attempt = 1;
   if (policy.max_attempts > 0) {
-    const bool own_copy = !d.props.user_id.empty() &&
-                          std::find(policy.server_users.begin(), policy.server_users.end(),
-                                    d.props.user_id) != policy.server_users.end();
     attempt = wire::attempt_of(headers, d.redelivered, policy.quorum, own_copy);
-    if (attempt > policy.max_attempts) return {Verdict::dead_letter, attempt};
+    if (attempt > policy.max_attempts) return {Verdict::dead_letter, attempt, std::move(caller)};
     const bool counted_by_broker = policy.quorum && headers.count(wire::kDeliveryCountHeader) != 0;
     if (d.redelivered && !counted_by_broker) {
-      return {expired ? Verdict::expired : Verdict::recount, attempt};
+      return {expired ? Verdict::expired : Verdict::recount, attempt, std::move(caller)};
     }
   }
-  if (expired) return {Verdict::expired, attempt};
-  if (d.body.size() > policy.max_request_size) return {Verdict::oversized, attempt};
-  return {Verdict::serve, attempt};
+  if (expired) return {Verdict::expired, attempt, std::move(caller)};
+  if (d.body.size() > policy.max_request_size) {
+    return {Verdict::oversized, attempt, std::move(caller)};
+  }
+  return {Verdict::serve, attempt, std::move(caller)};
 }
 
 }  // namespace amqprpc::detail

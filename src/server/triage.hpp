@@ -34,6 +34,7 @@ enum class Verdict { serve, reject, dead_letter, expired, recount, oversized };
 struct Triage {
   Verdict verdict = Verdict::serve;
   std::int64_t attempt = 1;  // which delivery of the request this is (1 = the first)
+  std::string caller = {};   // the verified caller (wire::caller_of); empty: unknown
 };
 
 Triage triage(const amqp::Delivery& delivery, const TriagePolicy& policy, std::int64_t now_ms);

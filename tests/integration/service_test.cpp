@@ -398,3 +398,118 @@ TEST_F(ServiceTest, AServiceThatCannotBeServedIsRefusedAtStart) {
   EXPECT_EQ(twice.status().code(), StatusCode::invalid_argument);
   EXPECT_NE(twice.status().message().find(queue), std::string::npos);
 }
+
+namespace {
+
+// Runs rabbitmqctl on the suite's private node (scripts/test.sh exports its name and port).
+int ctl(const std::string& args) {
+  const char* name = std::getenv("AMQPRPC_BROKER_NAME");
+  const char* port = std::getenv("AMQPRPC_BROKER_PORT");
+  if (name == nullptr || port == nullptr) return -1;
+  std::string cmd = std::string("AMQPRPC_BROKER_NAME=") + name + " AMQPRPC_BROKER_PORT=" + port +
+                    " " AMQPRPC_SOURCE_DIR "/scripts/broker.sh ctl " + args + " >/dev/null 2>&1";
+  return std::system(cmd.c_str()) == 0 ? 0 : 1;
+}
+
+// Two real broker users, created for a test and deleted after it.
+class VerifiedCallers : public ServiceTest {
+ protected:
+  void SetUp() override {
+    if (std::getenv("AMQPRPC_BROKER_NAME") == nullptr) {
+      GTEST_SKIP() << "needs the suite's private node to add users (scripts/test.sh)";
+    }
+    for (const auto& user : {alice, bob}) {
+      ASSERT_EQ(ctl("add_user " + user + " " + password), 0) << "add_user " << user;
+      ASSERT_EQ(ctl("set_permissions -p / " + user + " '.*' '.*' '.*'"), 0);
+    }
+  }
+  void TearDown() override {
+    ctl("delete_user " + alice);
+    ctl("delete_user " + bob);
+    ServiceTest::TearDown();
+  }
+  std::unique_ptr<Client> client_as(const std::string& user, bool send_user_id = true) {
+    ClientOptions o;
+    o.connection = testbroker::options();
+    if (!user.empty()) {
+      o.connection.user = user;
+      o.connection.password = password;
+    }
+    o.send_user_id = send_user_id;
+    auto c = Client::connect(o);
+    if (!c) throw std::runtime_error(c.status().to_string());
+    return std::move(*c);
+  }
+  std::string alice = testbroker::unique("alice");
+  std::string bob = testbroker::unique("bob");
+  std::string password = testbroker::unique("pw");
+};
+
+Service bank(const std::string& queue, const std::string& auditor) {
+  Service s(queue, "test.Bank");
+  s.method("WhoAmI", [](const Request& r) { return Reply::ok(r.caller); });
+  s.method("Audit", [](const Request&) { return Reply::ok("audited"); });
+  s.allow("Audit", {auditor});
+  return s;
+}
+
+CallOptions method(std::string name) {
+  CallOptions o;
+  o.method = std::move(name);
+  return o;
+}
+
+}  // namespace
+
+TEST_F(VerifiedCallers, HandlersSeeTheBrokerValidatedCallerAndAMethodAdmitsOnlyItsList) {
+  auto server = start(bank(queue, alice));  // the server logs in as guest
+  auto as_alice = client_as(alice);
+  auto as_bob = client_as(bob);
+  EXPECT_EQ(as_alice->call(queue, "", method("WhoAmI")), alice);
+  EXPECT_EQ(as_bob->call(queue, "", method("WhoAmI")), bob);
+  EXPECT_EQ(as_alice->call(queue, "", method("Audit")), "audited");
+  Reply refused = as_bob->try_call(queue, "", method("Audit"));
+  EXPECT_EQ(refused.status.code(), StatusCode::permission_denied);
+  EXPECT_NE(refused.status.message().find("'" + bob + "'"), std::string::npos)
+      << refused.status.message();
+  auto anonymous = client_as("", /*send_user_id=*/false);
+  EXPECT_EQ(anonymous->call(queue, "", method("WhoAmI")), "") << "no user_id: unknown";
+  EXPECT_EQ(anonymous->try_call(queue, "", method("Audit")).status.code(),
+            StatusCode::permission_denied);
+  EXPECT_EQ(server->stats().denied, 2u);
+}
+
+TEST_F(VerifiedCallers, ARequestHandedBackByAStoppingServerKeepsItsCaller) {
+  // Server A takes two of alice's requests and stops while the first one runs: the second
+  // goes back to the queue as A's own copy (its user_id is A's login), which must still say
+  // alice, not guest, to server B.
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  std::atomic<bool> busy{false}, finished{false};
+  Service a = bank(queue, alice);
+  a.method("Block", [&](const Request&) {
+    busy = true;
+    released.wait();
+    finished = true;  // the last touch of this test's locals
+    return Reply::ok("done");
+  });
+  ServerOptions ao = server_options(/*workers=*/1);
+  ao.stop_grace = std::chrono::milliseconds(0);
+  auto server_a = start(std::move(a), ao);
+  auto as_alice = client_as(alice);
+  auto blocked = as_alice->async_call(queue, "", method("Block"));
+  ASSERT_TRUE(eventually([&] { return busy.load(); }));
+  auto who = as_alice->async_call(queue, "", method("WhoAmI"));
+  ASSERT_TRUE(eventually([&] { return testbroker::Raw().depth(queue) == 0; }));  // A holds it
+  server_a->stop();  // hands WhoAmI back at once (no grace), leaves Block running
+  EXPECT_EQ(server_a->stats().requeued, 1u);
+  Service b = bank(queue, alice);
+  b.method("Block", [](const Request&) { return Reply::ok("done by b"); });
+  auto server_b = start(std::move(b), server_options(/*workers=*/2));
+  Reply answer = who.get();
+  ASSERT_TRUE(answer.status.ok()) << answer.status.to_string();
+  EXPECT_EQ(answer.body, alice);
+  release.set_value();
+  ASSERT_TRUE(eventually([&] { return finished.load(); }));  // A's handler left behind is done
+  blocked.wait();  // answered by B: the request went back when A's connection closed
+}

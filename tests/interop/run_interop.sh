@@ -197,6 +197,27 @@ check "pika asks the framework's health method" 'ok|application/json|{"status":"
   "$(call amqprpc.health '')"
 check "describe lists Fib" "yes" \
   "$(call amqprpc.describe '' | grep -q '"name":"Fib"' && echo yes || echo no)"
+
+echo "# 6. verified callers: the broker refuses a forged user_id"
+rc=0
+out=$(
+  "$PY" - 2>&1 <<'PYEOF'
+
+import os, sys, pika
+c = pika.BlockingConnection(pika.URLParameters(os.environ["AMQP_URL"]))  # logged in as guest
+ch = c.channel()
+ch.confirm_delivery()  # so that the publish itself learns the broker's answer
+try:
+    ch.basic_publish(exchange="", routing_key="rpc_queue", body=b"5",
+                     properties=pika.BasicProperties(user_id="someone-else"))
+    print("published: the broker did not refuse the forged user_id")
+    sys.exit(1)
+except pika.exceptions.ChannelClosedByBroker as e:
+    print(e.reply_code, e.reply_text)
+PYEOF
+) || rc=$?
+check "a forged user_id closes the pika caller's channel with 406" "0|406" "$rc|${out%% *}"
+check "the broker says why" "yes" "$([[ $out == *user_id* ]] && echo yes || echo no)"
 kill -TERM "$S4"
 wait_exit "$S4"
 check "fib_server exits 0 after bad input" "0" "$EXIT"

@@ -165,6 +165,22 @@ TEST(Service, RefusesReservedRepeatedAndEmptyMethodNames) {
   EXPECT_TRUE(Service("q").method("A", h).check().ok());
 }
 
+TEST(Service, AllowListsAdmitOnlyTheirVerifiedCallers) {
+  auto h = [](const Request&) { return Reply::ok(""); };
+  Service s("q", "Bank");
+  s.method("Audit", h).method("Balance", h).allow("Audit", {"auditor"});
+  ASSERT_TRUE(s.check().ok());
+  EXPECT_TRUE(s.authorize("Audit", "auditor").ok());
+  EXPECT_TRUE(s.authorize("Balance", "anyone").ok()) << "no list: open";
+  Status other = s.authorize("Audit", "mallory");
+  EXPECT_EQ(other.code(), StatusCode::permission_denied);
+  EXPECT_NE(other.message().find("'Audit'"), std::string::npos);
+  EXPECT_NE(other.message().find("'mallory'"), std::string::npos);
+  EXPECT_EQ(s.authorize("Audit", "").code(), StatusCode::permission_denied);
+  EXPECT_FALSE(Service("q").method("A", h).allow("B", {"x"}).check().ok())
+      << "a list for a method the service lacks is a mistake";
+}
+
 TEST(Describe, ListsMethodsTypesAndTheDescriptorSet) {
   Service s("queue-1", "amqprpc.test.Echo");
   s.default_handler([](const Request&) { return Reply::ok(""); });

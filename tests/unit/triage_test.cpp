@@ -150,3 +150,20 @@ TEST(Triage, AOneWayCallNeedsNoReplyTo) {
   d.props.headers["x-rpc-oneway"] = "no";
   EXPECT_EQ(triage(d, classic(), kNow).verdict, Verdict::reject) << "only 1 or true marks it";
 }
+
+TEST(Triage, TheCallerIsTheBrokerValidatedUserId) {
+  amqp::Delivery d = request();
+  d.props.user_id = "alice";
+  d.props.headers["x-rpc-caller"] = "root";  // a client cannot speak for someone else
+  EXPECT_EQ(triage(d, classic(), kNow).caller, "alice");
+  d.props.user_id.clear();
+  EXPECT_EQ(triage(d, classic(), kNow).caller, "") << "no user_id: unknown";
+}
+
+TEST(Triage, AServersCopyCarriesTheOriginalCaller) {
+  amqp::Delivery d = servers_copy(1);
+  d.props.headers["x-rpc-caller"] = "alice";
+  EXPECT_EQ(triage(d, classic(), kNow).caller, "alice");
+  d.props.headers["x-rpc-caller"] = "";
+  EXPECT_EQ(triage(d, classic(), kNow).caller, "") << "the original had no verified caller";
+}
