@@ -14,7 +14,7 @@
 AMQPRPC_DEPS_PACKAGES=(
     rabbitmq-server librabbitmq-dev libssl-dev cmake g++ make libgtest-dev libgmock-dev
     python3-pika clang libclang-rt-14-dev clang-format libcli11-dev
-    nlohmann-json3-dev libprotobuf-dev protobuf-compiler libprotoc-dev
+    nlohmann-json3-dev libprotobuf-dev protobuf-compiler libprotoc-dev libasio-dev
     libbenchmark-dev openssl procps iproute2 uuid-runtime pkg-config
 )
 
