@@ -4,6 +4,10 @@
 #include <google/protobuf/descriptor.pb.h>
 #include <gtest/gtest.h>
 
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+#include <asio/io_context.hpp>
+#include <asio/use_awaitable.hpp>
 #include <future>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -153,6 +157,28 @@ TEST_F(CalculatorTest, TheFutureAndCallbackFormsAnswerToo) {
   auto div = stub.DivideAsync(operands(1, 0));
   ASSERT_EQ(div.wait_for(30s), std::future_status::ready);
   EXPECT_EQ(div.get().status().code(), StatusCode::invalid_argument);
+}
+
+TEST_F(CalculatorTest, ACoroutineAwaitsTheStub) {
+  serve(calculator.service(queue));
+  calc::CalculatorClient stub(*client, queue);
+  asio::io_context ctx;
+  Result<calc::Value> sum = Status{StatusCode::unknown, "not run"};
+  Result<calc::Value> div = Status{StatusCode::unknown, "not run"};
+  asio::co_spawn(
+      ctx,
+      [&]() -> asio::awaitable<void> {
+        const CallOptions options;  // named: GCC 12 and temporaries in co_await (asio.hpp)
+        const calc::Operands two_and_three = operands(2, 3), by_zero = operands(1, 0);
+        sum = co_await stub.Add(two_and_three, options, asio::use_awaitable);
+        div = co_await stub.Divide(by_zero, options, asio::use_awaitable);
+      },
+      asio::detached);
+  ctx.run();
+  ASSERT_TRUE(sum.ok()) << sum.status().to_string();
+  EXPECT_EQ(sum->value(), 5);
+  EXPECT_EQ(div.status().code(), StatusCode::invalid_argument);
+  EXPECT_TRUE(detail_as<calc::MathError>(div.status()).has_value());
 }
 
 TEST_F(CalculatorTest, DividingByZeroIsInvalidArgumentWithAMathErrorDetail) {

@@ -173,10 +173,18 @@ void print_header(pb::io::Printer& p, const pb::FileDescriptor* file, const std:
         "#include <functional>\n"
         "#include <future>\n"
         "#include <string>\n"
+        "#include <utility>\n"
         "\n"
         "#include \"amqprpc/client.hpp\"\n"
         "#include \"amqprpc/protobuf.hpp\"\n"
-        "#include \"amqprpc/service.hpp\"\n");
+        "#include \"amqprpc/service.hpp\"\n"
+        "// With Asio (Debian's libasio-dev), stubs also offer calls taking a completion token.\n"
+        "#if __has_include(<asio.hpp>)\n"
+        "#include \"amqprpc/asio.hpp\"\n"
+        "#ifndef AMQPRPC_GENERATED_WITH_ASIO\n"
+        "#define AMQPRPC_GENERATED_WITH_ASIO 1\n"
+        "#endif\n"
+        "#endif\n");
   }
   p.Print("#include \"$base$.pb.h\"\n", "base", base);
   if (file->service_count() == 0) return;
@@ -222,7 +230,17 @@ void print_header(pb::io::Printer& p, const pb::FileDescriptor* file, const std:
               "      std::function<void(::amqprpc::Result<$resp$>)> on_done);\n"
               "  // $method$ one-way: nothing comes back (amqprpc::Client::notify).\n"
               "  ::amqprpc::Status $method$Notify(const $req$& request,\n"
-              "      ::amqprpc::CallOptions options = {});\n");
+              "      ::amqprpc::CallOptions options = {});\n"
+              "#ifdef AMQPRPC_GENERATED_WITH_ASIO\n"
+              "  // $method$ as an Asio operation (amqprpc/asio.hpp), completing with\n"
+              "  // Result<$resp$>: co_await it with asio::use_awaitable, or pass any token.\n"
+              "  template <class CompletionToken>\n"
+              "  auto $method$(const $req$& request, const ::amqprpc::CallOptions& options,\n"
+              "      CompletionToken&& token) {\n"
+              "    return ::amqprpc::async_typed_call<$resp$>(*client_, queue_, \"$method$\",\n"
+              "        request, options, std::forward<CompletionToken>(token));\n"
+              "  }\n"
+              "#endif\n");
     }
     p.Print(
         "\n"
