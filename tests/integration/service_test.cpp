@@ -96,6 +96,24 @@ Service calculator(const std::string& queue) {
   return s;
 }
 
+// A method handler that blocks until the test opens the gate; says when one has started, and
+// when it has finished (after that it touches nothing of the test's).
+struct Gate {
+  Handler handler() {
+    return [this](const Request&) {
+      entered = true;
+      opened.wait();
+      left = true;
+      return Reply::ok("done");
+    };
+  }
+  void open() { opener.set_value(); }
+
+  std::promise<void> opener;
+  std::shared_future<void> opened = opener.get_future().share();
+  std::atomic<bool> entered{false}, left{false};
+};
+
 class ServiceTest : public testing::Test {
  protected:
   void TearDown() override {
@@ -306,21 +324,15 @@ TEST_F(ServiceTest, DescribeListsMethodsAndTypesWithoutUserCode) {
 }
 
 TEST_F(ServiceTest, HealthIsAnsweredEvenWhileEveryWorkerIsBusyAndFollowsSetServing) {
-  std::promise<void> release;
-  std::shared_future<void> released = release.get_future().share();
-  std::atomic<bool> busy{false};
+  Gate gate;
   Service s(queue);
-  s.method("Block", [&](const Request&) {
-    busy = true;
-    released.wait();
-    return Reply::ok("done");
-  });
+  s.method("Block", gate.handler());
   auto server = start(std::move(s), server_options(/*workers=*/1));
   auto c = client();
   CallOptions block;
   block.method = "Block";
   auto blocked = c->async_call(queue, "", block);
-  ASSERT_TRUE(eventually([&] { return busy.load(); }));
+  ASSERT_TRUE(eventually([&] { return gate.entered.load(); }));
 
   CallOptions health;
   health.method = "amqprpc.health";
@@ -332,28 +344,22 @@ TEST_F(ServiceTest, HealthIsAnsweredEvenWhileEveryWorkerIsBusyAndFollowsSetServi
   server->set_serving(true);
   EXPECT_EQ(json::parse(c->try_call(queue, "", health).body)["status"], "serving");
 
-  release.set_value();
+  gate.open();
   EXPECT_EQ(blocked.get().body, "done");
 }
 
 TEST_F(ServiceTest, HealthSaysNotServingOnceAGracefulStopHasBegun) {
   // Handlers inline (workers = 0): while one runs, the I/O thread reads nothing, so a health
   // request the broker has already delivered waits in the socket until the stop has begun.
-  std::promise<void> release;
-  std::shared_future<void> released = release.get_future().share();
-  std::atomic<bool> busy{false};
+  Gate gate;
   Service s(queue);
-  s.method("Block", [&](const Request&) {
-    busy = true;
-    released.wait();
-    return Reply::ok("done");
-  });
+  s.method("Block", gate.handler());
   auto server = start(std::move(s), server_options(/*workers=*/0));
   auto c = client();
   CallOptions block;
   block.method = "Block";
   auto blocked = c->async_call(queue, "", block);
-  ASSERT_TRUE(eventually([&] { return busy.load(); }));
+  ASSERT_TRUE(eventually([&] { return gate.entered.load(); }));
   CallOptions health;
   health.method = "amqprpc.health";
   auto probe = c->async_call(queue, "", health);
@@ -362,7 +368,7 @@ TEST_F(ServiceTest, HealthSaysNotServingOnceAGracefulStopHasBegun) {
 
   std::thread stopper([&] { server->stop(); });
   ASSERT_TRUE(eventually([&] { return !server->serving(); }));
-  release.set_value();
+  gate.open();
   Reply answer = probe.get();
   ASSERT_TRUE(answer.status.ok()) << answer.status.to_string();
   EXPECT_EQ(json::parse(answer.body)["status"], "not_serving");
@@ -483,22 +489,15 @@ TEST_F(VerifiedCallers, ARequestHandedBackByAStoppingServerKeepsItsCaller) {
   // Server A takes two of alice's requests and stops while the first one runs: the second
   // goes back to the queue as A's own copy (its user_id is A's login), which must still say
   // alice, not guest, to server B.
-  std::promise<void> release;
-  std::shared_future<void> released = release.get_future().share();
-  std::atomic<bool> busy{false}, finished{false};
+  Gate gate;
   Service a = bank(queue, alice);
-  a.method("Block", [&](const Request&) {
-    busy = true;
-    released.wait();
-    finished = true;  // the last touch of this test's locals
-    return Reply::ok("done");
-  });
+  a.method("Block", gate.handler());
   ServerOptions ao = server_options(/*workers=*/1);
   ao.stop_grace = std::chrono::milliseconds(0);
   auto server_a = start(std::move(a), ao);
   auto as_alice = client_as(alice);
   auto blocked = as_alice->async_call(queue, "", method("Block"));
-  ASSERT_TRUE(eventually([&] { return busy.load(); }));
+  ASSERT_TRUE(eventually([&] { return gate.entered.load(); }));
   auto who = as_alice->async_call(queue, "", method("WhoAmI"));
   ASSERT_TRUE(eventually([&] { return testbroker::Raw().depth(queue) == 0; }));  // A holds it
   server_a->stop();  // hands WhoAmI back at once (no grace), leaves Block running
@@ -509,7 +508,7 @@ TEST_F(VerifiedCallers, ARequestHandedBackByAStoppingServerKeepsItsCaller) {
   Reply answer = who.get();
   ASSERT_TRUE(answer.status.ok()) << answer.status.to_string();
   EXPECT_EQ(answer.body, alice);
-  release.set_value();
-  ASSERT_TRUE(eventually([&] { return finished.load(); }));  // A's handler left behind is done
+  gate.open();
+  ASSERT_TRUE(eventually([&] { return gate.left.load(); }));  // A's handler left behind is done
   blocked.wait();  // answered by B: the request went back when A's connection closed
 }
