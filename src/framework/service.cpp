@@ -11,19 +11,22 @@ Service& Service::default_handler(Handler handler) {
 }
 
 Service& Service::method(std::string name, Handler handler, MethodInfo info) {
-  auto fail = [this](std::string why) {
-    if (error_.empty()) error_ = std::move(why);
-    return std::ref(*this);
-  };
+  // A bad registration is remembered (the first one) and reported by check() at start.
+  std::string why;
   if (name.empty() || name.size() > 255) {
-    return fail("a method name must be 1 to 255 bytes, got " + std::to_string(name.size()));
+    why = "a method name must be 1 to 255 bytes, got " + std::to_string(name.size());
+  } else if (name.starts_with(kReservedMethodPrefix)) {
+    why = "method '" + name + "': names starting with '" + std::string(kReservedMethodPrefix) +
+          "' are reserved for the framework";
+  } else if (!handler) {
+    why = "method '" + name + "' has no handler";
+  } else if (methods_.count(name) != 0) {
+    why = "method '" + name + "' is registered twice";
   }
-  if (name.starts_with(kReservedMethodPrefix)) {
-    return fail("method '" + name + "': names starting with '" +
-                std::string(kReservedMethodPrefix) + "' are reserved for the framework");
+  if (!why.empty()) {
+    if (error_.empty()) error_ = std::move(why);
+    return *this;
   }
-  if (!handler) return fail("method '" + name + "' has no handler");
-  if (methods_.count(name) != 0) return fail("method '" + name + "' is registered twice");
   methods_.emplace(std::move(name), Method{std::move(handler), std::move(info)});
   return *this;
 }

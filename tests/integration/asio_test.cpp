@@ -27,14 +27,6 @@ using testbroker::eventually;
 
 namespace {
 
-std::unique_ptr<Client> client() {
-  ClientOptions o;
-  o.connection = testbroker::options();
-  auto c = Client::connect(o);
-  if (!c) throw std::runtime_error(c.status().to_string());
-  return std::move(*c);
-}
-
 class AsioCalls : public testing::Test {
  protected:
   void SetUp() override {
@@ -56,7 +48,7 @@ class AsioCalls : public testing::Test {
     auto started = Server::start(o, std::move(s));
     ASSERT_TRUE(started.ok()) << started.status().to_string();
     server = std::move(*started);
-    c = client();
+    c = testbroker::connect();
   }
   void TearDown() override {
     release.set_value();

@@ -19,11 +19,7 @@ using testbroker::Process;
 namespace {
 
 std::unique_ptr<Client> client() {
-  ClientOptions o;
-  o.connection = testbroker::options();
-  auto c = Client::connect(o);
-  if (!c) throw std::runtime_error(c.status().to_string());
-  return std::move(*c);
+  return testbroker::connect();
 }
 
 ServerOptions server_options(const std::string& queue) {

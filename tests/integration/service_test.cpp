@@ -35,12 +35,9 @@ void from_json(const json& j, Sum& s) {
 
 std::unique_ptr<Client> client(bool confirm = false) {
   ClientOptions o;
-  o.connection = testbroker::options();
   o.confirm_requests = confirm;
   o.default_timeout = 30s;
-  auto c = Client::connect(o);
-  if (!c) throw std::runtime_error(c.status().to_string());
-  return std::move(*c);
+  return testbroker::connect(std::move(o));
 }
 
 ServerOptions server_options(std::size_t workers = 1) {

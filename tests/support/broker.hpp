@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "amqprpc/client.hpp"
 #include "amqprpc/options.hpp"
 
 namespace testbroker {
@@ -37,6 +38,14 @@ inline amqprpc::ConnectionOptions options() {
   if (!o) throw std::runtime_error(o.status().to_string());
   o->connect_timeout = std::chrono::milliseconds(5000);
   return *o;
+}
+
+// A client of the test broker (o.connection is set to it); throws when it cannot connect.
+inline std::unique_ptr<amqprpc::Client> connect(amqprpc::ClientOptions o = {}) {
+  o.connection = options();
+  auto c = amqprpc::Client::connect(std::move(o));
+  if (!c) throw std::runtime_error(c.status().to_string());
+  return std::move(*c);
 }
 
 inline std::string unique(const std::string& prefix) {
