@@ -140,7 +140,7 @@ struct Core {
   }
 
   static const Handler* handler_for(const Service& service, std::string_view method) {
-    if (method.empty()) return service.default_handler() ? &service.default_handler() : nullptr;
+    if (method.empty()) return service.default_method().handler ? &service.default_method().handler : nullptr;
     const Service::Method* m = service.find(method);
     return m != nullptr ? &m->handler : nullptr;
   }
