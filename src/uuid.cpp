@@ -29,4 +29,33 @@ std::string UuidGenerator::next() {
   return out;
 }
 
+namespace {
+
+void put_hex(std::string& out, std::uint64_t v) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  for (int i = 15; i >= 0; --i) out.push_back(kHex[(v >> (4 * i)) & 15]);
+}
+
+}  // namespace
+
+std::string UuidGenerator::trace_id() {
+  std::uint64_t hi = rng_();
+  std::uint64_t lo = rng_();
+  if (hi == 0 && lo == 0) lo = 1;
+  std::string out;
+  out.reserve(32);
+  put_hex(out, hi);
+  put_hex(out, lo);
+  return out;
+}
+
+std::string UuidGenerator::span_id() {
+  std::uint64_t v = rng_();
+  if (v == 0) v = 1;
+  std::string out;
+  out.reserve(16);
+  put_hex(out, v);
+  return out;
+}
+
 }  // namespace amqprpc::detail

@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 
+#include "amqprpc/context.hpp"
 #include "amqprpc/status.hpp"
 
 namespace amqprpc {
@@ -29,6 +30,9 @@ struct Request {
   std::string caller;
   Headers headers;
   bool redelivered = false;
+  // The caller's deadline, the cancellation signal and the trace context, which calls made on
+  // behalf of this request inherit (context.call_options()).
+  Context context;
 };
 
 // A reply: what a handler returns, and what a client receives. A non-ok status travels as an

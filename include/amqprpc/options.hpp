@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <stop_token>
 #include <string>
@@ -14,6 +15,9 @@
 #include "amqprpc/status.hpp"
 
 namespace amqprpc {
+
+class ClientInterceptor;
+class ServerInterceptor;
 
 enum class LogLevel { debug, info, warning, error };
 // Where the library's log lines go. Unset: warnings and errors go to stderr.
@@ -94,6 +98,8 @@ struct ClientOptions {
   // server sees it as the verified caller (Request::caller) and may restrict methods to some
   // callers (Service::allow). Off: requests carry none, and the caller is unknown.
   bool send_user_id = true;
+  // Run around every call, in order (amqprpc/interceptor.hpp).
+  std::vector<std::shared_ptr<ClientInterceptor>> interceptors;
   Logger logger;
 };
 
@@ -102,6 +108,10 @@ struct CallOptions {
   // default handler, which is what tutorial-6 clients reach.
   std::string method;
   std::optional<std::chrono::milliseconds> timeout;  // default: ClientOptions::default_timeout
+  // An absolute deadline (gRPC's set_deadline): the call ends at the earlier of this and
+  // `timeout`; one already passed fails the call with deadline_exceeded, unsent.
+  // Context::call_options sets it to the deadline of the request being served.
+  std::optional<std::chrono::steady_clock::time_point> deadline;
   Headers headers;
   std::string content_type;
   std::optional<std::uint8_t> priority;  // for queues declared with x-max-priority
@@ -117,6 +127,10 @@ struct CallOptions {
   // cancelled; a reply that still comes is dropped and counted as late. One source may cancel
   // many calls.
   std::stop_token cancel;
+  // The span this call is part of: its request's traceparent names a new span, child of this
+  // one. Unset: the call starts a new trace. Context::call_options sets it to the span of the
+  // request being served.
+  std::optional<TraceContext> trace;
 };
 
 enum class QueueType { classic, quorum };
@@ -144,11 +158,16 @@ struct ServerOptions {
   // default: "<queue>.dead-letter" (a name derived to fit when that is too long), declared at
   // start
   std::string dead_letter_queue;
-  // How long stop() waits for running handlers (gRPC's Shutdown deadline). Past it, stop closes
-  // the connection, so the broker hands their requests to another server, and returns; such a
-  // handler's thread ends when the handler returns, and its reply is dropped. (With workers = 0
-  // the handler runs on the I/O thread, and stop waits for it.)
+  // How long stop() waits for running handlers, asynchronous ones included (gRPC's Shutdown
+  // deadline). Past it, stop cancels their contexts (Context::cancellation), gives them a
+  // moment to answer, then closes the connection, so the broker hands the requests still
+  // unanswered to another server, and returns; such a handler's thread ends when the handler
+  // returns, and its reply is dropped. (With workers = 0 a synchronous handler runs on the I/O
+  // thread, and stop waits for it.)
   std::chrono::milliseconds stop_grace{30'000};
+  // Run around every request served, in order (amqprpc/interceptor.hpp); not around the
+  // reserved methods (describe, health), which the framework answers.
+  std::vector<std::shared_ptr<ServerInterceptor>> interceptors;
   Logger logger;
 };
 

@@ -34,6 +34,37 @@ namespace amqprpc {
 // throws becomes an error reply: RpcError's status, anything else internal with its message.
 using Handler = std::function<Reply(const Request&)>;
 
+namespace detail {
+class ServerCall;
+}
+
+// How an asynchronous handler answers, later and from any thread. Copies share one request:
+// the first reply wins (later ones return false and are dropped). The request stays valid while
+// any copy lives. When the last copy goes without a reply, the request is answered internal
+// ("dropped its responder"), so no request is left unanswered; an exception the handler throws
+// before answering becomes the reply, as for a synchronous handler. As today, the request is
+// acked only after its reply is sent, and ServerOptions::prefetch bounds the requests in hand,
+// answered or not.
+class Responder {
+ public:
+  explicit Responder(std::shared_ptr<detail::ServerCall> call);  // the server's
+  // Answers the request: sends `reply` (nothing for a one-way call), then acks. False when it
+  // was answered already.
+  bool reply(Reply reply);
+  bool fail(Status status) { return this->reply(Reply{std::move(status), {}, {}, {}}); }
+  bool answered() const;
+  const Request& request() const;
+  const Context& context() const { return request().context; }
+
+ private:
+  std::shared_ptr<detail::ServerCall> call_;
+};
+
+// A handler that answers through its Responder, now or later, from any thread: it holds no
+// worker thread while it waits (for a nested call, a timer, another queue). It runs on a
+// worker (or the I/O thread with workers = 0) and must return quickly.
+using AsyncHandler = std::function<void(const Request&, Responder)>;
+
 // The reserved methods every server answers without user code.
 inline constexpr std::string_view kDescribeMethod = "amqprpc.describe";
 inline constexpr std::string_view kHealthMethod = "amqprpc.health";
@@ -55,9 +86,12 @@ class Service {
 
   // Requests without a method (tutorial-6 clients). Without one, they get unimplemented.
   Service& default_handler(Handler handler);
+  Service& async_default_handler(AsyncHandler handler);
 
   // A raw method: bytes in, Reply out.
   Service& method(std::string name, Handler handler, MethodInfo info = {});
+  // An asynchronous raw method (amqprpc/asio.hpp adds coroutine methods on top of it).
+  Service& async_method(std::string name, AsyncHandler handler, MethodInfo info = {});
 
   // A typed method: the request is decoded as Req (a request that does not decode is answered
   // invalid_argument naming the method and what failed, without calling the handler); the
@@ -68,8 +102,8 @@ class Service {
   Service& method(std::string name, F handler);
 
   // Only these verified callers (Request::caller: the broker-validated AMQP user_id) may call
-  // `method`, a method of this service; others, and callers of unknown identity, are answered
-  // permission_denied without reaching the handler.
+  // `method`, a method of this service ("" names the default handler); others, and callers of
+  // unknown identity, are answered permission_denied without reaching the handler.
   Service& allow(std::string method, std::vector<std::string> callers);
 
   // Adds .proto files for describe (typed protobuf methods add theirs themselves).
@@ -80,11 +114,13 @@ class Service {
 
   // ---- what the server reads ----
   struct Method {
-    Handler handler;
+    Handler handler;  // one of these two is set
+    AsyncHandler async_handler;
     MethodInfo info;
+    explicit operator bool() const { return handler || async_handler; }
   };
   const Method* find(std::string_view method) const;
-  const Handler& default_handler() const { return default_; }
+  const Method& default_method() const { return default_; }
   const std::map<std::string, Method, std::less<>>& methods() const { return methods_; }
   const ProtoFiles& proto_files() const { return proto_files_; }
   // Why this service cannot be served (a bad or repeated method name); ok when it can.
@@ -93,9 +129,11 @@ class Service {
   Status authorize(std::string_view method, std::string_view caller) const;
 
  private:
+  Service& add(std::string name, Method method);
+
   std::string queue_;
   std::string name_;
-  Handler default_;
+  Method default_;
   std::map<std::string, Method, std::less<>> methods_;
   ProtoFiles proto_files_;
   std::map<std::string, std::vector<std::string>, std::less<>> allowed_;  // method -> callers

@@ -48,7 +48,7 @@ std::string describe_json(const Service& service) {
   }
   json j{{"service", service.name()},
          {"queue", service.queue()},
-         {"default_handler", static_cast<bool>(service.default_handler())},
+         {"default_handler", static_cast<bool>(service.default_method())},
          {"methods", std::move(methods)},
          {"reserved", {kDescribeMethod, kHealthMethod}}};
   if (!service.proto_files().empty()) {

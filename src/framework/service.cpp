@@ -6,11 +6,24 @@ Service::Service(std::string queue, std::string name)
     : queue_(std::move(queue)), name_(name.empty() ? queue_ : std::move(name)) {}
 
 Service& Service::default_handler(Handler handler) {
-  default_ = std::move(handler);
+  default_ = Method{std::move(handler), {}, {}};
+  return *this;
+}
+
+Service& Service::async_default_handler(AsyncHandler handler) {
+  default_ = Method{{}, std::move(handler), {}};
   return *this;
 }
 
 Service& Service::method(std::string name, Handler handler, MethodInfo info) {
+  return add(std::move(name), Method{std::move(handler), {}, std::move(info)});
+}
+
+Service& Service::async_method(std::string name, AsyncHandler handler, MethodInfo info) {
+  return add(std::move(name), Method{{}, std::move(handler), std::move(info)});
+}
+
+Service& Service::add(std::string name, Method method) {
   // A bad registration is remembered (the first one) and reported by check() at start.
   std::string why;
   if (name.empty() || name.size() > 255) {
@@ -18,7 +31,7 @@ Service& Service::method(std::string name, Handler handler, MethodInfo info) {
   } else if (name.starts_with(kReservedMethodPrefix)) {
     why = "method '" + name + "': names starting with '" + std::string(kReservedMethodPrefix) +
           "' are reserved for the framework";
-  } else if (!handler) {
+  } else if (!method) {
     why = "method '" + name + "' has no handler";
   } else if (methods_.count(name) != 0) {
     why = "method '" + name + "' is registered twice";
@@ -27,7 +40,7 @@ Service& Service::method(std::string name, Handler handler, MethodInfo info) {
     if (error_.empty()) error_ = std::move(why);
     return *this;
   }
-  methods_.emplace(std::move(name), Method{std::move(handler), std::move(info)});
+  methods_.emplace(std::move(name), std::move(method));
   return *this;
 }
 
@@ -42,8 +55,10 @@ Status Service::authorize(std::string_view method, std::string_view caller) cons
   for (const auto& allowed : list->second) {
     if (!caller.empty() && allowed == caller) return {};
   }
+  const std::string what =
+      method.empty() ? "the default handler" : "method '" + std::string(method) + "'";
   return {StatusCode::permission_denied,
-          "method '" + std::string(method) + "' of '" + name_ + "' is not allowed for " +
+          what + " of '" + name_ + "' is not allowed for " +
               (caller.empty() ? std::string("a caller without a verified identity (no user_id)")
                               : "user '" + std::string(caller) + "'")};
 }
@@ -66,7 +81,12 @@ Status Service::check() const {
     return {StatusCode::invalid_argument, "service on '" + queue_ + "': " + error_};
   }
   for (const auto& [method, callers] : allowed_) {
-    if (methods_.count(method) == 0) {
+    if (method.empty() && !default_) {
+      return {StatusCode::invalid_argument, "service on '" + queue_ +
+                                                "': allow() names the default handler (\"\"), "
+                                                "which it does not have"};
+    }
+    if (!method.empty() && methods_.count(method) == 0) {
       return {StatusCode::invalid_argument, "service on '" + queue_ + "': allow() names method '" +
                                                 method + "', which it does not have"};
     }
