@@ -5,8 +5,8 @@
 
 namespace amqprpc::detail {
 
-// Random (version 4) UUIDs as correlation ids, and random trace and span ids. One generator per owner: no global state and no
-// locking; not for use from several threads at once.
+// Random (version 4) UUIDs as correlation ids, and random trace and span ids. One generator per
+// owner: no global state and no locking; not for use from several threads at once.
 class UuidGenerator {
  public:
   UuidGenerator();

@@ -25,9 +25,9 @@ struct CallOptions;
 // which span stands for it. Travels in the headers `traceparent` and `tracestate` of every
 // request and every reply (docs/PROTOCOL.md).
 struct TraceContext {
-  std::string trace_id;  // 32 lowercase hex digits, not all zero
-  std::string span_id;   // 16 lowercase hex digits, not all zero
-  bool sampled = true;   // trace-flags bit 0: whether spans of this trace are recorded
+  std::string trace_id;    // 32 lowercase hex digits, not all zero
+  std::string span_id;     // 16 lowercase hex digits, not all zero
+  bool sampled = true;     // trace-flags bit 0: whether spans of this trace are recorded
   std::string tracestate;  // vendor data, passed on unchanged (at most 512 bytes)
 
   // Both ids well-formed.

@@ -114,7 +114,7 @@ class Service {
 
   // ---- what the server reads ----
   struct Method {
-    Handler handler;             // one of these two is set
+    Handler handler;  // one of these two is set
     AsyncHandler async_handler;
     MethodInfo info;
     explicit operator bool() const { return handler || async_handler; }

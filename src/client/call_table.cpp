@@ -4,8 +4,41 @@
 
 namespace amqprpc::detail {
 
+Status PendingCall::intercept(const Logger& logger) {
+  if (interceptors == nullptr || interceptors->empty()) return {};
+  interceptor_state.resize(interceptors->size());
+  for (std::size_t i = 0; i < interceptors->size(); ++i) {
+    interceptors_ran = i + 1;
+    try {
+      if (Status refused = (*interceptors)[i]->before_call(*this, interceptor_state[i]);
+          !refused.ok()) {
+        return refused;
+      }
+    } catch (const std::exception& e) {
+      log(logger, LogLevel::error, std::string("a client interceptor threw: ") + e.what());
+      return {StatusCode::internal, std::string("a client interceptor threw: ") + e.what()};
+    } catch (...) {
+      log(logger, LogLevel::error, "a client interceptor threw");
+      return {StatusCode::internal, "a client interceptor threw"};
+    }
+  }
+  return {};
+}
+
 void PendingCall::complete(Reply reply, const Logger& logger) {
-  if (latency != nullptr) latency->record(Clock::now() - submitted);
+  const auto elapsed = Clock::now() - submitted;
+  for (std::size_t i = interceptors_ran; i-- > 0;) {
+    try {
+      (*interceptors)[i]->after_call(*this, reply, elapsed, interceptor_state[i]);
+    } catch (const std::exception& e) {
+      log(logger, LogLevel::error,
+          std::string("a client interceptor's after_call threw: ") + e.what());
+    } catch (...) {
+      log(logger, LogLevel::error, "a client interceptor's after_call threw");
+    }
+  }
+  interceptors_ran = 0;  // complete() runs once, but never runs the hooks twice
+  if (latency != nullptr) latency->record(elapsed);
   if (errors != nullptr && !reply.status.ok()) errors->count(reply.status.code());
   if (auto* p = std::get_if<std::promise<Reply>>(&done)) {
     p->set_value(std::move(reply));

@@ -5,6 +5,7 @@
 // Thread safety: none; the client's I/O thread owns the table and every call in it.
 #pragma once
 
+#include <any>
 #include <chrono>
 #include <cstddef>
 #include <deque>
@@ -19,6 +20,7 @@
 #include <variant>
 #include <vector>
 
+#include "amqprpc/interceptor.hpp"
 #include "amqprpc/message.hpp"
 #include "amqprpc/options.hpp"
 #include "client/deadline_heap.hpp"
@@ -48,15 +50,14 @@ class CancelRequest {
   std::string correlation_id_;
 };
 
-struct PendingCall {
-  std::string queue;
+// A call from submit to completion. What interceptors see (queue, options, trace...) is its
+// ClientCall part.
+struct PendingCall : ClientCall {
   std::string body;  // kept only while the call may have to be sent (again)
-  CallOptions options;
   std::chrono::milliseconds timeout{};
   Clock::time_point deadline;
   Clock::time_point submitted;
   std::string correlation_id;
-  bool oneway = false;  // Client::notify: done once sent (or confirmed), no reply expected
   std::variant<std::promise<Reply>, std::function<void(Reply)>> done;
   // Registered with options.cancel; unregistered when the call is destroyed.
   std::optional<std::stop_callback<CancelRequest>> on_cancel;
@@ -64,9 +65,16 @@ struct PendingCall {
   bool sent = false;  // on the wire on the current connection
   LatencyRecorder* latency = nullptr;
   ErrorCounter* errors = nullptr;
+  // The client's interceptors, their state for this call, and how many of them ran their
+  // before-hook (whose after-hooks run at completion).
+  const std::vector<std::shared_ptr<ClientInterceptor>>* interceptors = nullptr;
+  std::vector<std::any> interceptor_state;
+  std::size_t interceptors_ran = 0;
 
-  // Runs the caller's continuation. An exception from a callback must not unwind through the
-  // I/O loop: it is logged and dropped.
+  // Runs the before-hooks of the interceptors in order; the first refusal, or ok.
+  Status intercept(const Logger& logger);
+  // Runs the after-hooks, then the caller's continuation. An exception from a callback or an
+  // interceptor must not unwind through the I/O loop: it is logged and dropped.
   void complete(Reply reply, const Logger& logger);
 };
 

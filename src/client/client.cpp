@@ -4,6 +4,7 @@
 #include <atomic>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "client/call_table.hpp"
@@ -63,6 +64,24 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
 
   void submit(std::unique_ptr<PendingCall> call) {
     calls_.fetch_add(1, std::memory_order_relaxed);
+    {
+      detail::MutexLock lock(uuid_mutex_);
+      call->correlation_id = uuids_.next();
+      // The call's span: a child of the caller's (a handler's context) or a new trace.
+      if (call->options.trace && call->options.trace->valid()) {
+        call->trace = *call->options.trace;
+        call->parent_span_id = std::exchange(call->trace.span_id, uuids_.span_id());
+      } else {
+        call->trace.trace_id = uuids_.trace_id();
+        call->trace.span_id = uuids_.span_id();
+      }
+    }
+    // Interceptors see every call, also those refused below.
+    if (Status refused = call->intercept(options_.logger); !refused.ok()) {
+      call->complete(Reply{std::move(refused), {}, {}, {}}, options_.logger);
+      return;
+    }
+    call->timeout = call->options.timeout.value_or(options_.default_timeout);
     if (call->timeout <= std::chrono::milliseconds::zero()) {
       call->complete(Reply::error(StatusCode::invalid_argument,
                                   "timeout must be positive, got " +
@@ -87,10 +106,19 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
                      options_.logger);
       return;
     }
-    call->deadline = Clock::now() + call->timeout;
-    {
-      detail::MutexLock lock(uuid_mutex_);
-      call->correlation_id = uuids_.next();
+    const auto now = Clock::now();
+    call->deadline = now + call->timeout;
+    if (call->options.deadline && *call->options.deadline < call->deadline) {
+      // An absolute deadline, such as the one a handler's context passes on.
+      if (*call->options.deadline <= now) {
+        timeouts_.fetch_add(1, std::memory_order_relaxed);
+        call->complete(Reply::error(StatusCode::deadline_exceeded,
+                                    "the call's deadline passed before it was sent"),
+                       options_.logger);
+        return;
+      }
+      call->deadline = *call->options.deadline;
+      call->timeout = std::chrono::ceil<std::chrono::milliseconds>(call->deadline - now);
     }
     if (call->options.cancel.stop_possible()) {
       // May run at once, or on any thread later; the I/O thread also checks the token before
@@ -113,10 +141,11 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
     call->queue = queue;
     call->body = std::move(body);
     call->options = options;
-    call->timeout = options.timeout.value_or(options_.default_timeout);
+    call->start = std::chrono::system_clock::now();
     call->submitted = Clock::now();
     call->latency = &latency_;
     call->errors = &errors_;
+    call->interceptors = &options_.interceptors;
     return call;
   }
 
@@ -394,7 +423,8 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
   Status publish(amqp::Channel& channel, PendingCall& call) REQUIRES(loop_.io_thread) {
     amqp::Properties props = detail::wire::encode_request(
         call.options, call.correlation_id, call.oneway ? std::string() : link_.reply_queue,
-        std::chrono::ceil<std::chrono::milliseconds>(call.deadline - Clock::now()), call.oneway);
+        std::chrono::ceil<std::chrono::milliseconds>(call.deadline - Clock::now()), call.oneway,
+        call.trace);
     // The broker checks it against this connection's login: the server can trust it.
     if (options_.send_user_id) props.user_id = loop_.user();
     if (Status bad = detail::wire::validate_outgoing(

@@ -100,7 +100,7 @@ bool is_oneway(const Headers& headers) {
 
 amqp::Properties encode_request(const CallOptions& options, std::string correlation_id,
                                 std::string reply_to, std::chrono::milliseconds time_left,
-                                bool oneway) {
+                                bool oneway, const TraceContext& trace) {
   amqp::Properties props;
   props.correlation_id = std::move(correlation_id);
   props.reply_to = std::move(reply_to);
@@ -116,6 +116,12 @@ amqp::Properties encode_request(const CallOptions& options, std::string correlat
     props.headers.insert_or_assign(std::string(kMethodHeader), options.method);
   }
   if (oneway) props.headers.insert_or_assign(std::string(kOnewayHeader), "1");
+  if (trace.valid()) {
+    props.headers.insert_or_assign(std::string(kTraceparentHeader), trace.traceparent());
+    if (!trace.tracestate.empty()) {
+      props.headers.insert_or_assign(std::string(kTracestateHeader), trace.tracestate);
+    }
+  }
   return props;
 }
 

@@ -34,6 +34,10 @@ inline constexpr std::string_view kDetailTypeHeader = "x-rpc-detail-type";
 // A server's own copy of a request (see own_copy): the verified caller of the original, since
 // the copy's user_id is the server's. Trusted only on a copy a server published.
 inline constexpr std::string_view kCallerHeader = "x-rpc-caller";
+// Requests and replies: W3C Trace Context (a request's names the caller's span, a reply's the
+// server's span that answered).
+inline constexpr std::string_view kTraceparentHeader = "traceparent";
+inline constexpr std::string_view kTracestateHeader = "tracestate";
 // Dead-lettered requests: why.
 inline constexpr std::string_view kDeadReasonHeader = "x-rpc-dead-reason";
 
@@ -79,11 +83,12 @@ std::string dead_letter_queue_for(std::string_view queue);
 // ---- requests ----
 
 // The properties of a request: the caller's options (method, headers, ...), where to reply
-// (empty for a one-way call, which is marked so), and the deadline both as the message's
-// expiration (`time_left`, at least 1 ms) and as x-rpc-deadline.
+// (empty for a one-way call, which is marked so), the deadline both as the message's
+// expiration (`time_left`, at least 1 ms) and as x-rpc-deadline, and the call's span as
+// traceparent (and tracestate) when `trace` is valid.
 amqp::Properties encode_request(const CallOptions& options, std::string correlation_id,
                                 std::string reply_to, std::chrono::milliseconds time_left,
-                                bool oneway = false);
+                                bool oneway = false, const TraceContext& trace = {});
 
 // Whether a request is a one-way call.
 bool is_oneway(const Headers& headers);

@@ -1,5 +1,6 @@
 #include "amqprpc/server.hpp"
 
+#include <any>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -11,6 +12,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "amqprpc/interceptor.hpp"
+#include "framework/context_state.hpp"
 #include "framework/reserved.hpp"
 #include "io/confirm_tracker.hpp"
 #include "io/io_loop.hpp"
@@ -19,7 +22,9 @@
 #include "log.hpp"
 #include "metrics_recorder.hpp"
 #include "protocol/wire.hpp"
+#include "server/in_hand.hpp"
 #include "server/triage.hpp"
+#include "uuid.hpp"
 
 namespace amqprpc {
 
@@ -74,75 +79,31 @@ std::vector<std::string> users(const std::vector<ConnectionOptions>& endpoints) 
   return out;
 }
 
-// What handlers touch, shared by the server and its worker threads: a thread that a bounded
-// stop leaves behind (its handler would not return) keeps this alive, and finds the outbox
-// closed when its handler finally returns.
-struct Core {
-  Core(std::vector<Service> s, std::function<void()> wake, Logger log)
-      : services(std::move(s)), out(std::move(wake)), logger(std::move(log)) {}
+// What handlers touch, shared by the server, its worker threads and the requests in hand: a
+// thread that a bounded stop leaves behind (its handler would not return), or an asynchronous
+// handler answering late, keeps this alive, and finds the outbox closed when it answers.
+struct Core : std::enable_shared_from_this<Core> {
+  Core(std::vector<Service> s, std::function<void()> wake,
+       std::vector<std::shared_ptr<ServerInterceptor>> chain, Logger log)
+      : services(std::move(s)),
+        out(wake),
+        in_hand(wake),
+        interceptors(std::move(chain)),
+        logger(std::move(log)) {}
 
   // On a worker thread, or on the I/O thread when handlers run inline.
-  void handle(Job& job) {
-    amqp::Delivery& d = job.delivery;
-    if (detail::wire::expired(d.props.headers, detail::wire::epoch_ms())) {
-      // The caller has given up while this waited for a worker: computing the answer would
-      // only waste it.
-      expired.fetch_add(1, std::memory_order_relaxed);
-      out.push(Outgoing{Settle::ack, d.delivery_tag, job.generation, {}, {}, {}});
-      return;
-    }
-    Outgoing reply_out{Settle::reply_then_ack, d.delivery_tag, job.generation, {}, {}, {}};
-    const Service& service = services[job.route];
-    Request req = detail::wire::decode_request(std::move(d), service.queue());
-    req.caller = std::move(job.caller);
-    Reply reply;
-    if (Status refused = service.authorize(req.method, req.caller); !refused.ok()) {
-      denied.fetch_add(1, std::memory_order_relaxed);
-      reply = Reply{std::move(refused), {}, {}, {}};
-    } else if (const Handler* handler = handler_for(service, req.method)) {
-      auto started = std::chrono::steady_clock::now();
-      try {
-        reply = (*handler)(req);
-      } catch (const RpcError& e) {
-        reply = Reply{e.status(), {}, {}, {}};
-      } catch (const std::exception& e) {
-        reply = Reply::error(StatusCode::internal, e.what());
-      } catch (...) {
-        reply = Reply::error(StatusCode::internal, "the handler threw a non-standard exception");
-      }
-      handler_latency.record(std::chrono::steady_clock::now() - started);
-    } else {
-      unimplemented.fetch_add(1, std::memory_order_relaxed);
-      reply = Reply::error(StatusCode::unimplemented, unimplemented_message(service, req.method));
-    }
-    if (req.oneway) {
-      // Nothing goes back: the caller asked for none. A failure is only logged.
-      oneway.fetch_add(1, std::memory_order_relaxed);
-      if (!reply.status.ok()) {
-        errors.count(reply.status.code());
-        detail::log(logger, LogLevel::warning,
-                    "one-way call of '" + req.method + "' on '" + service.queue() +
-                        "' failed: " + reply.status.to_string());
-      }
-      out.push(Outgoing{Settle::ack, reply_out.delivery_tag, job.generation, {}, {}, {}});
-      return;
-    }
-    count_reply(reply.status);
-    reply_out.reply_to = std::move(req.reply_to);
-    detail::wire::encode_reply(std::move(reply), req.correlation_id, reply_out.props,
-                               reply_out.body);
-    out.push(std::move(reply_out));
-  }
+  void handle(Job& job);
+  // Once per request, from the thread that answered it (see detail::ServerCall::answer).
+  void finish(detail::ServerCall& call, Reply&& reply);
 
   void count_reply(const Status& status) {
     if (!status.ok()) errors.count(status.code());
     (status.ok() ? replied_ok : replied_error).fetch_add(1, std::memory_order_relaxed);
   }
 
-  static const Handler* handler_for(const Service& service, std::string_view method) {
-    if (method.empty()) return service.default_method().handler ? &service.default_method().handler : nullptr;
-    const Service::Method* m = service.find(method);
-    return m != nullptr ? &m->handler : nullptr;
+  static const Service::Method* method_for(const Service& service, std::string_view method) {
+    if (method.empty()) return service.default_method() ? &service.default_method() : nullptr;
+    return service.find(method);
   }
 
   static std::string unimplemented_message(const Service& service, std::string_view method) {
@@ -154,16 +115,228 @@ struct Core {
            std::string(method) + "'";
   }
 
+  // The context of a request: the caller's deadline on this machine's clock, its trace (a
+  // server span of the caller's trace, or a new trace), the verified caller.
+  std::shared_ptr<detail::ContextState> context_of(const Request& req, std::string caller) {
+    auto state = std::make_shared<detail::ContextState>();
+    if (auto deadline_ms = detail::wire::int_header(req.headers, detail::wire::kDeadlineHeader)) {
+      state->deadline = std::chrono::steady_clock::now() +
+                        std::chrono::milliseconds(*deadline_ms - detail::wire::epoch_ms());
+    }
+    std::optional<TraceContext> parent;
+    if (auto tp = req.headers.find(detail::wire::kTraceparentHeader); tp != req.headers.end()) {
+      auto ts = req.headers.find(detail::wire::kTracestateHeader);
+      parent = TraceContext::parse(
+          tp->second, ts != req.headers.end() ? std::string_view(ts->second) : std::string_view());
+    }
+    {
+      detail::MutexLock lock(ids_mutex);
+      if (parent) {
+        state->parent_span_id = std::move(parent->span_id);
+        state->trace = std::move(*parent);
+      } else {
+        state->trace.trace_id = ids.trace_id();
+      }
+      state->trace.span_id = ids.span_id();
+    }
+    state->caller = std::move(caller);
+    return state;
+  }
+
   const std::vector<Service> services;
   detail::Outbox<Outgoing> out;  // finished requests, to the I/O thread
+  detail::InHand in_hand;        // requests given to handlers, not yet answered
+  const std::vector<std::shared_ptr<ServerInterceptor>> interceptors;
   const Logger logger;
   detail::LatencyRecorder handler_latency;
   detail::ErrorCounter errors;
   std::atomic<std::uint64_t> replied_ok{0}, replied_error{0}, expired{0}, oneway{0},
       unimplemented{0}, denied{0};
+  detail::Mutex ids_mutex;
+  detail::UuidGenerator ids GUARDED_BY(ids_mutex);  // span and trace ids
 };
 
 }  // namespace
+
+namespace detail {
+
+// One request from the moment a handler may see it until it is answered: what the handler sees
+// (the request, its context), what answering needs (where the reply goes, the delivery to ack),
+// and the interceptors' per-call state. Owned by the Responders of an asynchronous handler (and
+// by the server while it runs the handler); the last owner answers a request nobody answered.
+class ServerCall {
+ public:
+  ServerCall(std::shared_ptr<Core> core, Request request, std::shared_ptr<ContextState> context,
+             std::uint64_t delivery_tag, std::uint64_t generation)
+      : core_(std::move(core)),
+        request_(std::move(request)),
+        context_(std::move(context)),
+        delivery_tag_(delivery_tag),
+        generation_(generation) {}
+
+  ~ServerCall() {
+    if (!answered()) {
+      answer(Reply::error(StatusCode::internal,
+                          "the handler dropped its Responder without answering"));
+    }
+  }
+  ServerCall(const ServerCall&) = delete;
+  ServerCall& operator=(const ServerCall&) = delete;
+
+  // The first answer wins; from any thread.
+  bool answer(Reply reply) {
+    if (answered_.exchange(true, std::memory_order_acq_rel)) return false;
+    core_->finish(*this, std::move(reply));
+    return true;
+  }
+  bool answered() const { return answered_.load(std::memory_order_acquire); }
+  const Request& request() const { return request_; }
+
+  // Core's to read and fill in (the handle() that made this call, then finish()).
+  const std::shared_ptr<Core> core_;
+  const Request request_;
+  const std::shared_ptr<ContextState> context_;
+  const std::uint64_t delivery_tag_;
+  const std::uint64_t generation_;
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  InHand::Handle in_hand_;
+  std::vector<std::any> interceptor_state_;  // one slot per interceptor
+  std::size_t interceptors_ran_ = 0;         // whose after-hooks run
+  bool handler_started_ = false;
+  std::atomic<bool> answered_{false};
+};
+
+}  // namespace detail
+
+namespace {
+
+void Core::handle(Job& job) {
+  amqp::Delivery& d = job.delivery;
+  if (detail::wire::expired(d.props.headers, detail::wire::epoch_ms())) {
+    // The caller has given up while this waited for a worker: computing the answer would
+    // only waste it.
+    expired.fetch_add(1, std::memory_order_relaxed);
+    out.push(Outgoing{Settle::ack, d.delivery_tag, job.generation, {}, {}, {}});
+    return;
+  }
+  const Service& service = services[job.route];
+  const std::uint64_t tag = d.delivery_tag;
+  Request req = detail::wire::decode_request(std::move(d), service.queue());
+  req.caller = job.caller;
+  auto context = context_of(req, std::move(job.caller));
+  req.context = Context(context);
+  auto call = std::make_shared<detail::ServerCall>(shared_from_this(), std::move(req), context, tag,
+                                                   job.generation);
+  call->in_hand_ = in_hand.add(context->deadline, context->stop);
+  const Request& request = call->request();
+
+  if (!interceptors.empty()) {
+    call->interceptor_state_.resize(interceptors.size());
+    for (std::size_t i = 0; i < interceptors.size(); ++i) {
+      call->interceptors_ran_ = i + 1;
+      Status refused;
+      try {
+        refused = interceptors[i]->before_handler(request, call->interceptor_state_[i]);
+      } catch (const std::exception& e) {
+        refused =
+            Status{StatusCode::internal, std::string("a server interceptor threw: ") + e.what()};
+      } catch (...) {
+        refused = Status{StatusCode::internal, "a server interceptor threw"};
+      }
+      if (!refused.ok()) {
+        call->answer(Reply{std::move(refused), {}, {}, {}});
+        return;
+      }
+    }
+  }
+  if (Status refused = service.authorize(request.method, request.caller); !refused.ok()) {
+    denied.fetch_add(1, std::memory_order_relaxed);
+    call->answer(Reply{std::move(refused), {}, {}, {}});
+    return;
+  }
+  const Service::Method* method = method_for(service, request.method);
+  if (method == nullptr) {
+    unimplemented.fetch_add(1, std::memory_order_relaxed);
+    call->answer(
+        Reply::error(StatusCode::unimplemented, unimplemented_message(service, request.method)));
+    return;
+  }
+  call->handler_started_ = true;
+  // An exception answers the request, unless the handler answered it already.
+  try {
+    if (method->handler) {
+      call->answer(method->handler(request));
+    } else {
+      method->async_handler(request, Responder(call));
+    }
+  } catch (const RpcError& e) {
+    call->answer(Reply{e.status(), {}, {}, {}});
+  } catch (const std::exception& e) {
+    call->answer(Reply::error(StatusCode::internal, e.what()));
+  } catch (...) {
+    call->answer(Reply::error(StatusCode::internal, "the handler threw a non-standard exception"));
+  }
+}
+
+void Core::finish(detail::ServerCall& call, Reply&& reply) {
+  const auto latency = std::chrono::steady_clock::now() - call.started_;
+  if (call.handler_started_) handler_latency.record(latency);
+  const Request& req = call.request_;
+  const detail::ContextState& context = *call.context_;
+  if (context.trace.valid()) {
+    // The reply leg carries the server span: the caller sees which span answered it.
+    reply.headers.insert_or_assign(std::string(detail::wire::kTraceparentHeader),
+                                   context.trace.traceparent());
+    if (!context.trace.tracestate.empty()) {
+      reply.headers.insert_or_assign(std::string(detail::wire::kTracestateHeader),
+                                     context.trace.tracestate);
+    }
+  }
+  for (std::size_t i = call.interceptors_ran_; i-- > 0;) {
+    try {
+      interceptors[i]->after_handler(req, reply, latency, call.interceptor_state_[i]);
+    } catch (const std::exception& e) {
+      detail::log(logger, LogLevel::error,
+                  std::string("a server interceptor's after_handler threw: ") + e.what());
+    } catch (...) {
+      detail::log(logger, LogLevel::error, "a server interceptor's after_handler threw");
+    }
+  }
+  if (req.oneway) {
+    // Nothing goes back: the caller asked for none. A failure is only logged.
+    oneway.fetch_add(1, std::memory_order_relaxed);
+    if (!reply.status.ok()) {
+      errors.count(reply.status.code());
+      detail::log(logger, LogLevel::warning,
+                  "one-way call of '" + req.method + "' on '" + req.queue +
+                      "' failed: " + reply.status.to_string());
+    }
+    out.push(Outgoing{Settle::ack, call.delivery_tag_, call.generation_, {}, {}, {}});
+  } else {
+    count_reply(reply.status);
+    Outgoing reply_out{
+        Settle::reply_then_ack, call.delivery_tag_, call.generation_, req.reply_to, {}, {}};
+    detail::wire::encode_reply(std::move(reply), req.correlation_id, reply_out.props,
+                               reply_out.body);
+    out.push(std::move(reply_out));
+  }
+  // Out of hand only once its reply is in the outbox: a stop that sees nothing in hand may
+  // close the outbox at once.
+  in_hand.remove(call.in_hand_);
+}
+
+}  // namespace
+
+Responder::Responder(std::shared_ptr<detail::ServerCall> call) : call_(std::move(call)) {}
+bool Responder::reply(Reply reply) {
+  return call_ && call_->answer(std::move(reply));
+}
+bool Responder::answered() const {
+  return !call_ || call_->answered();
+}
+const Request& Responder::request() const {
+  return call_->request();
+}
 
 // Thread safety: start/stop/wait/stats from any thread (stop also from a handler); handle()
 // on worker threads (or the I/O thread when handlers run inline); the hooks on the I/O thread.
@@ -173,7 +346,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   Impl(ServerOptions options, std::vector<Service> services)
       : options_(std::move(options)),
         core_(std::make_shared<Core>(
-            std::move(services), [this] { loop_.wake(); }, options_.logger)),
+            std::move(services), [this] { loop_.wake(); }, options_.interceptors, options_.logger)),
         policy_{options_.max_attempts, options_.queue_type == QueueType::quorum,
                 options_.max_request_size, users(detail::endpoints_of(options_))},
         loop_(detail::endpoints_of(options_), options_.reconnect, *this, options_.logger) {
@@ -259,8 +432,9 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       }
       // 2. Let running handlers finish, for stop_grace at most; what no handler started goes
       //    back to the broker.
+      const auto grace_end = std::chrono::steady_clock::now() + options_.stop_grace;
       if (pool_) {
-        auto stopped = pool_->stop(std::chrono::steady_clock::now() + options_.stop_grace);
+        auto stopped = pool_->stop(grace_end);
         for (auto& job : stopped.unstarted) core_->out.push(requeue_of(std::move(job)));
         if (stopped.left_behind > 0) {
           detail::log(options_.logger, LogLevel::warning,
@@ -270,6 +444,16 @@ class Server::Impl final : public detail::IoLoop::Hooks {
                           " ms: their requests go back to the broker when the connection "
                           "closes, and their replies will be dropped");
         }
+      }
+      // 2b. Asynchronous handlers (and synchronous ones left behind) answer in their own time,
+      //     until the grace ends; then their contexts are cancelled, and those that answer
+      //     promptly still have their replies sent.
+      if (!core_->in_hand.wait_empty(grace_end)) {
+        detail::log(options_.logger, LogLevel::warning,
+                    std::to_string(core_->in_hand.size()) +
+                        " request(s) still unanswered after the stop grace: cancelling them");
+        core_->in_hand.cancel_all();
+        core_->in_hand.wait_empty(std::chrono::steady_clock::now() + kCancelledAnswerTimeout);
       }
       // 3. on_closing sends the last replies, acks and requeues, then the connection closes.
       loop_.stop();
@@ -473,6 +657,17 @@ class Server::Impl final : public detail::IoLoop::Hooks {
         channel.reject(tag, /*requeue=*/true);
       }
     }
+  }
+
+  // The earliest deadline of a request in hand: its context is cancelled then.
+  std::optional<detail::Clock::time_point> next_deadline() override {
+    loop_.io_thread.assert_held();
+    return core_->in_hand.next_deadline();
+  }
+
+  void on_timer(detail::Clock::time_point now) override {
+    loop_.io_thread.assert_held();
+    core_->in_hand.cancel_expired(now);
   }
 
   void on_closing(amqp::Channel& channel) override {
@@ -722,6 +917,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   std::promise<void> cancel_sent_signal_;      // the I/O thread has sent the cancels
   std::promise<void> consumers_cancelled_;     // and the broker has answered them
   static constexpr std::chrono::seconds kCancelAnswerTimeout{2};
+  // How long cancelled handlers have to answer once the stop grace ended.
+  static constexpr std::chrono::seconds kCancelledAnswerTimeout{1};
   std::atomic<std::uint64_t> generation_{0};  // of the connection; read by workers
 
   // I/O thread only.
