@@ -8,8 +8,12 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstdio>
+#include <fstream>
 #include <future>
+#include <map>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <thread>
 #include <vector>
 
@@ -17,6 +21,7 @@
 #include "amqprpc/interceptor.hpp"
 #include "amqprpc/server.hpp"
 #include "amqprpc/service.hpp"
+#include "amqprpc/tracing.hpp"
 #include "protocol/wire.hpp"
 #include "support/broker.hpp"
 
@@ -436,4 +441,55 @@ TEST_F(ContextTest, ServerInterceptorsAuthorizeAndDecorateReplies) {
                                            "server after outer ok",
                                            "server before outer caller-header=globex",
                                            "server after outer permission_denied"}));
+}
+
+TEST_F(ContextTest, SpansOfAChainShareOneTraceWithParentLinksOnBothLegs) {
+  // client -> A -> B with one TracingInterceptor writing JSON lines: four spans, one trace.
+  const std::string qa = queue("span-a"), qb = queue("span-b");
+  const std::string path = ::testing::TempDir() + testbroker::unique("spans") + ".jsonl";
+  auto exporter = std::make_shared<JsonLinesExporter>(path);
+  ASSERT_TRUE(exporter->ok().ok()) << exporter->ok().to_string();
+  auto tracing = std::make_shared<TracingInterceptor>(exporter);
+  auto a_client = client(30s, {tracing});
+  Service b(qb);
+  b.method("Price", [](const Request&) { return Reply::ok("42"); });
+  Service a(qa);
+  a.method("Quote", [&](const Request& r) {
+    CallOptions o = r.context.call_options();
+    o.method = "Price";
+    return Reply::ok("quote:" + a_client->call(qb, r.body, o));
+  });
+  ServerOptions so = server_options();
+  so.interceptors = {tracing};
+  auto server_b = start(std::move(b), so);
+  auto server_a = start(std::move(a), so);
+  auto c = client(30s, {tracing});
+  CallOptions o;
+  o.method = "Quote";
+  EXPECT_EQ(c->call(qa, "x", o), "quote:42");
+  server_a->stop();
+  server_b->stop();
+
+  std::map<std::string, nlohmann::json> by_name;  // "<kind> <name>" -> span
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    auto span = nlohmann::json::parse(line);
+    by_name[span.at("kind").get<std::string>() + " " + span.at("name").get<std::string>()] = span;
+  }
+  std::remove(path.c_str());
+  ASSERT_EQ(by_name.size(), 4u);
+  const auto& root = by_name.at("client " + qa + "/Quote");
+  const auto& at_a = by_name.at("server " + qa + "/Quote");
+  const auto& nested = by_name.at("client " + qb + "/Price");
+  const auto& at_b = by_name.at("server " + qb + "/Price");
+  for (const auto* span : {&at_a, &nested, &at_b}) {
+    EXPECT_EQ(span->at("trace_id"), root.at("trace_id"));
+  }
+  EXPECT_EQ(root.value("parent_span_id", ""), "");
+  EXPECT_EQ(at_a.at("parent_span_id"), root.at("span_id"));  // request legs
+  EXPECT_EQ(nested.at("parent_span_id"), at_a.at("span_id"));
+  EXPECT_EQ(at_b.at("parent_span_id"), nested.at("span_id"));
+  EXPECT_EQ(root.at("attributes").at("amqprpc.reply.span_id"), at_a.at("span_id"));  // reply legs
+  EXPECT_EQ(nested.at("attributes").at("amqprpc.reply.span_id"), at_b.at("span_id"));
+  EXPECT_EQ(at_a.at("status"), "ok");
 }
