@@ -65,12 +65,12 @@ MetricsInterceptor::~MetricsInterceptor() = default;
 
 void MetricsInterceptor::after_call(const ClientCall& call, Reply& reply,
                                     std::chrono::nanoseconds latency, std::any& /*state*/) {
-  record(call.options.method, reply.status, latency);
+  record(detail::call_name(call.queue, call.options.method), reply.status, latency);
 }
 
 void MetricsInterceptor::after_handler(const Request& request, Reply& reply,
                                        std::chrono::nanoseconds latency, std::any& /*state*/) {
-  record(request.method, reply.status, latency);
+  record(detail::call_name(request.queue, request.method), reply.status, latency);
 }
 
 void MetricsInterceptor::record(const std::string& method, const Status& status,

@@ -491,6 +491,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     s.denied = core_->denied.load(std::memory_order_relaxed);
     s.reserved = reserved_.load(std::memory_order_relaxed);
     s.reconnects = loop_.reconnects();
+    s.in_hand = core_->in_hand.size();
     s.errors = core_->errors.snapshot();
     s.handler_latency = core_->handler_latency.snapshot();
     return s;

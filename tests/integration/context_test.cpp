@@ -158,12 +158,14 @@ TEST_F(ContextTest, WaitingHandlersHoldNoWorkerThread) {
   std::vector<std::future<Reply>> calls;
   for (int i = 0; i < 50; ++i) calls.push_back(c->async_call(q, std::to_string(i)));
   EXPECT_TRUE(eventually([&] { return held.size() == 50; })) << held.size() << " in hand";
+  EXPECT_EQ(server->stats().in_hand, 50u);
   held.answer_all("done:");
   for (int i = 0; i < 50; ++i) {
     Reply r = calls[i].get();
     ASSERT_TRUE(r.status.ok()) << r.status.to_string();
     EXPECT_EQ(r.body, "done:" + std::to_string(i));
   }
+  EXPECT_EQ(server->stats().in_hand, 0u);
 }
 
 TEST_F(ContextTest, ANestedCallInheritsTheCallersDeadlineAndTrace) {

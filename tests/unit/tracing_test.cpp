@@ -475,13 +475,13 @@ TEST(MetricsInterceptor, CountsCallsAndErrorsByMethodOnBothSides) {
   metrics.after_handler(served, bad, 300us, state);  // the same instance on a server: summed
 
   auto snap = metrics.snapshot();
-  ASSERT_EQ(snap.size(), 2u);
-  const auto& f = snap.at("Fib");
+  ASSERT_EQ(snap.size(), 2u);  // by "<queue>/<method>"
+  const auto& f = snap.at("rpc_queue/Fib");
   EXPECT_EQ(f.count, 3u);
   EXPECT_EQ(f.errors, (std::map<StatusCode, std::uint64_t>{{StatusCode::invalid_argument, 2}}));
   EXPECT_EQ(f.latency.count(), 3u);
   EXPECT_EQ(f.latency.max(), 300us);
-  const auto& d = snap.at("");
+  const auto& d = snap.at("rpc_queue");
   EXPECT_EQ(d.count, 1u);
   EXPECT_EQ(d.errors, (std::map<StatusCode, std::uint64_t>{{StatusCode::deadline_exceeded, 1}}));
   EXPECT_EQ(d.latency.max(), 5ms);
@@ -519,9 +519,9 @@ TEST(MetricsInterceptor, CountsFromManyThreadsAddUp) {
   EXPECT_EQ(total, std::uint64_t{kThreads * kCalls});
   EXPECT_EQ(histogram, total);
   EXPECT_EQ(errors, std::uint64_t{kThreads * kCalls / 10});
-  EXPECT_EQ(snap.at("Even").count, std::uint64_t{2 * kCalls / 2});
-  EXPECT_EQ(snap.at("Odd").count, std::uint64_t{2 * kCalls / 2});
-  EXPECT_EQ(snap.at("Fib").count, std::uint64_t{kThreads * kCalls / 2});
+  EXPECT_EQ(snap.at("rpc_queue/Even").count, std::uint64_t{2 * kCalls / 2});
+  EXPECT_EQ(snap.at("rpc_queue/Odd").count, std::uint64_t{2 * kCalls / 2});
+  EXPECT_EQ(snap.at("rpc_queue/Fib").count, std::uint64_t{kThreads * kCalls / 2});
 }
 
 // ---- LoggingInterceptor ----
