@@ -495,3 +495,45 @@ TEST_F(ContextTest, SpansOfAChainShareOneTraceWithParentLinksOnBothLegs) {
   EXPECT_EQ(nested.at("attributes").at("amqprpc.reply.span_id"), at_b.at("span_id"));
   EXPECT_EQ(at_a.at("status"), "ok");
 }
+
+TEST_F(ContextTest, AForgedFarDeadlineAndAMalformedTraceparentAreHandledSafely) {
+  // A raw client sends what no amqp-rpc client would: a deadline 30 million years away and a
+  // traceparent that is not W3C. The handler sees a bounded deadline and a fresh trace; the
+  // reply names the server span of that new trace.
+  const std::string q = queue();
+  std::mutex mutex;
+  std::optional<std::chrono::milliseconds> left;
+  TraceContext trace;
+  std::string parent = "unset";
+  Service s(q);
+  s.default_handler([&](const Request& r) {
+    std::lock_guard lock(mutex);
+    left = r.context.remaining();
+    trace = r.context.trace();
+    parent = r.context.parent_span_id();
+    return Reply::ok("fine");
+  });
+  auto server = start(std::move(s));
+  testbroker::Raw raw;
+  const std::string replies = queue("replies");
+  raw.declare(replies);
+  raw.publish(q, "x", replies, "c1",
+              {{"x-rpc-deadline", "999999999999999999"},
+               {"traceparent", "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01"},
+               {"tracestate", "vendor=kept?"}});
+  std::optional<testbroker::Raw::Got> got;
+  ASSERT_TRUE(eventually([&] { return (got = raw.get(replies)).has_value(); }));
+  EXPECT_EQ(got->body, "fine");
+  std::lock_guard lock(mutex);
+  ASSERT_TRUE(left.has_value());
+  EXPECT_LE(*left, std::chrono::milliseconds(30LL * 24 * 3600 * 1000));
+  EXPECT_GT(*left, std::chrono::milliseconds(29LL * 24 * 3600 * 1000));
+  EXPECT_TRUE(trace.valid());
+  EXPECT_NE(trace.trace_id, "0af7651916cd43dd8448eb211c80319c") << "uppercase hex is not W3C";
+  EXPECT_EQ(parent, "") << "a new trace has no parent";
+  EXPECT_EQ(trace.tracestate, "") << "a tracestate goes with its traceparent";
+  auto reply_trace = TraceContext::parse(got->headers.at("traceparent"));
+  ASSERT_TRUE(reply_trace);
+  EXPECT_EQ(reply_trace->trace_id, trace.trace_id);
+  EXPECT_EQ(reply_trace->span_id, trace.span_id);
+}
