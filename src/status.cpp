@@ -5,7 +5,7 @@
 namespace amqprpc {
 namespace {
 
-constexpr std::array<std::pair<StatusCode, std::string_view>, 12> kNames{{
+constexpr std::array<std::pair<StatusCode, std::string_view>, 13> kNames{{
     {StatusCode::ok, "ok"},
     {StatusCode::cancelled, "cancelled"},
     {StatusCode::invalid_argument, "invalid_argument"},
@@ -18,6 +18,7 @@ constexpr std::array<std::pair<StatusCode, std::string_view>, 12> kNames{{
     {StatusCode::internal, "internal"},
     {StatusCode::unknown, "unknown"},
     {StatusCode::unimplemented, "unimplemented"},
+    {StatusCode::unauthenticated, "unauthenticated"},
 }};
 
 }  // namespace

@@ -72,8 +72,11 @@ class ServerInterceptor {
 
 namespace amqprpc {
 
-// Logs one line per call and per request served: queue, method, status and latency. Calls and
-// requests that succeed are logged at `ok_level`, failures at warning.
+// Logs one line per call and per request served, such as
+//   call prices/Get -> ok in 1.235 ms
+//   served prices/Get for 'alice' -> invalid_argument in 0.120 ms: <message>
+// Calls and requests that succeed are logged at `ok_level`, failures at warning. An empty Logger
+// logs nothing.
 class LoggingInterceptor final : public ClientInterceptor, public ServerInterceptor {
  public:
   explicit LoggingInterceptor(Logger logger, LogLevel ok_level = LogLevel::info);
@@ -87,9 +90,10 @@ class LoggingInterceptor final : public ClientInterceptor, public ServerIntercep
   LogLevel ok_level_;
 };
 
-// Counts calls (client side) or requests served (server side) per method ("" for the default
-// handler): how many, their errors by status code, and a latency histogram. One instance may
-// serve several clients and servers; each sees the sum.
+// Counts calls (client side) or requests served (server side) per method, named
+// "<queue>/<method>" ("<queue>" for the default handler): how many, their errors by status code,
+// and a latency histogram. Thread-safe; a snapshot is consistent. One instance may serve several
+// clients and servers: it shows their sum.
 class MetricsInterceptor final : public ClientInterceptor, public ServerInterceptor {
  public:
   struct MethodStats {

@@ -63,8 +63,11 @@ class Server {
     std::uint64_t denied = 0;         // calls refused: the caller is not on the method's list
     std::uint64_t reserved = 0;       // describe and health requests answered by the framework
     std::uint64_t reconnects = 0;
+    // Now: requests given to handlers and not answered yet (asynchronous ones included).
+    std::uint64_t in_hand = 0;
     std::map<StatusCode, std::uint64_t> errors;  // error replies by status code
-    LatencyHistogram handler_latency;            // time spent in handlers
+    // From a request's start (interceptors, handler) to its answer, asynchronous ones included.
+    LatencyHistogram handler_latency;
   };
   Stats stats() const;
 

@@ -26,6 +26,7 @@ enum class StatusCode {
   internal,             // a bug or an unexpected failure, e.g. a handler threw
   unknown,              // an error reply whose code this version does not know
   unimplemented,        // the server's service has no such method
+  unauthenticated,      // the caller's credentials are missing or wrong (an interceptor says so)
 };
 
 // The wire name of a code ("invalid_argument"); "unknown" for out-of-range values.

@@ -38,9 +38,10 @@ struct Span {
   std::chrono::nanoseconds duration{0};
   Status status;
   // OpenTelemetry's semantic conventions where they fit: rpc.system ("amqp-rpc"), rpc.service
-  // (the queue), rpc.method, messaging.message.conversation_id (the correlation id),
-  // enduser.id (the verified caller, server side); amqprpc.reply.span_id on a client span:
-  // the server span the reply's traceparent names.
+  // (the queue), rpc.method (absent for the default handler); on a server span
+  // messaging.message.conversation_id (the correlation id, when the request has one) and
+  // enduser.id (the verified caller, when known); on a client span amqprpc.reply.span_id: the
+  // server span the reply's traceparent names, so the two link up even when exported apart.
   std::map<std::string, std::string> attributes;
 };
 
@@ -58,7 +59,8 @@ class SpanExporter {
 // "status_message", "attributes": {...}}. Lines are written whole and flushed.
 class JsonLinesExporter final : public SpanExporter {
  public:
-  // Appends to the file at `path`; check ok() (the file could not be opened otherwise).
+  // Appends to the file at `path`; check ok(): unavailable, naming the file and the reason, when
+  // it could not be opened (the exporter then drops every span).
   explicit JsonLinesExporter(const std::string& path);
   // Writes to `out`, which must outlive the exporter.
   explicit JsonLinesExporter(std::ostream& out);
@@ -77,6 +79,9 @@ class JsonLinesExporter final : public SpanExporter {
 
 // Makes a span per call (client) and per request served (server), for sampled traces, and
 // hands it to the exporter when the call ends. Install the same instance on clients and servers.
+// It reads the trace context the client and the server already set (ClientCall::trace,
+// Request::context.trace()), and changes neither the call nor the reply: a request without a
+// trace context, or whose trace is not sampled, gives no span. Thread-safe.
 class TracingInterceptor final : public ClientInterceptor, public ServerInterceptor {
  public:
   explicit TracingInterceptor(std::shared_ptr<SpanExporter> exporter);

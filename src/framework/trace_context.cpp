@@ -1,39 +1,93 @@
-// Temporary (replaced by the tracing branch's implementation).
+// W3C Trace Context level 1 (https://www.w3.org/TR/trace-context/), section 3.2 and 3.3: the
+// traceparent header as version 00 defines it, and how a receiver reads a later version.
+#include <cstddef>
+#include <string>
+#include <string_view>
+
 #include "amqprpc/context.hpp"
 
 namespace amqprpc {
-
 namespace {
-bool lower_hex(std::string_view s) {
+
+// traceparent = version "-" trace-id "-" parent-id "-" trace-flags: 2 + 1 + 32 + 1 + 16 + 1 + 2.
+constexpr std::size_t kVersion00Size = 55;
+constexpr std::size_t kTraceIdAt = 3;
+constexpr std::size_t kSpanIdAt = 36;
+constexpr std::size_t kFlagsAt = 53;
+constexpr std::size_t kTraceIdSize = 32;
+constexpr std::size_t kSpanIdSize = 16;
+// W3C lets a receiver drop a tracestate it will not carry; 512 is the size every vendor must
+// accept, so passing on more could make a downstream hop truncate it.
+constexpr std::size_t kMaxTracestate = 512;
+
+// The spec allows lowercase only: "ABCDEF" makes the whole header invalid, as it does for every
+// other W3C implementation, so two services never disagree about an id.
+bool is_lower_hex(char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+}
+
+bool is_lower_hex(std::string_view s) {
   for (char c : s) {
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+    if (!is_lower_hex(c)) return false;
   }
   return true;
 }
-bool all_zero(std::string_view s) {
-  return s.find_first_not_of('0') == std::string_view::npos;
+
+// An all-zero trace or span id is how the spec spells "no id": invalid.
+bool is_id(std::string_view s, std::size_t size) {
+  return s.size() == size && is_lower_hex(s) && s.find_first_not_of('0') != std::string_view::npos;
 }
+
+int hex_value(char c) {
+  return c <= '9' ? c - '0' : c - 'a' + 10;
+}
+
 }  // namespace
 
 bool TraceContext::valid() const {
-  return trace_id.size() == 32 && span_id.size() == 16 && lower_hex(trace_id) &&
-         lower_hex(span_id) && !all_zero(trace_id) && !all_zero(span_id);
+  return is_id(trace_id, kTraceIdSize) && is_id(span_id, kSpanIdSize);
 }
 
 std::string TraceContext::traceparent() const {
-  return "00-" + trace_id + "-" + span_id + (sampled ? "-01" : "-00");
+  // We only ever write version 00, and of the flags only "sampled": the other bits are unused in
+  // level 1, and a sender must not set bits it does not understand.
+  std::string out;
+  out.reserve(kVersion00Size);
+  out.append("00-").append(trace_id).append("-").append(span_id).append(sampled ? "-01" : "-00");
+  return out;
 }
 
-std::optional<TraceContext> TraceContext::parse(std::string_view tp, std::string_view ts) {
-  if (tp.size() < 55 || tp[2] != '-' || tp[35] != '-' || tp[52] != '-') return std::nullopt;
-  std::string_view version = tp.substr(0, 2), flags = tp.substr(53, 2);
-  if (!lower_hex(version) || version == "ff" || !lower_hex(flags)) return std::nullopt;
-  if (version == "00" ? tp.size() != 55 : (tp.size() > 55 && tp[55] != '-')) return std::nullopt;
-  TraceContext t{std::string(tp.substr(3, 32)), std::string(tp.substr(36, 16)),
-                 ((flags[1] >= 'a' ? flags[1] - 'a' + 10 : flags[1] - '0') & 1) != 0,
-                 ts.size() <= 512 ? std::string(ts) : std::string()};
-  if (!t.valid()) return std::nullopt;
-  return t;
+std::optional<TraceContext> TraceContext::parse(std::string_view traceparent,
+                                                std::string_view tracestate) {
+  if (traceparent.size() < kVersion00Size) return std::nullopt;
+  std::string_view version = traceparent.substr(0, 2);
+  // "ff" is forbidden so that a future version can never be confused with a sentinel.
+  if (!is_lower_hex(version) || version == "ff") return std::nullopt;
+  if (version == "00") {
+    if (traceparent.size() != kVersion00Size) return std::nullopt;
+  } else if (traceparent.size() > kVersion00Size && traceparent[kVersion00Size] != '-') {
+    // A later version may append fields, but the four we know keep their place: what follows
+    // them must start a new field.
+    return std::nullopt;
+  }
+  if (traceparent[2] != '-' || traceparent[kSpanIdAt - 1] != '-' ||
+      traceparent[kFlagsAt - 1] != '-') {
+    return std::nullopt;
+  }
+  std::string_view trace_id = traceparent.substr(kTraceIdAt, kTraceIdSize);
+  std::string_view span_id = traceparent.substr(kSpanIdAt, kSpanIdSize);
+  std::string_view flags = traceparent.substr(kFlagsAt, 2);
+  if (!is_id(trace_id, kTraceIdSize) || !is_id(span_id, kSpanIdSize) || !is_lower_hex(flags)) {
+    return std::nullopt;
+  }
+  TraceContext out;
+  out.trace_id = trace_id;
+  out.span_id = span_id;
+  out.sampled = (hex_value(flags[1]) & 0x1) != 0;
+  // An oversized tracestate is dropped alone: the traceparent is still good, and keeping the
+  // trace beats losing it for vendor data.
+  if (tracestate.size() <= kMaxTracestate) out.tracestate = tracestate;
+  return out;
 }
 
 }  // namespace amqprpc

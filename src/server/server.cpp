@@ -120,8 +120,10 @@ struct Core : std::enable_shared_from_this<Core> {
   std::shared_ptr<detail::ContextState> context_of(const Request& req, std::string caller) {
     auto state = std::make_shared<detail::ContextState>();
     if (auto deadline_ms = detail::wire::int_header(req.headers, detail::wire::kDeadlineHeader)) {
-      state->deadline = std::chrono::steady_clock::now() +
-                        std::chrono::milliseconds(*deadline_ms - detail::wire::epoch_ms());
+      // Clamped like a client's timeouts: a far-off (or forged) deadline must not overflow.
+      const auto left =
+          std::min<std::int64_t>(*deadline_ms - detail::wire::epoch_ms(), kMaxDeadlineMs);
+      state->deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(left);
     }
     std::optional<TraceContext> parent;
     if (auto tp = req.headers.find(detail::wire::kTraceparentHeader); tp != req.headers.end()) {
@@ -142,6 +144,8 @@ struct Core : std::enable_shared_from_this<Core> {
     state->caller = std::move(caller);
     return state;
   }
+
+  static constexpr std::int64_t kMaxDeadlineMs = 30LL * 24 * 3600 * 1000;  // 30 days
 
   const std::vector<Service> services;
   detail::Outbox<Outgoing> out;  // finished requests, to the I/O thread
@@ -491,6 +495,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     s.denied = core_->denied.load(std::memory_order_relaxed);
     s.reserved = reserved_.load(std::memory_order_relaxed);
     s.reconnects = loop_.reconnects();
+    s.in_hand = core_->in_hand.size();
     s.errors = core_->errors.snapshot();
     s.handler_latency = core_->handler_latency.snapshot();
     return s;

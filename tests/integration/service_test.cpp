@@ -482,6 +482,24 @@ TEST_F(VerifiedCallers, HandlersSeeTheBrokerValidatedCallerAndAMethodAdmitsOnlyI
   EXPECT_EQ(server->stats().denied, 2u);
 }
 
+TEST_F(VerifiedCallers, TheDefaultHandlerCanBeRestrictedToo) {
+  Service without_default(queue);
+  without_default.method("M", [](const Request&) { return Reply::ok(""); });
+  without_default.allow("", {alice});
+  EXPECT_EQ(without_default.check().code(), StatusCode::invalid_argument)
+      << "allow(\"\") names a default handler the service lacks";
+
+  Service vault(queue, "test.Vault");
+  vault.default_handler([](const Request& r) { return Reply::ok("opened for " + r.caller); });
+  vault.allow("", {alice});
+  auto server = start(std::move(vault));
+  EXPECT_EQ(client_as(alice)->call(queue, ""), "opened for " + alice);
+  Reply refused = client_as(bob)->try_call(queue, "");
+  EXPECT_EQ(refused.status.code(), StatusCode::permission_denied);
+  EXPECT_NE(refused.status.message().find("default handler"), std::string::npos)
+      << refused.status.message();
+}
+
 TEST_F(VerifiedCallers, ARequestHandedBackByAStoppingServerKeepsItsCaller) {
   // Server A takes two of alice's requests and stops while the first one runs: the second
   // goes back to the queue as A's own copy (its user_id is A's login), which must still say
