@@ -4,6 +4,9 @@
 //   3. the seed: its pika client and server (sequential), as the tutorial has them, no sleep;
 //   4. amqp-rpc with methods: the same echo as a raw-bytes method (x-rpc-method dispatch), and as
 //      typed JSON and protobuf methods called through typed_async_call (dispatch and codecs);
+//   5. the other forms against the same servers: a coroutine client (amqprpc::async_call with
+//      asio::use_awaitable), a future client, a server whose handler is a coroutine, and
+//      tracing on (spans made and exported on client and server);
 // and a long run showing the client's memory stays flat. Prints a Markdown table.
 // Each measurement runs in a process of its own so CPU time and peak RSS are the client's alone.
 #include <fcntl.h>
@@ -15,10 +18,15 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <asio/co_spawn.hpp>
+#include <asio/executor_work_guard.hpp>
+#include <asio/io_context.hpp>
+#include <asio/use_awaitable.hpp>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <deque>
 #include <fstream>
 #include <iostream>
 #include <mutex>
@@ -26,10 +34,12 @@
 #include <sstream>
 #include <thread>
 
+#include "amqprpc/asio.hpp"
 #include "amqprpc/client.hpp"
 #include "amqprpc/json.hpp"
 #include "amqprpc/protobuf.hpp"
 #include "amqprpc/server.hpp"
+#include "amqprpc/tracing.hpp"
 #include "bench.pb.h"
 #include "common/cli.hpp"
 #include "common/common.hpp"
@@ -110,6 +120,13 @@ json summarize(bench::RunResult& r, double cpu, std::uint64_t total_calls) {
   return j;
 }
 
+// Tracing on: a span per call and per request served, written as JSON lines to /dev/null, so
+// that what is measured is making and exporting the spans, not a disk.
+std::shared_ptr<amqprpc::TracingInterceptor> tracing_to_null() {
+  return std::make_shared<amqprpc::TracingInterceptor>(
+      std::make_shared<amqprpc::JsonLinesExporter>("/dev/null"));
+}
+
 // ---- child modes ----
 
 int serve(const std::string& impl, const std::string& url, const std::string& queue) {
@@ -127,19 +144,41 @@ int serve(const std::string& impl, const std::string& url, const std::string& qu
   o.connection = broker;
   o.queue = queue;
   o.prefetch = kPrefetch;
-  o.workers = impl == "amqprpc-inline" ? 0 : 1;
+  // The coroutine handler's server dispatches inline: the coroutine runs on its own thread.
+  o.workers = impl == "amqprpc-inline" || impl == "amqprpc-coro" ? 0 : 1;
+  if (impl == "amqprpc-traced") o.interceptors.push_back(tracing_to_null());
+  // The coroutine handler's executor, run by one thread (declared before the server, which
+  // holds it, so that it outlives the server).
+  asio::io_context io;
+  auto io_work = asio::make_work_guard(io);
+  std::thread io_thread;
   // One service: the default handler (plain calls), a raw method and typed methods, all echoes.
   amqprpc::Service echo(queue);
-  echo.default_handler([](const amqprpc::Request& r) { return amqprpc::Reply::ok(r.body); });
+  if (impl == "amqprpc-coro") {
+    amqprpc::coroutine_default_handler(
+        echo, io.get_executor(), [](const amqprpc::Request& r) -> asio::awaitable<amqprpc::Reply> {
+          amqprpc::Reply reply = amqprpc::Reply::ok(r.body);
+          co_return reply;
+        });
+    io_thread = std::thread([&io] { io.run(); });
+  } else {
+    echo.default_handler([](const amqprpc::Request& r) { return amqprpc::Reply::ok(r.body); });
+  }
   echo.method("Echo", [](const amqprpc::Request& r) { return amqprpc::Reply::ok(r.body); });
   echo.method<JsonEcho, JsonEcho>("EchoJson", [](const JsonEcho& e) { return e; });
   echo.method<ProtoEcho, ProtoEcho>("EchoProto", [](const ProtoEcho& e) { return e; });
+  auto end_io = [&] {
+    io_work.reset();
+    if (io_thread.joinable()) io_thread.join();
+  };
   auto server = amqprpc::Server::start(o, std::move(echo));
   if (!server) {
     std::cerr << "bench serve: " << server.status().to_string() << "\n";
+    end_io();
     return tools::kError;
   }
   amqprpc::Status ended = tools::wait_for_stop(**server);
+  end_io();  // the server has stopped: no coroutine is left to run
   if (!ended.ok()) {
     std::cerr << "bench serve: stopped: " << ended.to_string() << "\n";
     return tools::kError;
@@ -208,7 +247,9 @@ struct AsyncRun {
         return;
     }
   }
-  void done(Clock::time_point t0, const amqprpc::Status& status) {
+  // Counts a completed call, started at t0, and records its latency when it completed inside
+  // the measured window. True when another call should take its place.
+  bool record(Clock::time_point t0, const amqprpc::Status& status) {
     auto now = Clock::now();
     ++total;
     if (!status.ok() && result.error.empty()) result.error = status.to_string();
@@ -218,7 +259,10 @@ struct AsyncRun {
       result.latencies_us.push_back(std::chrono::duration<double, std::micro>(now - t0).count());
     }
     if (on_progress) on_progress(total);
-    if (now < end && total + static_cast<std::uint64_t>(in_flight) <= limit && status.ok()) {
+    return now < end && total + static_cast<std::uint64_t>(in_flight) <= limit && status.ok();
+  }
+  void done(Clock::time_point t0, const amqprpc::Status& status) {
+    if (record(t0, status)) {
       start_one();
       return;
     }
@@ -230,10 +274,59 @@ struct AsyncRun {
     for (int i = 0; i < concurrency; ++i) start_one();
     std::unique_lock lock(mutex);
     cv.wait(lock, [this] { return in_flight == 0; });
+    finish();
+  }
+  void finish() {
     result.calls = result.latencies_us.size();
     result.seconds = std::chrono::duration<double>(last_measured - first_measured).count();
   }
 };
+
+// One of the coroutine client's callers: awaits one call at a time until the run ends.
+// A pointer, not a class-type parameter, and named arguments in the co_await: GCC 12
+// miscompiles temporaries there (amqprpc/asio.hpp).
+asio::awaitable<void> coroutine_caller(AsyncRun* run) {
+  const amqprpc::CallOptions options;
+  for (;;) {
+    const auto t0 = Clock::now();
+    amqprpc::Reply reply = co_await amqprpc::async_call(run->client, run->queue, run->body, options,
+                                                        asio::use_awaitable);
+    if (!run->record(t0, reply.status)) co_return;
+  }
+}
+
+// The coroutine client: `concurrency` coroutines on one io_context, run by this thread; each
+// resumes there when its reply comes (the client's I/O thread posts it).
+void run_coroutines(AsyncRun& run, int concurrency) {
+  asio::io_context io;
+  run.in_flight = concurrency;
+  for (int i = 0; i < concurrency; ++i) {
+    asio::co_spawn(io, coroutine_caller(&run), [&run](std::exception_ptr e) {
+      if (e && run.result.error.empty()) run.result.error = "a calling coroutine threw";
+    });
+  }
+  io.run();  // until every caller has returned: each pending call holds work on `io`
+  run.finish();
+}
+
+// The future client: this thread keeps `concurrency` futures in flight, a ring: it waits for the
+// oldest, records it, and starts another. A call's latency ends when its future is waited for,
+// so a reply that overtakes an older call's waits for it.
+void run_futures(AsyncRun& run, int concurrency) {
+  run.in_flight = concurrency;
+  std::deque<std::pair<Clock::time_point, std::future<amqprpc::Reply>>> ring;
+  auto start = [&] {
+    const auto t0 = Clock::now();
+    ring.emplace_back(t0, run.client.async_call(run.queue, run.body));
+  };
+  for (int i = 0; i < concurrency; ++i) start();
+  while (!ring.empty()) {
+    auto [t0, reply] = std::move(ring.front());
+    ring.pop_front();
+    if (run.record(t0, reply.get().status)) start();
+  }
+  run.finish();
+}
 
 int client(const std::string& impl, const std::string& url, const std::string& queue,
            int concurrency, std::size_t size, double warmup, double seconds) {
@@ -249,6 +342,7 @@ int client(const std::string& impl, const std::string& url, const std::string& q
   }
   amqprpc::ClientOptions o;
   o.connection = broker;
+  if (impl == "traced") o.interceptors.push_back(tracing_to_null());
   auto c = amqprpc::Client::connect(o);
   if (!c) {
     std::cerr << "bench client: " << c.status().to_string() << "\n";
@@ -260,7 +354,13 @@ int client(const std::string& impl, const std::string& url, const std::string& q
       start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(warmup));
   run.end = run.measure_from +
             std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
-  run.run(concurrency);
+  if (impl == "coro") {
+    run_coroutines(run, concurrency);
+  } else if (impl == "future") {
+    run_futures(run, concurrency);
+  } else {
+    run.run(concurrency);
+  }
   std::cout << summarize(run.result, cpu_seconds() - cpu0, run.total).dump() << std::endl;
   return run.result.error.empty() ? 0 : 1;
 }
@@ -454,14 +554,24 @@ int main(int argc, char** argv) {
     Child child;
   };
   const std::string suffix = std::to_string(getpid());
-  // The typed ones call methods of the worker-thread server: compare them with its plain calls.
+  // The typed ones, the coroutine client and the future client call the worker-thread server:
+  // compare them with its plain calls from the callback client.
+  const std::string worker_queue = "bench-amqprpc-" + suffix;
   std::vector<Impl> impls = {
       {"raw rabbitmq-c", "raw", "raw", "bench-raw-" + suffix, {}},
-      {"amqp-rpc (1 worker thread)", "amqprpc", "bytes", "bench-amqprpc-" + suffix, {}},
+      {"amqp-rpc (1 worker thread)", "amqprpc", "bytes", worker_queue, {}},
       {"amqp-rpc (inline handler)", "amqprpc-inline", "bytes", "bench-inline-" + suffix, {}},
-      {"amqp-rpc raw-bytes method (1 worker)", "", "method", "bench-amqprpc-" + suffix, {}},
-      {"amqp-rpc typed JSON method (1 worker)", "", "json", "bench-amqprpc-" + suffix, {}},
-      {"amqp-rpc typed protobuf method (1 worker)", "", "proto", "bench-amqprpc-" + suffix, {}},
+      {"amqp-rpc coroutine handler", "amqprpc-coro", "bytes", "bench-coro-" + suffix, {}},
+      {"amqp-rpc raw-bytes method (1 worker)", "", "method", worker_queue, {}},
+      {"amqp-rpc typed JSON method (1 worker)", "", "json", worker_queue, {}},
+      {"amqp-rpc typed protobuf method (1 worker)", "", "proto", worker_queue, {}},
+      {"amqp-rpc coroutine client (1 worker server)", "", "coro", worker_queue, {}},
+      {"amqp-rpc future client (1 worker server)", "", "future", worker_queue, {}},
+      {"amqp-rpc, tracing on (spans to JSON lines, 1 worker)",
+       "amqprpc-traced",
+       "traced",
+       "bench-traced-" + suffix,
+       {}},
   };
   bool up = true;
   for (auto& impl : impls) {
@@ -499,8 +609,8 @@ int main(int argc, char** argv) {
         for (std::size_t i = 0; i < impls.size(); ++i) {
           if (live) {  // a live progress line on a terminal
             std::cerr << "\rbench: cell " << cell_number << "/" << cells << " (" << sz << " B, "
-                      << c << " in flight): " << impls[i].client << " run " << (r + 1) << "/"
-                      << repeat << "          " << std::flush;
+                      << c << " in flight): " << mode_key(impls[i].server, impls[i].client)
+                      << " run " << (r + 1) << "/" << repeat << "          " << std::flush;
           }
           runs[i].push_back(run_json({exe, common_url, "--seconds=" + fmt(seconds, 3),
                                       "--warmup=" + fmt(warmup, 3), "client", impls[i].client,
@@ -625,6 +735,38 @@ int main(int argc, char** argv) {
              << fmt(extra_cpu, 1) << " µs/call;";
     }
     report << "\n";
+  }
+  // The coroutine and future clients, the coroutine handler and tracing, each against its
+  // counterpart in the same cell.
+  for (const auto& cell : all) {
+    if (cell["size"] != 16 || (cell["concurrency"] != 1 && cell["concurrency"] != 256)) continue;
+    auto ratios = [&](const char* key, const char* base_key) {
+      const json& t = cell[key];
+      const json& base = cell[base_key];
+      auto ratio = [&](const char* field) {
+        double b = base.value(field, 0.0);
+        return b > 0 ? t.value(field, 0.0) / b : 0.0;
+      };
+      return "calls/s " + fmt(ratio("calls_per_s"), 2) + "x, p50 " + fmt(ratio("p50_us"), 2) + "x";
+    };
+    auto cpu = [&](const char* key) {
+      return fmt(cell[key].value("cpu_us_per_call", 0.0), 1) + " µs/call";
+    };
+    const std::string at =
+        "At " + std::to_string(cell["concurrency"].get<int>()) + " in flight (16 B), ";
+    report << "\n"
+           << at << "the coroutine client against the callback client (same 1-worker server): "
+           << ratios("coro", "amqprpc")
+           << "; against the future client: " << ratios("coro", "future") << "; client CPU "
+           << cpu("coro") << " (callback " << cpu("amqprpc") << ", future " << cpu("future")
+           << ").\n";
+    report << "\n"
+           << at << "the coroutine handler against the inline handler: "
+           << ratios("amqprpc-coro", "amqprpc-inline")
+           << "; against the 1 worker thread: " << ratios("amqprpc-coro", "amqprpc") << ".\n";
+    report << "\n"
+           << at << "tracing on against off (1 worker): " << ratios("amqprpc-traced", "amqprpc")
+           << "; client CPU " << cpu("amqprpc-traced") << " on, " << cpu("amqprpc") << " off.\n";
   }
   for (const auto& f : findings) report << "\nerror during the run: " << f << "\n";
   std::cout << report.str();
