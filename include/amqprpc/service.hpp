@@ -44,7 +44,8 @@ class ServerCall;
 // ("dropped its responder"), so no request is left unanswered; an exception the handler throws
 // before answering becomes the reply, as for a synchronous handler. As today, the request is
 // acked only after its reply is sent, and ServerOptions::prefetch bounds the requests in hand,
-// answered or not.
+// answered or not. An unanswered Responder keeps its server's internals alive (not the
+// connection): answer or drop the ones a handler keeps before the server goes.
 class Responder {
  public:
   explicit Responder(std::shared_ptr<detail::ServerCall> call);  // the server's

@@ -191,13 +191,16 @@ class ServerCall {
   bool answer(Reply reply) {
     if (answered_.exchange(true, std::memory_order_acq_rel)) return false;
     core_->finish(*this, std::move(reply));
+    // Answered: a Responder a handler keeps (in state its own closure holds) no longer keeps the
+    // server alive through this call.
+    core_.reset();
     return true;
   }
   bool answered() const { return answered_.load(std::memory_order_acquire); }
   const Request& request() const { return request_; }
 
   // Core's to read and fill in (the handle() that made this call, then finish()).
-  const std::shared_ptr<Core> core_;
+  std::shared_ptr<Core> core_;  // until answered
   const Request request_;
   const std::shared_ptr<ContextState> context_;
   const std::uint64_t delivery_tag_;
