@@ -44,13 +44,14 @@ class InHand {
   }
 
   void remove(Handle h) {
-    bool empty = false;
+    bool wake_waiter = false;
     {
       std::lock_guard lock(mutex_);
       entries_.erase(h);
-      empty = entries_.empty();
+      // Only a stopping server waits: the common case pays no notify.
+      wake_waiter = entries_.empty() && waiters_ > 0;
     }
-    if (empty) emptied_.notify_all();
+    if (wake_waiter) emptied_.notify_all();
   }
 
   // The earliest deadline not yet cancelled. (Cancelled ones stay first until answered: a
@@ -90,7 +91,10 @@ class InHand {
   // Waits until nothing is in hand, or until `until`. True when nothing is.
   bool wait_empty(Clock::time_point until) {
     std::unique_lock lock(mutex_);
-    return emptied_.wait_until(lock, until, [this] { return entries_.empty(); });
+    ++waiters_;
+    const bool empty = emptied_.wait_until(lock, until, [this] { return entries_.empty(); });
+    --waiters_;
+    return empty;
   }
 
   std::size_t size() const {
@@ -104,6 +108,7 @@ class InHand {
   mutable std::mutex mutex_;
   std::condition_variable emptied_;
   Entries entries_;
+  int waiters_ = 0;  // threads in wait_empty
 };
 
 }  // namespace amqprpc::detail

@@ -290,8 +290,9 @@ void Core::finish(detail::ServerCall& call, Reply&& reply) {
   if (call.handler_started_) handler_latency.record(latency);
   const Request& req = call.request_;
   const detail::ContextState& context = *call.context_;
-  if (context.trace.valid()) {
-    // The reply leg carries the server span: the caller sees which span answered it.
+  {
+    // The reply leg carries the server span (always a valid one: context_of made it): the
+    // caller sees which span answered it.
     reply.headers.insert_or_assign(std::string(detail::wire::kTraceparentHeader),
                                    context.trace.traceparent());
     if (!context.trace.tracestate.empty()) {

@@ -59,22 +59,6 @@ class IoThread {
   std::thread thread_;
 };
 
-ServerOptions server_options(const std::string& queue) {
-  ServerOptions o;
-  o.connection = testbroker::options();
-  o.queue = queue;
-  o.workers = 1;
-  o.max_attempts = 0;
-  o.logger = [](LogLevel, std::string_view) {};
-  return o;
-}
-
-std::unique_ptr<Server> start(Service service, ServerOptions o) {
-  auto s = Server::start(std::move(o), std::move(service));
-  if (!s) throw std::runtime_error(s.status().to_string());
-  return std::move(*s);
-}
-
 std::unique_ptr<Client> client(std::chrono::milliseconds default_timeout = 30s) {
   ClientOptions o;
   o.default_timeout = default_timeout;
@@ -156,7 +140,7 @@ TEST_F(AsyncCoroutines, CoroutineMethodsAnswerWithTheirReplyOrTheirError) {
                                }
                                co_return out;
                              });
-  auto server = start(std::move(s), server_options(q));
+  auto server = testbroker::serve(std::move(s), testbroker::server_options());
   auto c = client();
 
   EXPECT_EQ(c->call(q, "plain"), "default:plain");
@@ -240,9 +224,9 @@ TEST_F(AsyncCoroutines, AWaitingHandlerHoldsNoWorkerThread) {
     }
     answer(ready);
   });
-  ServerOptions b_options = server_options(b_queue);
+  ServerOptions b_options = testbroker::server_options();
   b_options.prefetch = 256;
-  auto server_b = start(std::move(b), std::move(b_options));
+  auto server_b = testbroker::serve(std::move(b), std::move(b_options));
 
   auto client_a = client(60s);
   std::atomic<int> in_progress{0}, max_in_progress{0};
@@ -262,10 +246,10 @@ TEST_F(AsyncCoroutines, AWaitingHandlerHoldsNoWorkerThread) {
         if (nested.status.ok()) nested.body = "A:" + nested.body;
         co_return nested;
       });
-  ServerOptions a_options = server_options(a_queue);
+  ServerOptions a_options = testbroker::server_options();
   a_options.workers = 1;
   a_options.prefetch = 256;
-  auto server_a = start(std::move(a), std::move(a_options));
+  auto server_a = testbroker::serve(std::move(a), std::move(a_options));
 
   auto c = client();
   CallOptions call;
@@ -306,7 +290,7 @@ TEST_F(AsyncCoroutines, TheCallersDeadlineCancelsTheCoroutine) {
     Reply reply = Reply::ok("late");
     co_return reply;
   });
-  auto server = start(std::move(s), server_options(q));
+  auto server = testbroker::serve(std::move(s), testbroker::server_options());
   auto c = client();
 
   CallOptions sleep;
@@ -339,7 +323,7 @@ TEST_F(AsyncCoroutines, ANestedCallInheritsTheCallersDeadline) {
     b_saw.set_value(deadline_header(r));
     return Reply::ok("b");
   });
-  auto server_b = start(std::move(b), server_options(b_queue));
+  auto server_b = testbroker::serve(std::move(b), testbroker::server_options());
 
   auto client_a = client(60s);  // a fresh deadline would be 60 s away, the caller's is 20 s
   Service a(a_queue);
@@ -352,7 +336,7 @@ TEST_F(AsyncCoroutines, ANestedCallInheritsTheCallersDeadline) {
             co_await async_call(*client_a, b_queue, request.body, options, asio::use_awaitable);
         co_return nested;
       });
-  auto server_a = start(std::move(a), server_options(a_queue));
+  auto server_a = testbroker::serve(std::move(a), testbroker::server_options());
 
   auto c = client();
   CallOptions call;
@@ -386,7 +370,7 @@ TEST_F(AsyncCoroutines, ACancelledCoroutineCancelsTheCallItAwaits) {
     std::lock_guard lock(held->m);
     held->responders.push_back(std::move(r));
   });
-  auto server_b = start(std::move(b), server_options(b_queue));
+  auto server_b = testbroker::serve(std::move(b), testbroker::server_options());
 
   auto nested = std::make_shared<std::promise<Status>>();
   auto nested_status = nested->get_future();
@@ -402,7 +386,7 @@ TEST_F(AsyncCoroutines, ACancelledCoroutineCancelsTheCallItAwaits) {
         nested->set_value(reply.status);
         co_return reply;
       });
-  auto server_a = start(std::move(a), server_options(a_queue));
+  auto server_a = testbroker::serve(std::move(a), testbroker::server_options());
 
   auto c = client();
   CallOptions call;

@@ -28,23 +28,10 @@
 using namespace amqprpc;
 using namespace std::chrono_literals;
 using testbroker::eventually;
+using testbroker::serve;
+using testbroker::server_options;
 
 namespace {
-
-ServerOptions server_options(std::size_t workers = 1) {
-  ServerOptions o;
-  o.connection = testbroker::options();
-  o.workers = workers;
-  o.max_attempts = 0;
-  o.logger = [](LogLevel, std::string_view) {};
-  return o;
-}
-
-std::unique_ptr<Server> start(Service service, ServerOptions o = server_options()) {
-  auto s = Server::start(std::move(o), std::move(service));
-  if (!s) throw std::runtime_error(s.status().to_string());
-  return std::move(*s);
-}
 
 std::unique_ptr<Client> client(std::chrono::milliseconds default_timeout = 30s,
                                std::vector<std::shared_ptr<ClientInterceptor>> chain = {}) {
@@ -108,7 +95,7 @@ TEST_F(ContextTest, AResponderAnswersFromAnotherThreadAndOnlyOnce) {
       second_reply_accepted = r.reply(Reply::ok("again")) ? 1 : 0;
     });
   });
-  auto server = start(std::move(s));
+  auto server = serve(std::move(s));
   auto c = client();
   EXPECT_EQ(c->call(q, "x"), "later:x");
   ASSERT_TRUE(eventually([&] { return second_reply_accepted.load() >= 0; }));
@@ -129,7 +116,7 @@ TEST_F(ContextTest, ADroppedResponderAndAThrowingHandlerStillAnswer) {
     r.reply(Reply::ok("answered"));
     throw std::runtime_error("too late to matter");
   });
-  auto server = start(std::move(s), server_options(/*workers=*/0));  // inline: the I/O thread
+  auto server = serve(std::move(s), server_options(/*workers=*/0));  // inline: the I/O thread
   auto c = client();
   CallOptions o;
   o.method = "Drop";
@@ -153,7 +140,7 @@ TEST_F(ContextTest, WaitingHandlersHoldNoWorkerThread) {
   s.async_default_handler(held.handler());
   ServerOptions o = server_options(/*workers=*/1);
   o.prefetch = 64;
-  auto server = start(std::move(s), o);
+  auto server = serve(std::move(s), o);
   auto c = client();
   std::vector<std::future<Reply>> calls;
   for (int i = 0; i < 50; ++i) calls.push_back(c->async_call(q, std::to_string(i)));
@@ -192,8 +179,8 @@ TEST_F(ContextTest, ANestedCallInheritsTheCallersDeadlineAndTrace) {
     }
     return Reply::ok("a:" + a_client->call(qb, r.body, r.context.call_options()));
   });
-  auto server_b = start(std::move(b));
-  auto server_a = start(std::move(a));
+  auto server_b = serve(std::move(b));
+  auto server_a = serve(std::move(a));
   auto c = client();
   Reply reply = c->try_call(qa, "x", with_timeout(20s));
   ASSERT_TRUE(reply.status.ok()) << reply.status.to_string();
@@ -241,7 +228,7 @@ TEST_F(ContextTest, AHandlerSeesItsCancellationWhenTheCallersDeadlinePasses) {
     left = true;
     return Reply::error(StatusCode::cancelled, "gave up");
   });
-  auto server = start(std::move(s));
+  auto server = serve(std::move(s));
   auto c = client();
   Reply r = c->try_call(q, "", with_timeout(500ms));
   // The client's timer and the server's cancellation fire at the same deadline: either ends it.
@@ -256,7 +243,7 @@ TEST_F(ContextTest, AnAbsoluteDeadlineAlreadyPassedFailsTheCallUnsent) {
   const std::string q = queue();
   Service s(q);
   s.default_handler([](const Request&) { return Reply::ok("served"); });
-  auto server = start(std::move(s));
+  auto server = serve(std::move(s));
   auto c = client();
   CallOptions o;
   o.deadline = std::chrono::steady_clock::now() - 1ms;
@@ -270,7 +257,7 @@ TEST_F(ContextTest, AGracefulStopWaitsForAsynchronousHandlers) {
   Held held;
   Service s(q);
   s.async_default_handler(held.handler());
-  auto server = start(std::move(s));
+  auto server = serve(std::move(s));
   auto c = client();
   auto call = c->async_call(q, "x");
   ASSERT_TRUE(eventually([&] { return held.size() == 1; }));
@@ -299,7 +286,7 @@ TEST_F(ContextTest, AStopPastItsGraceCancelsTheHandlersInHand) {
   });
   ServerOptions o = server_options();
   o.stop_grace = 200ms;
-  auto server = start(std::move(s), o);
+  auto server = serve(std::move(s), o);
   auto c = client();
   auto call = c->async_call(q, "x");
   ASSERT_TRUE(eventually([&] {
@@ -366,7 +353,7 @@ TEST_F(ContextTest, ClientInterceptorsRunInOrderAddHeadersAndSeeTheOutcome) {
   second->header = "x-tenant";
   Service s(q);
   s.default_handler([](const Request& r) { return Reply::ok(r.headers.at("x-tenant")); });
-  auto server = start(std::move(s));
+  auto server = serve(std::move(s));
   auto c = client(30s, {first, second});
   EXPECT_EQ(c->call(q, ""), "second");
   std::lock_guard lock(mutex);
@@ -384,7 +371,7 @@ TEST_F(ContextTest, AClientInterceptorsRefusalEndsTheCallUnsent) {
   gate->refuse = Status{StatusCode::unauthenticated, "no token"};
   Service s(q);
   s.default_handler([](const Request&) { return Reply::ok("served"); });
-  auto server = start(std::move(s));
+  auto server = serve(std::move(s));
   auto refusing = client(30s, {first, gate, never});
   Reply r = refusing->try_call(q, "");
   EXPECT_EQ(r.status.code(), StatusCode::unauthenticated);
@@ -424,7 +411,7 @@ TEST_F(ContextTest, ServerInterceptorsAuthorizeAndDecorateReplies) {
   });
   ServerOptions o = server_options();
   o.interceptors = {outer, std::make_shared<TenantGate>()};
-  auto server = start(std::move(s), o);
+  auto server = serve(std::move(s), o);
   auto c = client();
   CallOptions acme;
   acme.headers["x-tenant"] = "acme";
@@ -463,8 +450,8 @@ TEST_F(ContextTest, SpansOfAChainShareOneTraceWithParentLinksOnBothLegs) {
   });
   ServerOptions so = server_options();
   so.interceptors = {tracing};
-  auto server_b = start(std::move(b), so);
-  auto server_a = start(std::move(a), so);
+  auto server_b = serve(std::move(b), so);
+  auto server_a = serve(std::move(a), so);
   auto c = client(30s, {tracing});
   CallOptions o;
   o.method = "Quote";
@@ -513,7 +500,7 @@ TEST_F(ContextTest, AForgedFarDeadlineAndAMalformedTraceparentAreHandledSafely) 
     parent = r.context.parent_span_id();
     return Reply::ok("fine");
   });
-  auto server = start(std::move(s));
+  auto server = serve(std::move(s));
   testbroker::Raw raw;
   const std::string replies = queue("replies");
   raw.declare(replies);

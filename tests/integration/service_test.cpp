@@ -19,6 +19,8 @@
 using namespace amqprpc;
 using namespace std::chrono_literals;
 using testbroker::eventually;
+using testbroker::serve;
+using testbroker::server_options;
 using json = nlohmann::json;
 
 namespace {
@@ -38,21 +40,6 @@ std::unique_ptr<Client> client(bool confirm = false) {
   o.confirm_requests = confirm;
   o.default_timeout = 30s;
   return testbroker::connect(std::move(o));
-}
-
-ServerOptions server_options(std::size_t workers = 1) {
-  ServerOptions o;
-  o.connection = testbroker::options();
-  o.workers = workers;
-  o.max_attempts = 0;
-  o.logger = [](LogLevel, std::string_view) {};
-  return o;
-}
-
-std::unique_ptr<Server> start(Service service, ServerOptions o = server_options()) {
-  auto s = Server::start(std::move(o), std::move(service));
-  if (!s) throw std::runtime_error(s.status().to_string());
-  return std::move(*s);
 }
 
 test::EchoReply say(const test::EchoRequest& r) {
@@ -125,7 +112,7 @@ class ServiceTest : public testing::Test {
 }  // namespace
 
 TEST_F(ServiceTest, MethodsRouteByHeaderAndRequestsWithoutOneReachTheDefaultHandler) {
-  auto server = start(calculator(queue));
+  auto server = serve(calculator(queue));
   auto c = client();
   EXPECT_EQ(c->call(queue, "plain"), "default:plain") << "a tutorial-6 request";
   CallOptions upper;
@@ -134,7 +121,7 @@ TEST_F(ServiceTest, MethodsRouteByHeaderAndRequestsWithoutOneReachTheDefaultHand
 }
 
 TEST_F(ServiceTest, AnUnknownMethodIsUnimplementedAndNamesTheMethod) {
-  auto server = start(calculator(queue));
+  auto server = serve(calculator(queue));
   auto c = client();
   CallOptions o;
   o.method = "Divide";
@@ -147,14 +134,14 @@ TEST_F(ServiceTest, AnUnknownMethodIsUnimplementedAndNamesTheMethod) {
 TEST_F(ServiceTest, WithoutADefaultHandlerAMethodlessRequestIsUnimplemented) {
   Service s(queue);
   s.method("Only", [](const Request&) { return Reply::ok("only"); });
-  auto server = start(std::move(s));
+  auto server = serve(std::move(s));
   Reply r = client()->try_call(queue, "x");
   EXPECT_EQ(r.status.code(), StatusCode::unimplemented);
   EXPECT_NE(r.status.message().find("x-rpc-method"), std::string::npos) << r.status.message();
 }
 
 TEST_F(ServiceTest, TypedJsonAndProtobufCallsInEveryForm) {
-  auto server = start(calculator(queue));
+  auto server = serve(calculator(queue));
   auto c = client();
   auto sum = typed_call<int>(*c, queue, "Add", Sum{{1, 2, 39}});
   ASSERT_TRUE(sum.ok()) << sum.status().to_string();
@@ -183,7 +170,7 @@ TEST_F(ServiceTest, TypedJsonAndProtobufCallsInEveryForm) {
 }
 
 TEST_F(ServiceTest, AProtobufMethodCalledInJsonAnswersInJson) {
-  auto server = start(calculator(queue));
+  auto server = serve(calculator(queue));
   CallOptions o;
   o.method = "Say";
   o.content_type = "application/json";
@@ -195,7 +182,7 @@ TEST_F(ServiceTest, AProtobufMethodCalledInJsonAnswersInJson) {
 }
 
 TEST_F(ServiceTest, ABodyThatDoesNotDecodeIsInvalidArgumentNamingMethodAndType) {
-  auto server = start(calculator(queue));
+  auto server = serve(calculator(queue));
   auto c = client();
   CallOptions proto;
   proto.method = "Say";
@@ -224,7 +211,7 @@ TEST_F(ServiceTest, AReplyThatDoesNotDecodeFailsTheCallWithInternal) {
     r.content_type = "application/protobuf";
     return r;
   });
-  auto server = start(std::move(s));
+  auto server = serve(std::move(s));
   test::EchoRequest hi;
   hi.set_text("hi");
   auto r = typed_call<test::EchoReply>(*client(), queue, "Say", hi);
@@ -234,7 +221,7 @@ TEST_F(ServiceTest, AReplyThatDoesNotDecodeFailsTheCallWithInternal) {
 }
 
 TEST_F(ServiceTest, ErrorDetailsTravelTypedAndTheMessageStaysReadable) {
-  auto server = start(calculator(queue));
+  auto server = serve(calculator(queue));
   auto r = typed_call<test::EchoReply>(*client(), queue, "Say", test::EchoRequest{});
   ASSERT_EQ(r.status().code(), StatusCode::invalid_argument);
   EXPECT_EQ(r.status().message(), "nothing to say");
@@ -249,7 +236,7 @@ TEST_F(ServiceTest, AHandlerThrowingRpcErrorAnswersWithItsStatus) {
   s.default_handler([](const Request&) -> Reply {
     throw RpcError(Status{StatusCode::not_found, "no such account"});
   });
-  auto server = start(std::move(s));
+  auto server = serve(std::move(s));
   Reply r = client()->try_call(queue, "x");
   EXPECT_EQ(r.status.code(), StatusCode::not_found);
   EXPECT_EQ(r.status.message(), "no such account");
@@ -264,7 +251,7 @@ TEST_F(ServiceTest, NotifyRunsTheHandlerAndNothingComesBack) {
     seen += std::stoi(r.body);
     return Reply::ok("ignored");
   });
-  auto server = start(std::move(s));
+  auto server = serve(std::move(s));
   auto c = client();
   EXPECT_TRUE(c->notify(queue, "Log", "2").ok());
   EXPECT_TRUE(typed_notify(*c, queue, "Log", std::string("3")).ok());
@@ -286,7 +273,7 @@ TEST_F(ServiceTest, ARequestWithoutReplyToThatIsNotOneWayIsStillRejected) {
     ++ran;
     return Reply::ok("");
   });
-  auto server = start(std::move(s));
+  auto server = serve(std::move(s));
   testbroker::Raw().publish(queue, "x", "", "c1", {{"x-rpc-method", "Log"}});
   ASSERT_TRUE(eventually([&] { return server->stats().rejected == 1; }));
   EXPECT_EQ(ran.load(), 0);
@@ -299,7 +286,7 @@ TEST_F(ServiceTest, NotifyWithConfirmsFailsWhenNoQueueTakesIt) {
 }
 
 TEST_F(ServiceTest, DescribeListsMethodsAndTypesWithoutUserCode) {
-  auto server = start(calculator(queue));
+  auto server = serve(calculator(queue));
   CallOptions o;
   o.method = "amqprpc.describe";
   Reply r = client()->try_call(queue, "", o);
@@ -324,7 +311,7 @@ TEST_F(ServiceTest, HealthIsAnsweredEvenWhileEveryWorkerIsBusyAndFollowsSetServi
   Gate gate;
   Service s(queue);
   s.method("Block", gate.handler());
-  auto server = start(std::move(s), server_options(/*workers=*/1));
+  auto server = serve(std::move(s), server_options(/*workers=*/1));
   auto c = client();
   CallOptions block;
   block.method = "Block";
@@ -351,7 +338,7 @@ TEST_F(ServiceTest, HealthSaysNotServingOnceAGracefulStopHasBegun) {
   Gate gate;
   Service s(queue);
   s.method("Block", gate.handler());
-  auto server = start(std::move(s), server_options(/*workers=*/0));
+  auto server = serve(std::move(s), server_options(/*workers=*/0));
   auto c = client();
   CallOptions block;
   block.method = "Block";
@@ -465,7 +452,7 @@ CallOptions method(std::string name) {
 }  // namespace
 
 TEST_F(VerifiedCallers, HandlersSeeTheBrokerValidatedCallerAndAMethodAdmitsOnlyItsList) {
-  auto server = start(bank(queue, alice));  // the server logs in as guest
+  auto server = serve(bank(queue, alice));  // the server logs in as guest
   auto as_alice = client_as(alice);
   auto as_bob = client_as(bob);
   EXPECT_EQ(as_alice->call(queue, "", method("WhoAmI")), alice);
@@ -492,7 +479,7 @@ TEST_F(VerifiedCallers, TheDefaultHandlerCanBeRestrictedToo) {
   Service vault(queue, "test.Vault");
   vault.default_handler([](const Request& r) { return Reply::ok("opened for " + r.caller); });
   vault.allow("", {alice});
-  auto server = start(std::move(vault));
+  auto server = serve(std::move(vault));
   EXPECT_EQ(client_as(alice)->call(queue, ""), "opened for " + alice);
   Reply refused = client_as(bob)->try_call(queue, "");
   EXPECT_EQ(refused.status.code(), StatusCode::permission_denied);
@@ -509,7 +496,7 @@ TEST_F(VerifiedCallers, ARequestHandedBackByAStoppingServerKeepsItsCaller) {
   a.method("Block", gate.handler());
   ServerOptions ao = server_options(/*workers=*/1);
   ao.stop_grace = std::chrono::milliseconds(0);
-  auto server_a = start(std::move(a), ao);
+  auto server_a = serve(std::move(a), ao);
   auto as_alice = client_as(alice);
   auto blocked = as_alice->async_call(queue, "", method("Block"));
   ASSERT_TRUE(eventually([&] { return gate.entered.load(); }));
@@ -519,7 +506,7 @@ TEST_F(VerifiedCallers, ARequestHandedBackByAStoppingServerKeepsItsCaller) {
   EXPECT_EQ(server_a->stats().requeued, 1u);
   Service b = bank(queue, alice);
   b.method("Block", [](const Request&) { return Reply::ok("done by b"); });
-  auto server_b = start(std::move(b), server_options(/*workers=*/2));
+  auto server_b = serve(std::move(b), server_options(/*workers=*/2));
   Reply answer = who.get();
   ASSERT_TRUE(answer.status.ok()) << answer.status.to_string();
   EXPECT_EQ(answer.body, alice);

@@ -21,6 +21,7 @@
 
 #include "amqprpc/client.hpp"
 #include "amqprpc/options.hpp"
+#include "amqprpc/server.hpp"
 
 namespace testbroker {
 
@@ -46,6 +47,25 @@ inline std::unique_ptr<amqprpc::Client> connect(amqprpc::ClientOptions o = {}) {
   auto c = amqprpc::Client::connect(std::move(o));
   if (!c) throw std::runtime_error(c.status().to_string());
   return std::move(*c);
+}
+
+// Server options for the test broker: `workers` handler threads, quiet, and no poison-message
+// accounting (a test that wants it turns it on).
+inline amqprpc::ServerOptions server_options(std::size_t workers = 1) {
+  amqprpc::ServerOptions o;
+  o.connection = options();
+  o.workers = workers;
+  o.max_attempts = 0;
+  o.logger = [](amqprpc::LogLevel, std::string_view) {};
+  return o;
+}
+
+// A server of `service` on the test broker; throws when it cannot start.
+inline std::unique_ptr<amqprpc::Server> serve(amqprpc::Service service,
+                                              amqprpc::ServerOptions o = server_options()) {
+  auto s = amqprpc::Server::start(std::move(o), std::move(service));
+  if (!s) throw std::runtime_error(s.status().to_string());
+  return std::move(*s);
 }
 
 inline std::string unique(const std::string& prefix) {
