@@ -84,7 +84,7 @@ CallTable::Ptr CallTable::take_answered(const std::string& correlation_id) {
 }
 
 bool CallTable::answered_recently(const std::string& correlation_id) const {
-  return recent_.count(correlation_id) != 0;
+  return recent_.count(std::hash<std::string>{}(correlation_id)) != 0;
 }
 
 void CallTable::hold(PendingCall& call) {
@@ -142,11 +142,16 @@ std::vector<CallTable::Ptr> CallTable::take_unless(const std::function<bool(Pend
 }
 
 void CallTable::remember(const std::string& id) {
-  if (recent_order_.size() >= kRecent) {
-    recent_.erase(recent_order_.front());
-    recent_order_.pop_front();
+  const std::size_t h = std::hash<std::string>{}(id);
+  if (!recent_.insert(h).second) return;
+  if (recent_ring_.size() < kRecent) {
+    if (recent_ring_.empty()) recent_.reserve(kRecent + 1);
+    recent_ring_.push_back(h);
+    return;
   }
-  if (recent_.insert(id).second) recent_order_.push_back(id);
+  recent_.erase(recent_ring_[recent_next_]);
+  recent_ring_[recent_next_] = h;
+  recent_next_ = (recent_next_ + 1) % kRecent;
 }
 
 }  // namespace amqprpc::detail

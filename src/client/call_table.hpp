@@ -8,7 +8,6 @@
 #include <any>
 #include <chrono>
 #include <cstddef>
-#include <deque>
 #include <functional>
 #include <future>
 #include <memory>
@@ -117,8 +116,11 @@ class CallTable {
   std::unordered_map<std::string, Ptr> calls_;
   DeadlineHeap<PendingCall> deadlines_;
   std::vector<std::string> held_;
-  std::unordered_set<std::string> recent_;
-  std::deque<std::string> recent_order_;
+  // Hashes of the ids (a 64-bit collision would only miscount a duplicate as late), in a ring:
+  // no string is copied or freed per reply.
+  std::unordered_set<std::size_t> recent_;
+  std::vector<std::size_t> recent_ring_;  // up to kRecent, oldest at recent_next_ once full
+  std::size_t recent_next_ = 0;
 };
 
 }  // namespace amqprpc::detail

@@ -141,8 +141,9 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
     call->queue = queue;
     call->body = std::move(body);
     call->options = options;
-    call->start = std::chrono::system_clock::now();
     call->submitted = Clock::now();
+    // Only interceptors (spans) want the wall-clock start: a clock read saved per call.
+    if (!options_.interceptors.empty()) call->start = std::chrono::system_clock::now();
     call->latency = &latency_;
     call->errors = &errors_;
     call->interceptors = &options_.interceptors;

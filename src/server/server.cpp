@@ -117,13 +117,15 @@ struct Core : std::enable_shared_from_this<Core> {
 
   // The context of a request: the caller's deadline on this machine's clock, its trace (a
   // server span of the caller's trace, or a new trace), the verified caller.
-  std::shared_ptr<detail::ContextState> context_of(const Request& req, std::string caller) {
+  // `now_ms` and `now`: the time on both clocks, read once per request.
+  std::shared_ptr<detail::ContextState> context_of(const Request& req, std::string caller,
+                                                   std::int64_t now_ms,
+                                                   std::chrono::steady_clock::time_point now) {
     auto state = std::make_shared<detail::ContextState>();
     if (auto deadline_ms = detail::wire::int_header(req.headers, detail::wire::kDeadlineHeader)) {
       // Clamped like a client's timeouts: a far-off (or forged) deadline must not overflow.
-      const auto left =
-          std::min<std::int64_t>(*deadline_ms - detail::wire::epoch_ms(), kMaxDeadlineMs);
-      state->deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(left);
+      const auto left = std::min<std::int64_t>(*deadline_ms - now_ms, kMaxDeadlineMs);
+      state->deadline = now + std::chrono::milliseconds(left);
     }
     std::optional<TraceContext> parent;
     if (auto tp = req.headers.find(detail::wire::kTraceparentHeader); tp != req.headers.end()) {
@@ -171,12 +173,14 @@ namespace detail {
 class ServerCall {
  public:
   ServerCall(std::shared_ptr<Core> core, Request request, std::shared_ptr<ContextState> context,
-             std::uint64_t delivery_tag, std::uint64_t generation)
+             std::uint64_t delivery_tag, std::uint64_t generation,
+             std::chrono::steady_clock::time_point started)
       : core_(std::move(core)),
         request_(std::move(request)),
         context_(std::move(context)),
         delivery_tag_(delivery_tag),
-        generation_(generation) {}
+        generation_(generation),
+        started_(started) {}
 
   ~ServerCall() {
     if (!answered()) {
@@ -205,7 +209,7 @@ class ServerCall {
   const std::shared_ptr<ContextState> context_;
   const std::uint64_t delivery_tag_;
   const std::uint64_t generation_;
-  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  const std::chrono::steady_clock::time_point started_;
   InHand::Handle in_hand_;
   std::vector<std::any> interceptor_state_;  // one slot per interceptor
   std::size_t interceptors_ran_ = 0;         // whose after-hooks run
@@ -219,7 +223,8 @@ namespace {
 
 void Core::handle(Job& job) {
   amqp::Delivery& d = job.delivery;
-  if (detail::wire::expired(d.props.headers, detail::wire::epoch_ms())) {
+  const std::int64_t now_ms = detail::wire::epoch_ms();
+  if (detail::wire::expired(d.props.headers, now_ms)) {
     // The caller has given up while this waited for a worker: computing the answer would
     // only waste it.
     expired.fetch_add(1, std::memory_order_relaxed);
@@ -230,10 +235,11 @@ void Core::handle(Job& job) {
   const std::uint64_t tag = d.delivery_tag;
   Request req = detail::wire::decode_request(std::move(d), service.queue());
   req.caller = job.caller;
-  auto context = context_of(req, std::move(job.caller));
+  const auto now = std::chrono::steady_clock::now();
+  auto context = context_of(req, std::move(job.caller), now_ms, now);
   req.context = Context(context);
   auto call = std::make_shared<detail::ServerCall>(shared_from_this(), std::move(req), context, tag,
-                                                   job.generation);
+                                                   job.generation, now);
   call->in_hand_ = in_hand.add(context->deadline, context->stop);
   const Request& request = call->request();
 
