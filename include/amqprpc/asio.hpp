@@ -176,6 +176,9 @@ auto async_typed_call(Client& client, const std::string& queue, const std::strin
 }
 
 // ---- coroutine handlers ----
+// Where Asio has co_await (GCC 12 with -std=c++20; not clang 14 with libstdc++, where Asio turns
+// its coroutine support off): the calls above work with every compiler.
+#if defined(ASIO_HAS_CO_AWAIT)
 
 namespace detail {
 
@@ -413,5 +416,7 @@ Service& coroutine_method(Service& service, std::string name, const Executor& ex
   };
   return service.async_method(std::move(name), std::move(handler), std::move(info));
 }
+
+#endif  // ASIO_HAS_CO_AWAIT
 
 }  // namespace amqprpc
