@@ -10,7 +10,8 @@
 #     background while the normal tree builds, and are awaited (bounded) before the tests;
 #   - the normal tree's tests run while the sanitizer and fuzzing trees build (the builds run
 #     under `nice`, so the tests keep their CPU);
-#   - then the sanitizer tree's fault scenarios run beside its other tests and the fuzzers.
+#   - then three lanes: the sanitizer tree's fault scenarios; its other tests, then the
+#     ThreadSanitizer tree's; and the fuzzers, one at a time.
 # Two lanes never share a node: the fault scenarios of both trees run in one lane, one tree
 # after the other, and the TLS node's security test never runs twice at once. Each phase's
 # time is printed at the end.
@@ -190,7 +191,7 @@ fi
 
 # ------------------------------------------------------------------ sanitizer faults | the rest
 t=$SECONDS
-step "sanitizer build: fault scenarios beside the other tests and the fuzzers"
+step "sanitizer build: fault scenarios beside the other tests, and the fuzzers (each for ${AMQPRPC_FUZZ_SECONDS:-15} s)"
 lane tests-asan-faults ctest --test-dir build-asan --output-on-failure --timeout 300 -L faults \
   "${NO_NODE_STOP[@]}"
 FAULTS=$LANE_PID
@@ -203,15 +204,17 @@ rest() {
   echo "==> thread sanitizer: unit and integration tests"
   TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1 second_deadlock_stack=1}" \
     ctest --test-dir build-tsan --output-on-failure --timeout 300 -L 'unit|integration' || rc=1
-  echo
-  echo "==> fuzzing: each target for ${AMQPRPC_FUZZ_SECONDS:-15} s"
-  ctest --test-dir build-fuzz --output-on-failure --timeout 600 -j "$JOBS" || rc=1
   return "$rc"
 }
-lane tests-asan-rest-and-fuzz rest
+lane tests-asan-rest-and-tsan rest
 REST=$LANE_PID
 BG_PIDS+=("$REST")
-finish_lane "$REST" tests-asan-rest-and-fuzz
+# The fuzzers, one at a time (a core), beside the two lanes above, which mostly wait on brokers.
+lane fuzzing ctest --test-dir build-fuzz --output-on-failure --timeout 600 -j 1
+FUZZ=$LANE_PID
+BG_PIDS+=("$FUZZ")
+finish_lane "$REST" tests-asan-rest-and-tsan
+finish_lane "$FUZZ" fuzzing
 finish_lane "$FAULTS" tests-asan-faults
 BG_PIDS=()
 phase_done "sanitizer tests and fuzzing" "$t"
