@@ -80,13 +80,18 @@ struct AsioCall {
             asio::get_associated_executor(handler, asio::system_executor()))) {}
 
   // On the client's I/O thread (or the calling thread, for a call refused at once): hands the
-  // reply to the handler's executor, never running the handler here.
+  // reply to the handler's executor, never running the handler here. The cancellation slot is
+  // cleared there too: a slot belongs to its handler's executor, where its signal is emitted
+  // (clearing it here would free the installed canceller while an emit may be running it). Until
+  // then an emit only asks `stop` to stop a call that is done, which is harmless.
   void complete(Reply reply) {
-    auto slot = asio::get_associated_cancellation_slot(handler);
-    if (slot.is_connected()) slot.clear();
     auto executor = work.get_executor();
-    asio::post(executor, [h = std::move(handler), r = std::move(reply),
-                          w = std::move(work)]() mutable { std::move(h)(std::move(r)); });
+    asio::post(executor,
+               [h = std::move(handler), r = std::move(reply), w = std::move(work)]() mutable {
+                 auto slot = asio::get_associated_cancellation_slot(h);
+                 if (slot.is_connected()) slot.clear();
+                 std::move(h)(std::move(r));
+               });
   }
 
   Handler handler;

@@ -36,7 +36,10 @@ class Server {
   // now finish (for ServerOptions::stop_grace at most) and sends their replies and acks, hands
   // requests no handler had started back to the broker (for other servers), then closes (a
   // broker that does not answer the close is given 1 s). Idempotent. From a handler it only
-  // starts the stop; wait() tells when it is done.
+  // starts the stop; wait() tells when it is done. An asynchronous handler's own thread (a
+  // coroutine's executor) is not the server's: stop() there blocks the thread its handlers need
+  // to answer, so post the stop to another thread. Context stop callbacks must not stop or
+  // destroy the server.
   void stop();
 
   // What the reserved health method answers: serving (the default) or not_serving, like gRPC's

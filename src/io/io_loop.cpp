@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <limits>
 #include <system_error>
 
 #include "io/backoff.hpp"
@@ -292,6 +293,8 @@ void IoLoop::poll_once() {
   auto consider = [&](Clock::duration d) {
     auto ms = std::chrono::ceil<std::chrono::milliseconds>(d).count();
     if (ms < 0) ms = 0;
+    // A deadline weeks away (30 days is allowed) does not fit poll's int: wake within one.
+    ms = std::min<decltype(ms)>(ms, std::numeric_limits<int>::max());
     if (timeout_ms < 0 || ms < timeout_ms) timeout_ms = static_cast<int>(ms);
   };
   if (auto deadline = hooks_.next_deadline()) consider(*deadline - now);

@@ -37,7 +37,10 @@ class InHand {
     {
       std::lock_guard lock(mutex_);
       h = entries_.emplace(deadline.value_or(kNone), Entry{std::move(stop)});
-      earliest = deadline && h == entries_.begin();
+      // The earliest deadline the I/O thread waits for: none before it but cancelled ones
+      // (which next_deadline() skips).
+      earliest = deadline.has_value();
+      for (auto it = entries_.begin(); earliest && it != h; ++it) earliest = it->second.cancelled;
     }
     if (earliest) wake_();
     return h;

@@ -8,6 +8,7 @@
 #include "io/backoff.hpp"
 #include "io/confirm_tracker.hpp"
 #include "io/outbox.hpp"
+#include "server/in_hand.hpp"
 
 using namespace amqprpc;
 using namespace std::chrono_literals;
@@ -115,4 +116,38 @@ TEST(ConfirmTracker, SettlesOneOrEveryOneUpToTheSequenceNumber) {
   EXPECT_EQ(t.size(), 1u);
   EXPECT_EQ(t.settle(99, true), (std::vector<std::string>{"m5"}));
   EXPECT_TRUE(t.empty());
+}
+
+TEST(InHand, CancelsAtTheDeadlineAndWakesTheLoopForAnEarlierOne) {
+  using namespace std::chrono_literals;
+  int wakes = 0;
+  amqprpc::detail::InHand in_hand([&] { ++wakes; });
+  const auto t0 = amqprpc::detail::InHand::Clock::now();
+  std::stop_source late_source, early_source, no_deadline_source;
+  auto late = in_hand.add(t0 + 10s, late_source);
+  EXPECT_EQ(wakes, 1) << "the first deadline is the earliest";
+  auto early = in_hand.add(t0 + 1s, early_source);
+  EXPECT_EQ(wakes, 2) << "an earlier deadline wakes the loop";
+  auto none = in_hand.add(std::nullopt, no_deadline_source);
+  EXPECT_EQ(wakes, 2);
+  EXPECT_EQ(in_hand.next_deadline(), t0 + 1s);
+
+  in_hand.cancel_expired(t0 + 2s);
+  EXPECT_TRUE(early_source.stop_requested());
+  EXPECT_FALSE(late_source.stop_requested());
+  EXPECT_EQ(in_hand.next_deadline(), t0 + 10s) << "a cancelled request is not waited for";
+
+  // The early request is still in hand (its handler ignores the cancellation): a new deadline
+  // before the late one is the earliest the loop waits for, and must wake it.
+  std::stop_source middle_source;
+  auto middle = in_hand.add(t0 + 5s, middle_source);
+  EXPECT_EQ(wakes, 3);
+  EXPECT_EQ(in_hand.next_deadline(), t0 + 5s);
+
+  in_hand.cancel_all();
+  EXPECT_TRUE(late_source.stop_requested() && middle_source.stop_requested() &&
+              no_deadline_source.stop_requested());
+  EXPECT_EQ(in_hand.size(), 4u);
+  for (auto h : {late, early, none, middle}) in_hand.remove(h);
+  EXPECT_TRUE(in_hand.wait_empty(amqprpc::detail::InHand::Clock::now()));
 }
