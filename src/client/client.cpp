@@ -4,7 +4,6 @@
 #include <atomic>
 #include <mutex>
 #include <thread>
-#include <utility>
 #include <vector>
 
 #include "client/call_table.hpp"
@@ -68,13 +67,10 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
       detail::MutexLock lock(uuid_mutex_);
       call->correlation_id = uuids_.next();
       // The call's span: a child of the caller's (a handler's context) or a new trace.
-      if (call->options.trace && call->options.trace->valid()) {
-        call->trace = *call->options.trace;
-        call->parent_span_id = std::exchange(call->trace.span_id, uuids_.span_id());
-      } else {
-        call->trace.trace_id = uuids_.trace_id();
-        call->trace.span_id = uuids_.span_id();
-      }
+      const TraceContext* parent =
+          call->options.trace && call->options.trace->valid() ? &*call->options.trace : nullptr;
+      call->trace = detail::wire::new_span(parent, uuids_);
+      if (parent != nullptr) call->parent_span_id = parent->span_id;
     }
     // Interceptors see every call, also those refused below.
     if (Status refused = call->intercept(options_.logger); !refused.ok()) {

@@ -94,10 +94,8 @@ void TracingInterceptor::after_call(const ClientCall& call, Reply& reply,
   add_rpc_attributes(span, call.queue, call.options.method);
   // Links this span to the server's even when the server exports elsewhere: its span id is
   // the one the reply names.
-  if (auto it = reply.headers.find(detail::wire::kTraceparentHeader); it != reply.headers.end()) {
-    if (auto server = TraceContext::parse(it->second)) {
-      span.attributes["amqprpc.reply.span_id"] = server->span_id;
-    }
+  if (auto server = detail::wire::trace_of(reply.headers)) {
+    span.attributes["amqprpc.reply.span_id"] = server->span_id;
   }
   exporter_->export_span(span);
 }

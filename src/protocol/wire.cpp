@@ -116,12 +116,7 @@ amqp::Properties encode_request(const CallOptions& options, std::string correlat
     props.headers.insert_or_assign(std::string(kMethodHeader), options.method);
   }
   if (oneway) props.headers.insert_or_assign(std::string(kOnewayHeader), "1");
-  if (trace.valid()) {
-    props.headers.insert_or_assign(std::string(kTraceparentHeader), trace.traceparent());
-    if (!trace.tracestate.empty()) {
-      props.headers.insert_or_assign(std::string(kTracestateHeader), trace.tracestate);
-    }
-  }
+  if (trace.valid()) put_trace(props.headers, trace);
   return props;
 }
 
@@ -137,6 +132,32 @@ Request decode_request(amqp::Delivery&& d, const std::string& queue) {
   req.oneway = is_oneway(req.headers);
   req.redelivered = d.redelivered;
   return req;
+}
+
+std::optional<TraceContext> trace_of(const Headers& headers) {
+  auto tp = headers.find(kTraceparentHeader);
+  if (tp == headers.end()) return std::nullopt;
+  auto ts = headers.find(kTracestateHeader);
+  return TraceContext::parse(
+      tp->second, ts != headers.end() ? std::string_view(ts->second) : std::string_view());
+}
+
+void put_trace(Headers& headers, const TraceContext& trace) {
+  headers.insert_or_assign(std::string(kTraceparentHeader), trace.traceparent());
+  if (!trace.tracestate.empty()) {
+    headers.insert_or_assign(std::string(kTracestateHeader), trace.tracestate);
+  }
+}
+
+TraceContext new_span(const TraceContext* parent, UuidGenerator& ids) {
+  TraceContext span;
+  if (parent != nullptr) {
+    span = *parent;
+  } else {
+    span.trace_id = ids.trace_id();
+  }
+  span.span_id = ids.span_id();
+  return span;
 }
 
 void encode_reply(Reply&& reply, std::string_view correlation_id, amqp::Properties& props,

@@ -12,6 +12,7 @@
 #include "amqp/message.hpp"
 #include "amqprpc/message.hpp"
 #include "amqprpc/options.hpp"
+#include "uuid.hpp"
 
 namespace amqprpc::detail::wire {
 
@@ -95,6 +96,17 @@ bool is_oneway(const Headers& headers);
 
 // What a handler sees of a request that arrived on `queue` (moved out of the delivery).
 Request decode_request(amqp::Delivery&& delivery, const std::string& queue);
+
+// ---- trace context (requests and replies) ----
+
+// The W3C trace context a message carries (traceparent, with its tracestate); nullopt when it
+// carries none, or one that is not well-formed (TraceContext::parse).
+std::optional<TraceContext> trace_of(const Headers& headers);
+// Writes `trace` as traceparent (and tracestate, when it has one).
+void put_trace(Headers& headers, const TraceContext& trace);
+// A new span: a child of `parent` (its trace id, sampled flag and tracestate) with a span id of
+// its own, or, without a parent, the root span of a new trace.
+TraceContext new_span(const TraceContext* parent, UuidGenerator& ids);
 
 // ---- replies ----
 

@@ -127,22 +127,12 @@ struct Core : std::enable_shared_from_this<Core> {
       const auto left = std::min<std::int64_t>(*deadline_ms - now_ms, kMaxDeadlineMs);
       state->deadline = now + std::chrono::milliseconds(left);
     }
-    std::optional<TraceContext> parent;
-    if (auto tp = req.headers.find(detail::wire::kTraceparentHeader); tp != req.headers.end()) {
-      auto ts = req.headers.find(detail::wire::kTracestateHeader);
-      parent = TraceContext::parse(
-          tp->second, ts != req.headers.end() ? std::string_view(ts->second) : std::string_view());
-    }
+    const std::optional<TraceContext> parent = detail::wire::trace_of(req.headers);
     {
       detail::MutexLock lock(ids_mutex);
-      if (parent) {
-        state->parent_span_id = std::move(parent->span_id);
-        state->trace = std::move(*parent);
-      } else {
-        state->trace.trace_id = ids.trace_id();
-      }
-      state->trace.span_id = ids.span_id();
+      state->trace = detail::wire::new_span(parent ? &*parent : nullptr, ids);
     }
+    if (parent) state->parent_span_id = parent->span_id;
     state->caller = std::move(caller);
     return state;
   }
@@ -296,16 +286,9 @@ void Core::finish(detail::ServerCall& call, Reply&& reply) {
   if (call.handler_started_) handler_latency.record(latency);
   const Request& req = call.request_;
   const detail::ContextState& context = *call.context_;
-  {
-    // The reply leg carries the server span (always a valid one: context_of made it): the
-    // caller sees which span answered it.
-    reply.headers.insert_or_assign(std::string(detail::wire::kTraceparentHeader),
-                                   context.trace.traceparent());
-    if (!context.trace.tracestate.empty()) {
-      reply.headers.insert_or_assign(std::string(detail::wire::kTracestateHeader),
-                                     context.trace.tracestate);
-    }
-  }
+  // The reply leg carries the server span (always a valid one: context_of made it): the
+  // caller sees which span answered it.
+  detail::wire::put_trace(reply.headers, context.trace);
   for (std::size_t i = call.interceptors_ran_; i-- > 0;) {
     try {
       interceptors[i]->after_handler(req, reply, latency, call.interceptor_state_[i]);
