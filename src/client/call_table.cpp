@@ -9,18 +9,14 @@ Status PendingCall::intercept(const Logger& logger) {
   interceptor_state.resize(interceptors->size());
   for (std::size_t i = 0; i < interceptors->size(); ++i) {
     interceptors_ran = i + 1;
-    try {
-      if (Status refused = (*interceptors)[i]->before_call(*this, interceptor_state[i]);
-          !refused.ok()) {
-        return refused;
-      }
-    } catch (const std::exception& e) {
-      log(logger, LogLevel::error, std::string("a client interceptor threw: ") + e.what());
-      return {StatusCode::internal, std::string("a client interceptor threw: ") + e.what()};
-    } catch (...) {
-      log(logger, LogLevel::error, "a client interceptor threw");
-      return {StatusCode::internal, "a client interceptor threw"};
+    Status refused;
+    if (auto threw = thrown_by(
+            [&] { refused = (*interceptors)[i]->before_call(*this, interceptor_state[i]); },
+            "a client interceptor threw")) {
+      log(logger, LogLevel::error, *threw);
+      return {StatusCode::internal, *threw};
     }
+    if (!refused.ok()) return refused;
   }
   return {};
 }
@@ -28,13 +24,10 @@ Status PendingCall::intercept(const Logger& logger) {
 void PendingCall::complete(Reply reply, const Logger& logger) {
   const auto elapsed = Clock::now() - submitted;
   for (std::size_t i = interceptors_ran; i-- > 0;) {
-    try {
-      (*interceptors)[i]->after_call(*this, reply, elapsed, interceptor_state[i]);
-    } catch (const std::exception& e) {
-      log(logger, LogLevel::error,
-          std::string("a client interceptor's after_call threw: ") + e.what());
-    } catch (...) {
-      log(logger, LogLevel::error, "a client interceptor's after_call threw");
+    if (auto threw = thrown_by(
+            [&] { (*interceptors)[i]->after_call(*this, reply, elapsed, interceptor_state[i]); },
+            "a client interceptor's after_call threw")) {
+      log(logger, LogLevel::error, *threw);
     }
   }
   interceptors_ran = 0;  // complete() runs once, but never runs the hooks twice
@@ -46,12 +39,8 @@ void PendingCall::complete(Reply reply, const Logger& logger) {
   }
   auto& fn = std::get<std::function<void(Reply)>>(done);
   if (!fn) return;
-  try {
-    fn(std::move(reply));
-  } catch (const std::exception& e) {
-    log(logger, LogLevel::error, std::string("a call's completion callback threw: ") + e.what());
-  } catch (...) {
-    log(logger, LogLevel::error, "a call's completion callback threw");
+  if (auto threw = thrown_by([&] { fn(std::move(reply)); }, "a call's completion callback threw")) {
+    log(logger, LogLevel::error, *threw);
   }
 }
 

@@ -238,13 +238,12 @@ void Core::handle(Job& job) {
     for (std::size_t i = 0; i < interceptors.size(); ++i) {
       call->interceptors_ran_ = i + 1;
       Status refused;
-      try {
-        refused = interceptors[i]->before_handler(request, call->interceptor_state_[i]);
-      } catch (const std::exception& e) {
-        refused =
-            Status{StatusCode::internal, std::string("a server interceptor threw: ") + e.what()};
-      } catch (...) {
-        refused = Status{StatusCode::internal, "a server interceptor threw"};
+      if (auto threw = detail::thrown_by(
+              [&] {
+                refused = interceptors[i]->before_handler(request, call->interceptor_state_[i]);
+              },
+              "a server interceptor threw")) {
+        refused = Status{StatusCode::internal, std::move(*threw)};
       }
       if (!refused.ok()) {
         call->answer(Reply{std::move(refused), {}, {}, {}});
@@ -290,13 +289,12 @@ void Core::finish(detail::ServerCall& call, Reply&& reply) {
   // caller sees which span answered it.
   detail::wire::put_trace(reply.headers, context.trace);
   for (std::size_t i = call.interceptors_ran_; i-- > 0;) {
-    try {
-      interceptors[i]->after_handler(req, reply, latency, call.interceptor_state_[i]);
-    } catch (const std::exception& e) {
-      detail::log(logger, LogLevel::error,
-                  std::string("a server interceptor's after_handler threw: ") + e.what());
-    } catch (...) {
-      detail::log(logger, LogLevel::error, "a server interceptor's after_handler threw");
+    if (auto threw = detail::thrown_by(
+            [&] {
+              interceptors[i]->after_handler(req, reply, latency, call.interceptor_state_[i]);
+            },
+            "a server interceptor's after_handler threw")) {
+      detail::log(logger, LogLevel::error, *threw);
     }
   }
   if (req.oneway) {

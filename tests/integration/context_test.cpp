@@ -524,3 +524,49 @@ TEST_F(ContextTest, AForgedFarDeadlineAndAMalformedTraceparentAreHandledSafely) 
   EXPECT_EQ(reply_trace->trace_id, trace.trace_id);
   EXPECT_EQ(reply_trace->span_id, trace.span_id);
 }
+
+TEST_F(ContextTest, AnInterceptorThatThrowsFailsItsCallClearlyAndLosesNoReply) {
+  struct Throwing final : ClientInterceptor, ServerInterceptor {
+    std::atomic<bool> before{false};  // throw in the before-hooks (else in the after-hooks)
+    Status before_call(ClientCall&, std::any&) override {
+      if (before) throw std::runtime_error("boom");
+      return {};
+    }
+    void after_call(const ClientCall&, Reply&, std::chrono::nanoseconds, std::any&) override {
+      if (!before) throw std::runtime_error("boom");
+    }
+    Status before_handler(const Request&, std::any&) override {
+      if (before) throw std::runtime_error("boom");
+      return {};
+    }
+    void after_handler(const Request&, Reply&, std::chrono::nanoseconds, std::any&) override {
+      if (!before) throw std::runtime_error("boom");
+    }
+  };
+  const std::string q = queue();
+  auto on_server = std::make_shared<Throwing>();
+  Service s(q);
+  s.default_handler([](const Request& r) { return Reply::ok("served:" + r.body); });
+  ServerOptions o = server_options();
+  o.interceptors = {on_server};
+  auto server = serve(std::move(s), o);
+
+  // After-hooks that throw: the reply still comes, unchanged.
+  auto on_client = std::make_shared<Throwing>();
+  auto c = client(30s, {on_client});
+  EXPECT_EQ(c->call(q, "x"), "served:x");
+
+  // A server before-hook that throws answers internal, naming it; the handler does not run.
+  on_server->before = true;
+  Reply refused_by_server = client()->try_call(q, "x");
+  EXPECT_EQ(refused_by_server.status.code(), StatusCode::internal);
+  EXPECT_EQ(refused_by_server.status.message(), "a server interceptor threw: boom");
+
+  // A client before-hook that throws fails the call unsent.
+  on_client->before = true;
+  Reply refused_by_client = c->try_call(q, "x");
+  EXPECT_EQ(refused_by_client.status.code(), StatusCode::internal);
+  EXPECT_EQ(refused_by_client.status.message(), "a client interceptor threw: boom");
+  EXPECT_EQ(server->stats().received, 2u) << "the refused call was not sent";
+  EXPECT_EQ(server->stats().replied_ok, 1u);
+}
