@@ -213,7 +213,9 @@ namespace {
 
 void Core::handle(Job& job) {
   amqp::Delivery& d = job.delivery;
+  // Both clocks read side by side: the caller's deadline (epoch ms) becomes a steady time.
   const std::int64_t now_ms = detail::wire::epoch_ms();
+  const auto now = std::chrono::steady_clock::now();
   if (detail::wire::expired(d.props.headers, now_ms)) {
     // The caller has given up while this waited for a worker: computing the answer would
     // only waste it.
@@ -225,7 +227,6 @@ void Core::handle(Job& job) {
   const std::uint64_t tag = d.delivery_tag;
   Request req = detail::wire::decode_request(std::move(d), service.queue());
   req.caller = job.caller;
-  const auto now = std::chrono::steady_clock::now();
   auto context = context_of(req, std::move(job.caller), now_ms, now);
   req.context = Context(context);
   auto call = std::make_shared<detail::ServerCall>(shared_from_this(), std::move(req), context, tag,
