@@ -6,7 +6,8 @@
 //      typed JSON and protobuf methods called through typed_async_call (dispatch and codecs);
 //   5. the other forms against the same servers: a coroutine client (amqprpc::async_call with
 //      asio::use_awaitable), a future client, a server whose handler is a coroutine, and
-//      tracing on (spans made and exported on client and server);
+//      tracing on (spans made and exported on client and server), and the fail-fast check
+//      off (calls sent blind, as tutorial 6 does: what knowing that a server is there costs);
 // and a long run showing the client's memory stays flat. Prints a Markdown table.
 // Each measurement runs in a process of its own so CPU time and peak RSS are the client's alone.
 #include <fcntl.h>
@@ -343,6 +344,7 @@ int client(const std::string& impl, const std::string& url, const std::string& q
   amqprpc::ClientOptions o;
   o.connection = broker;
   if (impl == "traced") o.interceptors.push_back(tracing_to_null());
+  if (impl == "blind") o.server_check_interval = std::chrono::milliseconds::zero();
   auto c = amqprpc::Client::connect(o);
   if (!c) {
     std::cerr << "bench client: " << c.status().to_string() << "\n";
@@ -567,6 +569,7 @@ int main(int argc, char** argv) {
       {"amqp-rpc typed protobuf method (1 worker)", "", "proto", worker_queue, {}},
       {"amqp-rpc coroutine client (1 worker server)", "", "coro", worker_queue, {}},
       {"amqp-rpc future client (1 worker server)", "", "future", worker_queue, {}},
+      {"amqp-rpc, fail-fast check off (1 worker server)", "", "blind", worker_queue, {}},
       {"amqp-rpc, tracing on (spans to JSON lines, 1 worker)",
        "amqprpc-traced",
        "traced",
@@ -767,6 +770,10 @@ int main(int argc, char** argv) {
     report << "\n"
            << at << "tracing on against off (1 worker): " << ratios("amqprpc-traced", "amqprpc")
            << "; client CPU " << cpu("amqprpc-traced") << " on, " << cpu("amqprpc") << " off.\n";
+    report << "\n"
+           << at << "the fail-fast check (a server count per queue, refreshed in the background) "
+           << "on against off: " << ratios("amqprpc", "blind") << "; client CPU " << cpu("amqprpc")
+           << " on, " << cpu("blind") << " off.\n";
   }
   for (const auto& f : findings) report << "\nerror during the run: " << f << "\n";
   std::cout << report.str();

@@ -56,9 +56,10 @@ class Client {
     std::uint64_t calls = 0;    // calls started
     std::uint64_t replies = 0;  // calls completed by a reply (ok or error reply)
     std::uint64_t timeouts = 0;
-    std::uint64_t unroutable = 0;         // returned by the broker: no queue to take the request
-    std::uint64_t late_replies = 0;       // replies whose correlation id no call waits for
-    std::uint64_t cancelled = 0;          // cancelled through CallOptions::cancel while in flight
+    std::uint64_t unroutable = 0;    // no queue to take the request (returned, or known missing)
+    std::uint64_t no_server = 0;     // failed fast: the queue exists, nobody consumes it
+    std::uint64_t late_replies = 0;  // replies whose correlation id no call waits for
+    std::uint64_t cancelled = 0;     // cancelled through CallOptions::cancel while in flight
     std::uint64_t duplicate_replies = 0;  // second replies to a finished call (redelivery)
     std::uint64_t reconnects = 0;
     std::map<StatusCode, std::uint64_t> errors;  // failed calls by status code

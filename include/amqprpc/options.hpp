@@ -98,6 +98,16 @@ struct ClientOptions {
   // server sees it as the verified caller (Request::caller) and may restrict methods to some
   // callers (Service::allow). Off: requests carry none, and the caller is unknown.
   bool send_user_id = true;
+  // Fail fast when nobody serves: a call to a queue that does not exist, or that no server
+  // consumes, fails at once with unavailable instead of waiting for its deadline (gRPC's
+  // fail-fast). The client learns how many servers consume each queue it calls from passive
+  // declarations on a side channel, asked again in the background every this often while the
+  // queue is in use (four times as often while nobody serves it), so calls cost no round trip;
+  // the first call to a queue waits for the first answer. Calls marked wait_for_ready go to a
+  // queue nobody consumes (it keeps them for a server, within their deadline) and wait for a
+  // queue that does not exist yet. One-way calls (notify) are not checked: a queue keeps them.
+  // Zero turns the check off: calls go out blind, as tutorial 6's do.
+  std::chrono::milliseconds server_check_interval{1'000};
   // Run around every call, in order (amqprpc/interceptor.hpp).
   std::vector<std::shared_ptr<ClientInterceptor>> interceptors;
   Logger logger;
@@ -115,9 +125,11 @@ struct CallOptions {
   Headers headers;
   std::string content_type;
   std::optional<std::uint8_t> priority;  // for queues declared with x-max-priority
-  // Wait for the connection (gRPC's wait-for-ready): a call made while the client is
-  // (re)connecting is held and sent once connected, within its deadline, instead of failing at
-  // once with unavailable. Without it calls fail fast.
+  // Wait for the connection and for a server (gRPC's wait-for-ready): a call made while the
+  // client is (re)connecting is held and sent once connected, and a call to a queue nobody
+  // serves (ClientOptions::server_check_interval) is sent for a server to take when one comes,
+  // all within its deadline, instead of failing at once with unavailable. Without it calls
+  // fail fast.
   bool wait_for_ready = false;
   // Safe to send twice: if the connection drops after the call was sent and before its reply,
   // the call is sent again after reconnecting (within its deadline) instead of failing with

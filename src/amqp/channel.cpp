@@ -20,6 +20,7 @@ namespace amqprpc::detail::amqp {
 namespace {
 
 constexpr amqp_channel_t kChannel = 1;
+constexpr amqp_channel_t kSideChannel = 2;  // probes: passive declarations
 
 timeval to_timeval(std::chrono::milliseconds ms) {
   timeval tv{};
@@ -339,6 +340,86 @@ Status Channel::cancel(const std::string& consumer_tag) {
   return {};
 }
 
+Status Channel::probe(Probe probe) {
+  if (dead_) return {StatusCode::unavailable, "connection is closed"};
+  if (Status st = send_probe(probe); !st.ok()) return st;
+  probes_.push_back(std::move(probe));
+  return {};
+}
+
+Status Channel::send_probe(const Probe& probe) {
+  int rc = AMQP_STATUS_OK;
+  if (!side_open_) {
+    // Pipelined: the broker handles the open before the declaration that follows it.
+    amqp_channel_open_t open{};
+    rc = amqp_send_method(conn_, kSideChannel, AMQP_CHANNEL_OPEN_METHOD, &open);
+    side_open_ = rc == AMQP_STATUS_OK;
+  }
+  if (rc == AMQP_STATUS_OK && probe.kind == Probe::Kind::queue) {
+    amqp_queue_declare_t declare{};
+    declare.queue = as_bytes(probe.name);
+    declare.passive = 1;
+    declare.arguments = amqp_empty_table;
+    rc = amqp_send_method(conn_, kSideChannel, AMQP_QUEUE_DECLARE_METHOD, &declare);
+  } else if (rc == AMQP_STATUS_OK) {
+    amqp_exchange_declare_t declare{};
+    declare.exchange = as_bytes(probe.name);
+    declare.type = amqp_cstring_bytes("fanout");  // not checked on a passive declaration
+    declare.passive = 1;
+    declare.arguments = amqp_empty_table;
+    rc = amqp_send_method(conn_, kSideChannel, AMQP_EXCHANGE_DECLARE_METHOD, &declare);
+  }
+  if (rc != AMQP_STATUS_OK) {
+    dead_ = true;
+    return {StatusCode::unavailable, std::string("probe failed: ") + amqp_error_string2(rc)};
+  }
+  return {};
+}
+
+Status Channel::dispatch_side(const amqp_frame_t& frame, Events& events) {
+  if (frame.frame_type != AMQP_FRAME_METHOD) return {};  // nothing with content comes here
+  const amqp_method_t& m = frame.payload.method;
+  switch (m.id) {
+    case AMQP_QUEUE_DECLARE_OK_METHOD:
+    case AMQP_EXCHANGE_DECLARE_OK_METHOD: {
+      if (probes_.empty()) return {};
+      ProbeResult result{std::move(probes_.front()), {}, 0, 0};
+      probes_.pop_front();
+      if (m.id == AMQP_QUEUE_DECLARE_OK_METHOD) {
+        auto* ok = static_cast<amqp_queue_declare_ok_t*>(m.decoded);
+        result.consumers = ok->consumer_count;
+        result.messages = ok->message_count;
+      }
+      events.on_probe(std::move(result));
+      return {};
+    }
+    case AMQP_CHANNEL_CLOSE_METHOD: {
+      // The broker refused the oldest probe (404 when the queue or exchange does not exist)
+      // and closed the side channel; it ignored whatever followed on it.
+      auto* c = static_cast<amqp_channel_close_t*>(m.decoded);
+      amqp_channel_close_ok_t ok{};
+      if (int rc = amqp_send_method(conn_, kSideChannel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+          rc != AMQP_STATUS_OK) {
+        dead_ = true;
+        return {StatusCode::unavailable, std::string("connection lost: ") + amqp_error_string2(rc)};
+      }
+      side_open_ = false;
+      if (probes_.empty()) return {};
+      ProbeResult refused{std::move(probes_.front()),
+                          Status{code_for_reply_code(c->reply_code), to_string(c->reply_text)}, 0,
+                          0};
+      probes_.pop_front();
+      for (const Probe& again : probes_) {
+        if (Status st = send_probe(again); !st.ok()) return st;
+      }
+      events.on_probe(std::move(refused));
+      return {};
+    }
+    default:
+      return {};  // channel.open-ok
+  }
+}
+
 Status Channel::read(Events& events) {
   if (dead_) return {StatusCode::unavailable, "connection is closed"};
   if (!open_) {
@@ -366,6 +447,7 @@ Status Channel::read(Events& events) {
 }
 
 Status Channel::dispatch(const amqp_frame_t& frame, Events& events) {
+  if (frame.channel == kSideChannel) return dispatch_side(frame, events);
   if (frame.frame_type == AMQP_FRAME_METHOD) {
     const amqp_method_t& m = frame.payload.method;
     switch (m.id) {

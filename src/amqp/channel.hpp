@@ -1,4 +1,5 @@
-// One AMQP connection and the one channel the library uses on it, behind RAII.
+// One AMQP connection and the channel the library uses on it, behind RAII; plus a side channel
+// for passive declarations (probe), which the broker may close without harm to the main one.
 //
 // Thread safety: none. rabbitmq-c handles are not thread-safe; a Channel belongs to one thread
 // at a time (the connector thread that opens it, then the I/O loop that uses it).
@@ -6,6 +7,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -34,6 +36,8 @@ class Channel {
     // Publisher confirms: the broker took (ack) or refused (nack) publish number `seq`, or all
     // publishes up to it when `multiple`.
     virtual void on_confirm(std::uint64_t seq, bool multiple, bool ack) = 0;
+    // The answer to a probe(), in the order they were sent.
+    virtual void on_probe(ProbeResult&& result) = 0;
 
    protected:
     ~Events() = default;
@@ -91,6 +95,16 @@ class Channel {
   // has, after the last delivery it sent.
   Status cancel(const std::string& consumer_tag);
 
+  // Asks, without blocking, whether a queue or an exchange exists (a passive declaration), and
+  // for a queue how many consumers it has; Events::on_probe answers. It runs on a side channel:
+  // the broker answers a missing queue by closing the channel it was asked on (404), which
+  // must not take the main channel, its consumer and its calls with it. The side channel opens
+  // on the first probe and again after each such close; probes sent behind a refused one, which
+  // the closing channel ignored, are sent again.
+  Status probe(Probe probe);
+  // Probes sent and not answered yet.
+  std::size_t probes_pending() const { return probes_.size(); }
+
   // Reads what is available without blocking (also sends a heartbeat when one is due) and hands
   // each complete message and notification to `events`. Non-ok: the connection is unusable.
   Status read(Events& events);
@@ -105,6 +119,8 @@ class Channel {
   void cork(bool on);
   Status check_rpc(std::string_view what);
   Status dispatch(const struct amqp_frame_t_& frame, Events& events);
+  Status dispatch_side(const struct amqp_frame_t_& frame, Events& events);
+  Status send_probe(const Probe& probe);
 
   amqp_connection_state_t_* conn_ = nullptr;
   bool open_ = false;  // the channel, as far as we know
@@ -115,6 +131,8 @@ class Channel {
   std::size_t max_message_size_ = 0;
   std::string channel_error_;  // why the broker closed our channel, once it has
   FrameAssembler assembler_;
+  bool side_open_ = false;    // channel.open sent on the side channel (answered or not)
+  std::deque<Probe> probes_;  // sent on the side channel, answers awaited, in order
 };
 
 }  // namespace amqprpc::detail::amqp

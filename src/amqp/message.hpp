@@ -51,6 +51,23 @@ struct Returned {
 // What the frame assembler hands out once a message's last frame has arrived.
 using Incoming = std::variant<Delivery, Returned>;
 
+// A passive declaration on the side channel (Channel::probe): does a queue or an exchange
+// exist, and, for a queue, how many consumers and ready messages it has.
+struct Probe {
+  enum class Kind { queue, exchange };
+  Kind kind = Kind::queue;
+  std::string name;
+};
+
+struct ProbeResult {
+  Probe probe;
+  // ok: it exists; not_found: it does not; anything else (permission_denied,
+  // failed_precondition for another connection's exclusive queue...): the broker would not say.
+  Status status;
+  std::uint32_t consumers = 0;
+  std::uint32_t messages = 0;
+};
+
 struct QueueSpec {
   std::string name;  // empty: the broker picks a name
   bool durable = false;

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "client/call_table.hpp"
+#include "client/server_watch.hpp"
 #include "io/confirm_tracker.hpp"
 #include "io/io_loop.hpp"
 #include "io/outbox.hpp"
@@ -37,7 +38,8 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
       : options_(std::move(options)),
         loop_(detail::endpoints_of(options_), options_.reconnect, *this, options_.logger),
         calls_out_([this] { loop_.wake(); }),
-        cancels_out_([this] { loop_.wake(); }) {}
+        cancels_out_([this] { loop_.wake(); }),
+        watch_(options_.server_check_interval) {}
 
   ~Impl() {
     loop_.stop();                   // on_closing cancelled what was in flight, if connected
@@ -59,7 +61,12 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
     cancels_out_.close();
   }
 
-  Status start() { return loop_.start(); }
+  Status start() {
+    if (options_.server_check_interval < std::chrono::milliseconds::zero()) {
+      return {StatusCode::invalid_argument, "server_check_interval must not be negative"};
+    }
+    return loop_.start();
+  }
 
   void submit(std::unique_ptr<PendingCall> call) {
     calls_.fetch_add(1, std::memory_order_relaxed);
@@ -158,6 +165,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
     s.replies = replies_.load(std::memory_order_relaxed);
     s.timeouts = timeouts_.load(std::memory_order_relaxed);
     s.unroutable = unroutable_.load(std::memory_order_relaxed);
+    s.no_server = no_server_.load(std::memory_order_relaxed);
     s.late_replies = late_replies_.load(std::memory_order_relaxed);
     s.cancelled = cancelled_.load(std::memory_order_relaxed);
     s.duplicate_replies = duplicate_replies_.load(std::memory_order_relaxed);
@@ -172,6 +180,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
   Status on_open(amqp::Channel& channel) override {
     loop_.io_thread.assert_held();
     link_ = Link{};
+    watch_.reset();  // what was asked on the last connection will not be answered
     std::string queue;
     if (options_.reply_mode == ReplyMode::direct_reply_to) {
       queue = std::string(detail::wire::kDirectReplyTo);
@@ -205,14 +214,14 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
     std::optional<amqp::Channel::Cork> cork;
     if (can_send && end - batch_pos_ + held.size() > 1) cork.emplace(*channel, true);
     // Calls set aside while disconnected or blocked go first, in their order.
-    for (PendingCall* call : held) send(*channel, *call);
+    for (PendingCall* call : held) route(*channel, *call);
     for (; batch_pos_ < end; ++batch_pos_) {
       auto& call = batch_[batch_pos_];
       if (call->options.cancel.stop_requested()) {
         call->complete(Reply::error(StatusCode::cancelled, "cancelled before it was sent"),
                        options_.logger);
       } else if (can_send) {
-        send(*channel, table_.accept(std::move(call)));
+        route(*channel, table_.accept(std::move(call)));
       } else if (Status refused = refuse_unsent(channel != nullptr, *call); !refused.ok()) {
         call->complete(Reply{std::move(refused), {}, {}, {}}, options_.logger);
       } else {
@@ -226,6 +235,11 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
       loop_.wake();  // the rest on the next turn
     }
     cork.reset();
+    if (can_send && watching()) {
+      for (std::string& queue : watch_.due(Clock::now())) {
+        if (!channel->probe({amqp::Probe::Kind::queue, std::move(queue)}).ok()) break;
+      }
+    }
     for (const auto& id : cancel_batch_) {
       auto call = table_.take(id);
       if (!call) continue;  // already completed
@@ -278,7 +292,27 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
 
   std::optional<Clock::time_point> next_deadline() override {
     loop_.io_thread.assert_held();
-    return table_.next_deadline();
+    auto next = table_.next_deadline();
+    // Probes go out from on_wake, and only when publishing is possible: a due one must not
+    // spin the loop while it is not.
+    if (watching() && loop_.can_publish()) {
+      if (auto probe = watch_.next_due(); probe && (!next || *probe < *next)) next = probe;
+    }
+    return next;
+  }
+
+  void on_probe(amqp::Channel& channel, amqp::ProbeResult&& result) override {
+    loop_.io_thread.assert_held();
+    const bool can_send = link_.replies_lost.ok() && loop_.can_publish();
+    for (const std::string& id : watch_.answer(result, Clock::now())) {
+      PendingCall* call = table_.find(id);
+      if (call == nullptr) continue;  // ended meanwhile (deadline, cancel)
+      if (can_send) {
+        route(channel, *call, /*confirmed=*/true);
+      } else {
+        table_.hold(*call);  // the next turn that can send sends it
+      }
+    }
   }
 
   void on_timer(Clock::time_point now) override {
@@ -313,6 +347,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
                                 ? StatusCode::permission_denied
                                 : StatusCode::unavailable;
     table_.take_held();  // what may wait for the next connection is held again below
+    watch_.reset();
     auto failed = table_.take_unless([this](PendingCall& call) {
       loop_.io_thread.assert_held();  // called right here, on this thread
       if (!may_wait_for_reconnect(call)) return false;
@@ -396,6 +431,43 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
                                 : "not connected: " + why;
   }
 
+  bool watching() const { return options_.server_check_interval.count() > 0; }
+
+  // Sends an accepted call, unless the watch says nobody serves its queue: then the call fails,
+  // once an answer asked since it was made confirms it (`confirmed`: this is that answer), or
+  // with wait_for_ready waits for a server. A call to a queue not known yet waits for the
+  // first answer.
+  void route(amqp::Channel& channel, PendingCall& call, bool confirmed = false)
+      REQUIRES(loop_.io_thread) {
+    using Verdict = detail::ServerWatch::Verdict;
+    using Wait = detail::ServerWatch::Wait;
+    if (call.oneway || !watching()) return send(channel, call);
+    const auto now = Clock::now();
+    const Verdict verdict = watch_.check(call.queue, now);
+    if (verdict == Verdict::send) return send(channel, call);
+    if (verdict == Verdict::no_server && call.options.wait_for_ready) {
+      return send(channel, call);  // the queue keeps it for the server it waits for
+    }
+    if (verdict == Verdict::no_queue && call.options.wait_for_ready) {
+      return watch_.wait(call.queue, call.correlation_id, Wait::appear, now);
+    }
+    if (verdict == Verdict::unknown || !confirmed) {
+      return watch_.wait(call.queue, call.correlation_id, Wait::answer, now);
+    }
+    std::string why;
+    if (verdict == Verdict::no_server) {
+      no_server_.fetch_add(1, std::memory_order_relaxed);
+      why = "no server is consuming queue '" + call.queue +
+            "'; not sent. Start one, or set wait_for_ready to wait for one";
+    } else {
+      unroutable_.fetch_add(1, std::memory_order_relaxed);
+      why = "no route to queue '" + call.queue +
+            "': the broker has no such queue; not sent. Is a server running?";
+    }
+    table_.take(call.correlation_id)
+        ->complete(Reply::error(StatusCode::unavailable, std::move(why)), options_.logger);
+  }
+
   // Publishes an accepted call; a call that cannot be published completes here, or waits for
   // the next connection when it may.
   void send(amqp::Channel& channel, PendingCall& call) REQUIRES(loop_.io_thread) {
@@ -462,6 +534,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
   std::size_t batch_pos_ GUARDED_BY(loop_.io_thread) = 0;  // batch_[0, pos) are taken care of
   static constexpr std::size_t kSendsPerTurn = 1024;
   std::vector<std::string> cancel_batch_ GUARDED_BY(loop_.io_thread);
+  detail::ServerWatch watch_ GUARDED_BY(loop_.io_thread);
 
   detail::LatencyRecorder latency_;
   detail::ErrorCounter errors_;
@@ -469,8 +542,8 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
   mutable detail::Mutex reply_queue_mutex_;
   std::string reply_queue_ GUARDED_BY(reply_queue_mutex_);  // link_.reply_queue, for any thread
 
-  std::atomic<std::uint64_t> calls_{0}, replies_{0}, timeouts_{0}, unroutable_{0}, late_replies_{0},
-      cancelled_{0}, duplicate_replies_{0};
+  std::atomic<std::uint64_t> calls_{0}, replies_{0}, timeouts_{0}, unroutable_{0}, no_server_{0},
+      late_replies_{0}, cancelled_{0}, duplicate_replies_{0};
 };
 
 Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {

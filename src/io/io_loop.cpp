@@ -201,6 +201,10 @@ void IoLoop::on_confirm(std::uint64_t seq, bool multiple, bool ack) {
   io_thread.assert_held();
   hooks_.on_confirm(*link_.channel, seq, multiple, ack);
 }
+void IoLoop::on_probe(amqp::ProbeResult&& result) {
+  io_thread.assert_held();
+  hooks_.on_probe(*link_.channel, std::move(result));
+}
 void IoLoop::on_blocked(bool blocked, const std::string& reason) {
   io_thread.assert_held();
   log(logger_, LogLevel::warning,

@@ -58,6 +58,8 @@ class IoLoop final : private amqp::Channel::Events {
     virtual void on_blocked(amqp::Channel&, bool /*blocked*/) {}
     virtual void on_confirm(amqp::Channel&, std::uint64_t /*seq*/, bool /*multiple*/,
                             bool /*ack*/) {}
+    // The answer to a Channel::probe.
+    virtual void on_probe(amqp::Channel&, amqp::ProbeResult&&) {}
     // The earliest time on_timer wants to run, if any.
     virtual std::optional<Clock::time_point> next_deadline() { return std::nullopt; }
     virtual void on_timer(Clock::time_point) {}
@@ -148,6 +150,7 @@ class IoLoop final : private amqp::Channel::Events {
   void on_cancel_ok(const std::string& tag) override;
   void on_blocked(bool blocked, const std::string& reason) override;
   void on_confirm(std::uint64_t seq, bool multiple, bool ack) override;
+  void on_probe(amqp::ProbeResult&& result) override;
 
   std::vector<ConnectionOptions> endpoints_;
   ReconnectOptions reconnect_;

@@ -54,8 +54,12 @@ check "a 300-byte queue name exits 2, saying so" "2|yes" \
 # A queue nobody consumes: stop the echo server, its queue stays.
 kill -TERM "${PIDS[1]}"
 wait "${PIDS[1]}" || true
+r=$(run "$CLI" call --timeout 30 "$E" x)
+check "a call to a queue nobody consumes exits 4 at once, saying so" "4|yes" \
+  "$(echo "${r%%|*}|$([[ "$r" == *"no server is consuming queue '$E'"* ]] && echo yes || echo "$r")")"
 start=$(date +%s%N)
-check "a timeout exits 3" "3" "$(run "$CLI" call --timeout 0.3 "$E" x | cut -d'|' -f1)"
+check "a timeout exits 3 (--wait-for-ready: sent for a server that never comes)" "3" \
+  "$(run "$CLI" call --wait-for-ready --timeout 0.3 "$E" x | cut -d'|' -f1)"
 check "...after the timeout, not before and not much after" "yes" \
   "$(python3 -c 'import sys; ms=(int(sys.argv[1])-int(sys.argv[2]))/1e6; print("yes" if 300 <= ms < 5000 else ms, end="")' "$(date +%s%N)" "$start")"
 

@@ -159,6 +159,7 @@ TEST_F(ServerTest, APoisonRequestIsDeadLetteredAfterMaxAttemptsInsteadOfCrashing
   auto c = client();
   CallOptions co;
   co.timeout = 60s;
+  co.wait_for_ready = true;  // no server yet: it waits in the queue for one
   auto poison = c->async_call(queue, "poison", co);
   int crashes = 0;
   for (int round = 0; round < 6; ++round) {
@@ -289,6 +290,7 @@ TEST_F(ServerTest, WithConfirmsARequestTheBrokerRefusesFailsAtOnce) {
   ASSERT_TRUE(c.ok()) << c.status().to_string();
   CallOptions co;
   co.timeout = 20s;
+  co.wait_for_ready = true;  // nobody consumes: sent all the same
   auto first = (*c)->async_call(queue, "fills the queue", co);
   auto start = std::chrono::steady_clock::now();
   Reply second = (*c)->try_call(queue, "refused", co);

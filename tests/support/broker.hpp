@@ -110,8 +110,9 @@ class Raw {
   Raw(const Raw&) = delete;
   Raw& operator=(const Raw&) = delete;
 
-  void declare(const std::string& queue, bool durable = false) {
-    amqp_queue_declare(conn_, 1, amqp_cstring_bytes(queue.c_str()), 0, durable, 0, 0,
+  // `exclusive`: this connection's alone (and gone with it).
+  void declare(const std::string& queue, bool durable = false, bool exclusive = false) {
+    amqp_queue_declare(conn_, 1, amqp_cstring_bytes(queue.c_str()), 0, durable, exclusive, 0,
                        amqp_empty_table);
     check(amqp_get_rpc_reply(conn_), "queue.declare");
   }

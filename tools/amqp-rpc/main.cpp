@@ -137,6 +137,7 @@ struct CallArgs {
   std::string content_type;
   std::string reply_mode = "direct";
   std::string method;
+  bool wait_for_ready = false;
 };
 
 // What a typed call knows beyond the raw call: the method's description and the schema.
@@ -247,6 +248,7 @@ int run_call(const CallArgs& a) {
   call.timeout = *timeout;
   call.content_type = a.content_type;
   call.method = a.method;
+  call.wait_for_ready = a.wait_for_ready;
   for (const auto& h : a.headers) {
     auto eq = h.find('=');
     if (eq == std::string::npos || eq == 0) {
@@ -482,6 +484,12 @@ int run_health(const HealthArgs& a) {
     std::cerr << "amqp-rpc health: no server answered within " << seconds_text(a.timeout_s) << "\n";
     return kTimeout;
   }
+  if ((*client)->stats().no_server != 0) {
+    // The queue is there, nobody consumes it: as unready as a server that does not answer.
+    std::cout << "not_serving\n";
+    std::cerr << "amqp-rpc health: no server is consuming queue '" << a.queue << "'\n";
+    return kTimeout;
+  }
   const bool from_server = reply.headers.count("x-rpc-status") != 0;
   if (!reply.status.ok() && !from_server) {
     std::cerr << "amqp-rpc health: " << reply.status.to_string() << "\n";
@@ -638,6 +646,9 @@ int main(int argc, char** argv) {
   call_cmd->add_flag("--json", call.as_json,
                      "print status, headers, body, timing and metrics as JSON");
   call_cmd->add_option("--content-type", call.content_type, "request content type");
+  call_cmd->add_flag("--wait-for-ready", call.wait_for_ready,
+                     "wait (within --timeout) for a server when none consumes QUEUE, instead of "
+                     "failing at once");
   call_cmd
       ->add_option("--reply-mode", call.reply_mode, "direct (amq.rabbitmq.reply-to) or exclusive")
       ->capture_default_str()
