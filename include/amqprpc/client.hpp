@@ -52,15 +52,23 @@ class Client {
   // The queue replies come back on ("amq.rabbitmq.reply-to" or the exclusive queue's name).
   std::string reply_queue() const;
 
+  // With a retry or hedging policy (options.hpp), a call is made of attempts, each a request of
+  // its own: `calls`, `errors` and `latency` count calls, as their callers saw them; `replies`,
+  // `timeouts` and `unroutable` count what happened to requests (attempts).
   struct Stats {
-    std::uint64_t calls = 0;    // calls started
-    std::uint64_t replies = 0;  // calls completed by a reply (ok or error reply)
-    std::uint64_t timeouts = 0;
+    std::uint64_t calls = 0;    // calls started (one per call, however many attempts)
+    std::uint64_t replies = 0;  // requests answered by a reply (ok or error reply)
+    std::uint64_t timeouts = 0;           // calls that reached their deadline waiting for a reply
     std::uint64_t unroutable = 0;         // returned by the broker: no queue to take the request
     std::uint64_t late_replies = 0;       // replies whose correlation id no call waits for
     std::uint64_t cancelled = 0;          // cancelled through CallOptions::cancel while in flight
     std::uint64_t duplicate_replies = 0;  // second replies to a finished call (redelivery)
     std::uint64_t reconnects = 0;
+    std::uint64_t retries = 0;  // attempts sent by a retry policy because an earlier one failed
+    std::uint64_t hedges = 0;   // attempts sent by a hedging policy after the first
+    // Replies to hedged attempts that came after another attempt had ended the call: dropped,
+    // and counted here rather than in late_replies.
+    std::uint64_t hedge_losses = 0;
     std::map<StatusCode, std::uint64_t> errors;  // failed calls by status code
     LatencyHistogram latency;                    // submit to completion, every call
   };
