@@ -41,7 +41,7 @@ class Client::Impl final : public detail::IoLoop::Hooks,
         loop_(detail::endpoints_of(options_), options_.reconnect, *this, options_.logger),
         calls_out_([this] { loop_.wake(); }),
         cancels_out_([this] { loop_.wake(); }),
-        retries_(*this, loop_.io_thread, [this] { loop_.wake(); }, options_, kMaxTimeout) {}
+        retries_(*this, loop_, options_, kMaxTimeout) {}
 
   ~Impl() {
     loop_.stop();                   // on_closing cancelled what was in flight, if connected
@@ -473,9 +473,7 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     attempt.parent_span_id = first.span_id;
   }
 
-  void launch_attempt(std::unique_ptr<PendingCall> attempt) override {
-    launch(std::move(attempt));
-  }
+  void launch_attempt(std::unique_ptr<PendingCall> attempt) override { launch(std::move(attempt)); }
 
   bool end_sent_attempt(const std::string& correlation_id, const Status& why) override {
     loop_.io_thread.assert_held();

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "io/io_loop.hpp"
 #include "protocol/wire.hpp"
 
 namespace amqprpc::detail {
@@ -25,14 +26,17 @@ struct RetryEngine::Call {
   std::array<std::string, kMaxPolicyAttempts> waiting;
   // The outcome of the last attempt that failed, for a call that ends without another one.
   Reply last;
-  // Stops attempts still on their way to the call table (the client drops them unsent) once
-  // the call has ended.
-  std::stop_source attempts_stop;
+  // Hedging: stops attempts still on their way to the call table (the client drops them
+  // unsent) once the call has ended. A retry's attempts carry the caller's own token instead:
+  // one attempt at a time, which the caller's cancel ends as it ends any call.
+  std::optional<std::stop_source> attempts_stop;
   // Registered with the caller's CallOptions::cancel.
   std::optional<std::stop_callback<CancelCall>> on_cancel;
   Timer timer;
 
-  int max_attempts() const { return retry != nullptr ? retry->max_attempts : hedging->max_attempts; }
+  int max_attempts() const {
+    return retry != nullptr ? retry->max_attempts : hedging->max_attempts;
+  }
   bool any_waiting() const {
     return std::any_of(waiting.begin(), waiting.end(), [](const auto& id) { return !id.empty(); });
   }
@@ -50,23 +54,23 @@ void RetryEngine::CancelCall::operator()() const {
   engine->cancels_.push(std::uint64_t{id});
 }
 
-RetryEngine::RetryEngine(AttemptHost& host, ThreadRole& io_thread, std::function<void()> wake,
-                         const ClientOptions& options, std::chrono::milliseconds max_timeout)
+RetryEngine::RetryEngine(AttemptHost& host, IoLoop& loop, const ClientOptions& options,
+                         std::chrono::milliseconds max_timeout)
     : host_(host),
-      io_thread_(io_thread),
+      io_thread_(loop.io_thread),
       logger_(options.logger),
       default_retry_(options.retry),
       default_hedging_(options.hedging),
       defaults_on_(options.retry.max_attempts > 1 || options.hedging.max_attempts > 1),
       default_timeout_(options.default_timeout),
       max_timeout_(max_timeout),
-      starts_([this, wake] {
+      starts_([this, &loop] {
         inbox_.store(true, std::memory_order_release);
-        wake();
+        loop.wake();
       }),
-      cancels_([this, wake] {
+      cancels_([this, &loop] {
         inbox_.store(true, std::memory_order_release);
-        wake();
+        loop.wake();
       }) {}
 
 RetryEngine::~RetryEngine() = default;
@@ -182,23 +186,34 @@ void RetryEngine::fire(Call& call, Clock::time_point now) {
 
 void RetryEngine::launch_next(Call& c) {
   const int n = ++c.sent;
-  const PendingCall& call = *c.call;
+  PendingCall& call = *c.call;
   auto attempt = std::make_unique<PendingCall>();
-  attempt->queue = call.queue;
+  // A retry's attempt (one at a time) takes the queue and the body, and hands them back when it
+  // completes (an idempotent call keeps its body while it is under way: the client may have to
+  // send it again). Hedged attempts run side by side: all but the last possible one get copies.
+  const bool take = c.kind == CallPolicy::Kind::retry || n == c.max_attempts();
+  attempt->queue = take ? std::move(call.queue) : call.queue;
+  attempt->body = take ? std::move(call.body) : call.body;
   attempt->options = call.options;
-  // The attempt ends with the call: never later than its deadline, and, once the call has
+  // The attempt ends with the call: never later than its deadline, and, once a hedged call has
   // ended, unsent if it has not reached the call table yet.
   attempt->options.deadline = c.deadline;
-  attempt->options.cancel = c.attempts_stop.get_token();
-  attempt->submitted = Clock::now();
-  if (call.interceptors != nullptr && !call.interceptors->empty()) {
-    attempt->start = std::chrono::system_clock::now();
+  if (c.kind == CallPolicy::Kind::hedging) {
+    if (!c.attempts_stop) c.attempts_stop.emplace();
+    attempt->options.cancel = c.attempts_stop->get_token();
   }
   attempt->interceptors = call.interceptors;
-  // No latency or error recorders: the call feeds them once, with its outcome.
+  if (call.interceptors != nullptr && !call.interceptors->empty()) {
+    // What interceptors see of the attempt; the call itself records its own latency.
+    attempt->submitted = Clock::now();
+    attempt->start = std::chrono::system_clock::now();
+  }
   if (n == 1) {
-    attempt->correlation_id = call.correlation_id;
-    attempt->trace = call.trace;
+    // The call's own id and span: the first attempt is on the wire what a call without a
+    // policy is. A retry's first attempt takes them (the span comes back for the second).
+    attempt->correlation_id =
+        c.kind == CallPolicy::Kind::retry ? std::move(call.correlation_id) : call.correlation_id;
+    attempt->trace = c.kind == CallPolicy::Kind::retry ? std::move(call.trace) : call.trace;
     attempt->parent_span_id = call.parent_span_id;
   } else {
     attempt->options.headers.insert_or_assign(std::string(wire::kPreviousAttemptsHeader),
@@ -210,25 +225,16 @@ void RetryEngine::launch_next(Call& c) {
       hedges_.fetch_add(1, std::memory_order_relaxed);
     }
   }
-  // A retry's attempt takes the body and hands it back when it completes (an idempotent call
-  // keeps its body while it is under way: the client may have to send it again); hedged
-  // attempts run side by side, so all but the last possible one get a copy.
-  if (c.kind == CallPolicy::Kind::retry || n == c.max_attempts()) {
-    attempt->body = std::move(c.call->body);
-  } else {
-    attempt->body = call.body;
-  }
   for (auto& id : c.waiting) {
     if (id.empty()) {
       id = attempt->correlation_id;
       break;
     }
   }
-  attempt->done = std::function<void(Reply)>(
-      [this, id = c.id, self = attempt.get()](Reply reply) {
-        // `self` is the attempt completing: alive while its completion runs.
-        attempt_done(id, *self, std::move(reply));
-      });
+  attempt->done = std::function<void(Reply)>([this, id = c.id, self = attempt.get()](Reply reply) {
+    // `self` is the attempt completing: alive while its completion runs.
+    attempt_done(id, *self, std::move(reply));
+  });
   host_.launch_attempt(std::move(attempt));  // `c` may have ended here
 }
 
@@ -237,6 +243,10 @@ void RetryEngine::attempt_done(std::uint64_t id, PendingCall& attempt, Reply rep
   auto it = live_.find(id);
   if (it == live_.end()) return;  // its call has ended: nothing to decide
   it->second->forget(attempt.correlation_id);
+  if (reply.status.ok()) {
+    finish(it, std::move(reply), Ending::decided);  // the common case, under either policy
+    return;
+  }
   const auto now = Clock::now();
   if (it->second->kind == CallPolicy::Kind::retry) {
     retry_done(it, attempt, std::move(reply), now);
@@ -248,7 +258,10 @@ void RetryEngine::attempt_done(std::uint64_t id, PendingCall& attempt, Reply rep
 void RetryEngine::retry_done(Live::iterator it, PendingCall& attempt, Reply reply,
                              Clock::time_point now) {
   Call& c = *it->second;
-  c.call->body = std::move(attempt.body);  // for the next attempt
+  // Back for the next attempt: what the attempt took (launch_next).
+  c.call->queue = std::move(attempt.queue);
+  c.call->body = std::move(attempt.body);
+  if (c.sent == 1) c.call->trace = std::move(attempt.trace);  // the parent of later attempts' spans
   std::optional<Clock::time_point> next;
   if (!closed_) {
     next = next_retry(*c.retry, c.sent, reply.status.code(), now, c.deadline, unit_random());
@@ -287,24 +300,24 @@ void RetryEngine::finish(Live::iterator it, Reply reply, Ending ending) {
   std::unique_ptr<Call> c = std::move(it->second);
   live_.erase(it);
   timers_.remove(&c->timer);
-  const Status why =
-      ending == Ending::decided     ? Status{StatusCode::cancelled,
-                                         "another attempt of this call ended it first"}
-      : ending == Ending::cancelled ? Status{StatusCode::cancelled, "cancelled by the caller"}
-                                    : Status{StatusCode::cancelled, "the client was closed"};
-  bool any = false;
-  for (auto& id : c->waiting) {
-    if (id.empty()) continue;
-    any = true;
-    if (host_.end_sent_attempt(id, why)) {
-      // Its reply may still come: a hedging race's loser, unless the caller gave up.
-      if (c->kind == CallPolicy::Kind::hedging && ending == Ending::decided) remember_loser(id);
-    } else {
-      set_aside_.emplace_back(std::move(id), why);  // held, or on its way to the call table
+  if (c->any_waiting()) {
+    const Status why =
+        ending == Ending::decided
+            ? Status{StatusCode::cancelled, "another attempt of this call ended it first"}
+        : ending == Ending::cancelled ? Status{StatusCode::cancelled, "cancelled by the caller"}
+                                      : Status{StatusCode::cancelled, "the client was closed"};
+    for (auto& id : c->waiting) {
+      if (id.empty()) continue;
+      if (host_.end_sent_attempt(id, why)) {
+        // Its reply may still come: a hedging race's loser, unless the caller gave up.
+        if (c->kind == CallPolicy::Kind::hedging && ending == Ending::decided) remember_loser(id);
+      } else {
+        set_aside_.emplace_back(std::move(id), why);  // held, or on its way to the call table
+      }
+      id.clear();
     }
-    id.clear();
+    if (c->attempts_stop) c->attempts_stop->request_stop();
   }
-  if (any) c->attempts_stop.request_stop();
   // Unregistered before the caller's completion, which may destroy the token's source.
   c->on_cancel.reset();
   c->call->complete(std::move(reply), logger_);

@@ -9,7 +9,7 @@
 // spans that are children of the first attempt's, and the header x-rpc-previous-attempts.
 //
 // Thread safety: take() and counters() from any thread; the rest on the client's I/O thread
-// (`io_thread`), or, once the loop is joined, on the thread that closes the client.
+// (the loop's), or, once the loop is joined, on the thread that closes the client.
 #pragma once
 
 #include <array>
@@ -34,6 +34,8 @@
 #include "thread_annotations.hpp"
 
 namespace amqprpc::detail {
+
+class IoLoop;
 
 // What the engine needs of the client (Client::Impl). On the I/O thread.
 class AttemptHost {
@@ -64,10 +66,10 @@ class RetryEngine {
     std::uint64_t cancelled = 0;     // calls cancelled by their callers while no attempt ran
   };
 
-  // `wake` makes the I/O loop take a turn; `options` gives the defaults (checked by
-  // validate_defaults) and the default timeout.
-  RetryEngine(AttemptHost& host, ThreadRole& io_thread, std::function<void()> wake,
-              const ClientOptions& options, std::chrono::milliseconds max_timeout);
+  // Runs on `loop` (its owner's hooks call next_deadline and on_timer); `options` gives the
+  // defaults (checked by validate_defaults) and the default timeout.
+  RetryEngine(AttemptHost& host, IoLoop& loop, const ClientOptions& options,
+              std::chrono::milliseconds max_timeout);
   ~RetryEngine();
   RetryEngine(const RetryEngine&) = delete;
   RetryEngine& operator=(const RetryEngine&) = delete;

@@ -146,8 +146,8 @@ std::chrono::microseconds retry_backoff(const RetryPolicy& policy, int attempt,
                                         double unit_random) {
   const auto ceiling = backoff_ceiling(policy, attempt);
   const double unit = std::clamp(unit_random, 0.0, 1.0);
-  return std::chrono::microseconds(static_cast<std::chrono::microseconds::rep>(
-      static_cast<double>(ceiling.count()) * unit));
+  return std::chrono::microseconds(
+      static_cast<std::chrono::microseconds::rep>(static_cast<double>(ceiling.count()) * unit));
 }
 
 std::optional<std::chrono::steady_clock::time_point> next_retry(

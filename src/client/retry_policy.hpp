@@ -43,8 +43,7 @@ bool non_fatal(const HedgingPolicy& policy, StatusCode code);
 std::chrono::microseconds backoff_ceiling(const RetryPolicy& policy, int attempt);
 // The wait before attempt `attempt` with full jitter: `unit_random` (uniform in [0, 1)) times
 // the ceiling.
-std::chrono::microseconds retry_backoff(const RetryPolicy& policy, int attempt,
-                                        double unit_random);
+std::chrono::microseconds retry_backoff(const RetryPolicy& policy, int attempt, double unit_random);
 
 // When attempt `attempts + 1` of a call under `policy` goes, now that attempt `attempts` ended
 // with `code` at `now`; nullopt when the call ends with that outcome instead: a success, a code

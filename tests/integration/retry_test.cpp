@@ -129,7 +129,8 @@ class RetryTest : public testing::Test {
   // Answers unavailable to the first `failures` attempts of each body, then echoes it.
   void serve_failing_first(int failures) {
     serve([failures](const Request& r, int n) {
-      if (n <= failures) return Reply::error(StatusCode::unavailable, "not yet #" + std::to_string(n));
+      if (n <= failures)
+        return Reply::error(StatusCode::unavailable, "not yet #" + std::to_string(n));
       return Reply::ok("done: " + r.body);
     });
   }
@@ -344,8 +345,7 @@ class AttemptRecorder final : public ClientInterceptor {
     trace_ids.insert(call.trace.trace_id);
     return {};
   }
-  void after_call(const ClientCall&, Reply& reply, std::chrono::nanoseconds,
-                  std::any&) override {
+  void after_call(const ClientCall&, Reply& reply, std::chrono::nanoseconds, std::any&) override {
     std::lock_guard lock(mutex);
     log.push_back("after " + std::string(to_string(reply.status.code())));
   }

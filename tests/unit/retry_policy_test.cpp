@@ -1,10 +1,10 @@
 // Retry and hedging policies as pure functions: validation, which policy governs a call, the
 // backoff with full jitter, and the deadline that stops retries.
+#include "client/retry_policy.hpp"
+
 #include <gtest/gtest.h>
 
 #include <limits>
-
-#include "client/retry_policy.hpp"
 
 using namespace amqprpc;
 using namespace std::chrono_literals;
