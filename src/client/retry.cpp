@@ -112,7 +112,7 @@ bool RetryEngine::take_governed(std::unique_ptr<PendingCall>& call) {
   c->call = std::move(call);
   if (c->call->options.cancel.stop_possible()) {
     // May run at once, or on any thread later; begin() also checks the token, so a cancel that
-    // overtakes its call still counts.
+    // overtakes its call still takes effect.
     c->on_cancel.emplace(c->call->options.cancel, CancelCall{this, c->id});
   }
   if (!starts_.push(c)) {
