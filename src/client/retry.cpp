@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "io/io_loop.hpp"
+#include "log.hpp"
 #include "protocol/wire.hpp"
 
 namespace amqprpc::detail {
@@ -21,7 +22,8 @@ struct RetryEngine::Call {
   const RetryPolicy* retry = nullptr;
   const HedgingPolicy* hedging = nullptr;
   Clock::time_point deadline;
-  int sent = 0;  // attempts launched
+  int sent = 0;               // attempts launched
+  std::size_t body_size = 0;  // what a retry's attempt must hand back
   // The correlation ids of the attempts launched and not yet completed ("": a free slot).
   std::array<std::string, kMaxPolicyAttempts> waiting;
   // The outcome of the last attempt that failed, for a call that ends without another one.
@@ -109,6 +111,7 @@ bool RetryEngine::take_governed(std::unique_ptr<PendingCall>& call) {
   if (call->options.deadline && *call->options.deadline < c->deadline) {
     c->deadline = *call->options.deadline;
   }
+  c->body_size = call->body.size();
   c->call = std::move(call);
   if (c->call->options.cancel.stop_possible()) {
     // May run at once, or on any thread later; begin() also checks the token, so a cancel that
@@ -210,9 +213,8 @@ void RetryEngine::launch_next(Call& c) {
   }
   if (n == 1) {
     // The call's own id and span: the first attempt is on the wire what a call without a
-    // policy is. A retry's first attempt takes them (the span comes back for the second).
-    attempt->correlation_id =
-        c.kind == CallPolicy::Kind::retry ? std::move(call.correlation_id) : call.correlation_id;
+    // policy is. A retry's first attempt takes the span too (it comes back for the second).
+    attempt->correlation_id = std::move(call.correlation_id);
     attempt->trace = c.kind == CallPolicy::Kind::retry ? std::move(call.trace) : call.trace;
     attempt->parent_span_id = call.parent_span_id;
   } else {
@@ -263,7 +265,12 @@ void RetryEngine::retry_done(Live::iterator it, PendingCall& attempt, Reply repl
   c.call->body = std::move(attempt.body);
   if (c.sent == 1) c.call->trace = std::move(attempt.trace);  // the parent of later attempts' spans
   std::optional<Clock::time_point> next;
-  if (!closed_) {
+  if (c.call->body.size() != c.body_size) {
+    // The client keeps an idempotent call's body while it may send it again; if it ever stops
+    // doing so, a retry must not send what is left.
+    log(logger_, LogLevel::error,
+        "retry policy: the attempt did not keep the call's body; not retried (a bug)");
+  } else if (!closed_) {
     next = next_retry(*c.retry, c.sent, reply.status.code(), now, c.deadline, unit_random());
   }
   if (!next) {
