@@ -8,6 +8,8 @@
 //      asio::use_awaitable), a future client, a server whose handler is a coroutine, and
 //      tracing on (spans made and exported on client and server), and the fail-fast check
 //      off (calls sent blind, as tutorial 6 does: what knowing that a server is there costs);
+//   6. idempotent calls under a retry policy and under a hedging policy that never trigger (every
+//      first attempt succeeds in time): what a policy costs a call that needs none;
 // and a long run showing the client's memory stays flat. Prints a Markdown table.
 // Each measurement runs in a process of its own so CPU time and peak RSS are the client's alone.
 #include <fcntl.h>
@@ -189,13 +191,16 @@ int serve(const std::string& impl, const std::string& url, const std::string& qu
 
 // Keeps `concurrency` async calls in flight; each completion (on the client's I/O thread)
 // records its latency and starts the next call.
-// How a client calls: plain bytes (no method), a raw method, or a typed JSON or protobuf method.
-enum class CallKind { bytes, method, json, proto };
+// How a client calls: plain bytes (no method), a raw method, a typed JSON or protobuf method,
+// or plain bytes marked idempotent under a retry or a hedging policy.
+enum class CallKind { bytes, method, json, proto, retry, hedge };
 
 CallKind call_kind(const std::string& mode) {
   if (mode == "method") return CallKind::method;
   if (mode == "json") return CallKind::json;
   if (mode == "proto") return CallKind::proto;
+  if (mode == "retry") return CallKind::retry;
+  if (mode == "hedge") return CallKind::hedge;
   return CallKind::bytes;
 }
 
@@ -205,6 +210,17 @@ struct AsyncRun {
     json_echo.data = body;
     proto_echo.set_data(body);
     method_options.method = "Echo";
+    // Policies that never trigger here: every first attempt succeeds, well within the hedging
+    // delay; what is measured is carrying a call through the retry engine.
+    amqprpc::RetryPolicy retry;
+    retry.max_attempts = 3;
+    retry_options.idempotent = true;
+    retry_options.retry = retry;
+    amqprpc::HedgingPolicy hedge;
+    hedge.max_attempts = 2;
+    hedge.delay = std::chrono::seconds(1);
+    hedge_options.idempotent = true;
+    hedge_options.hedging = hedge;
   }
   amqprpc::Client& client;
   std::string queue;
@@ -213,6 +229,8 @@ struct AsyncRun {
   JsonEcho json_echo;
   ProtoEcho proto_echo;
   amqprpc::CallOptions method_options;
+  amqprpc::CallOptions retry_options;
+  amqprpc::CallOptions hedge_options;
   Clock::time_point measure_from, end;
   std::uint64_t total = 0, limit = UINT64_MAX;
   bench::RunResult result;
@@ -232,6 +250,11 @@ struct AsyncRun {
         return;
       case CallKind::method:
         client.async_call(queue, body, method_options,
+                          [this, t0](amqprpc::Reply r) { done(t0, r.status); });
+        return;
+      case CallKind::retry:
+      case CallKind::hedge:
+        client.async_call(queue, body, kind == CallKind::retry ? retry_options : hedge_options,
                           [this, t0](amqprpc::Reply r) { done(t0, r.status); });
         return;
       case CallKind::json:
@@ -570,6 +593,16 @@ int main(int argc, char** argv) {
       {"amqp-rpc coroutine client (1 worker server)", "", "coro", worker_queue, {}},
       {"amqp-rpc future client (1 worker server)", "", "future", worker_queue, {}},
       {"amqp-rpc, fail-fast check off (1 worker server)", "", "blind", worker_queue, {}},
+      {"amqp-rpc idempotent, retry policy set, never retried (1 worker)",
+       "",
+       "retry",
+       worker_queue,
+       {}},
+      {"amqp-rpc idempotent, hedging policy set, never hedged (1 worker)",
+       "",
+       "hedge",
+       worker_queue,
+       {}},
       {"amqp-rpc, tracing on (spans to JSON lines, 1 worker)",
        "amqprpc-traced",
        "traced",
@@ -774,6 +807,27 @@ int main(int argc, char** argv) {
            << at << "the fail-fast check (a server count per queue, refreshed in the background) "
            << "on against off: " << ratios("amqprpc", "blind") << "; client CPU " << cpu("amqprpc")
            << " on, " << cpu("blind") << " off.\n";
+  }
+  // Retry and hedging policies that never trigger, against plain calls to the same server.
+  for (const auto& cell : all) {
+    if (cell["size"] != 16 || (cell["concurrency"] != 1 && cell["concurrency"] != 256)) continue;
+    const json& plain = cell["amqprpc"];
+    report << "\nAt " << cell["concurrency"].get<int>()
+           << " in flight (16 B), idempotent calls under a policy that never triggers, against "
+              "plain calls to the same server (1 worker):";
+    for (const char* key : {"retry", "hedge"}) {
+      const json& t = cell[key];
+      auto ratio = [&](const char* field) {
+        double base = plain.value(field, 0.0);
+        return base > 0 ? t.value(field, 0.0) / base : 0.0;
+      };
+      const double extra_cpu =
+          t.value("cpu_us_per_call", 0.0) - plain.value("cpu_us_per_call", 0.0);
+      report << " " << key << " calls/s " << fmt(ratio("calls_per_s"), 2) << "x, p50 "
+             << fmt(ratio("p50_us"), 2) << "x, client CPU " << (extra_cpu >= 0 ? "+" : "")
+             << fmt(extra_cpu, 1) << " µs/call;";
+    }
+    report << "\n";
   }
   for (const auto& f : findings) report << "\nerror during the run: " << f << "\n";
   std::cout << report.str();

@@ -34,7 +34,8 @@ class Client {
 
   // Asynchronous forms. Safe from any thread. The callback runs on the client's I/O thread (or,
   // for a call refused at once, such as one with a bad option, on the calling thread before
-  // async_call returns): keep it short, do not call blocking methods of this client from it.
+  // async_call returns; under a retry or hedging policy only for a bad policy, as the attempts
+  // start on the I/O thread): keep it short, do not call blocking methods of this client from it.
   // Exceptions it throws are logged and dropped. It may destroy the client.
   // Timeouts over 30 days are clamped to 30 days.
   std::future<Reply> async_call(const std::string& queue, std::string body,
@@ -45,23 +46,32 @@ class Client {
   // A one-way call (fire-and-forget): sends `body` to `method` of the service on `queue` and
   // expects nothing back; the server runs the handler and acks. Blocks until the request is
   // sent; with ClientOptions::confirm_requests, until the broker has taken it (a queue that does
-  // not exist then fails with unavailable). Fails like a call when it cannot be sent.
+  // not exist then fails with unavailable). Fails like a call when it cannot be sent. Retry and
+  // hedging policies do not apply: one attempt (no reply tells whether another is needed).
   Status notify(const std::string& queue, const std::string& method, std::string body,
                 const CallOptions& options = {});
 
   // The queue replies come back on ("amq.rabbitmq.reply-to" or the exclusive queue's name).
   std::string reply_queue() const;
 
+  // With a retry or hedging policy (options.hpp), a call is made of attempts, each a request of
+  // its own: `calls`, `errors` and `latency` count calls, as their callers saw them; `replies`,
+  // `timeouts` and `unroutable` count what happened to requests (attempts).
   struct Stats {
-    std::uint64_t calls = 0;    // calls started
-    std::uint64_t replies = 0;  // calls completed by a reply (ok or error reply)
-    std::uint64_t timeouts = 0;
+    std::uint64_t calls = 0;         // calls started (one per call, however many attempts)
+    std::uint64_t replies = 0;       // requests answered by a reply (ok or error reply)
+    std::uint64_t timeouts = 0;      // calls that reached their deadline waiting for a reply
     std::uint64_t unroutable = 0;    // no queue to take the request (returned, or known missing)
     std::uint64_t no_server = 0;     // failed fast: the queue exists, nobody consumes it
     std::uint64_t late_replies = 0;  // replies whose correlation id no call waits for
     std::uint64_t cancelled = 0;     // cancelled through CallOptions::cancel while in flight
     std::uint64_t duplicate_replies = 0;  // second replies to a finished call (redelivery)
     std::uint64_t reconnects = 0;
+    std::uint64_t retries = 0;  // attempts sent by a retry policy because an earlier one failed
+    std::uint64_t hedges = 0;   // attempts sent by a hedging policy after the first
+    // Replies to hedged attempts that came after another attempt had ended the call: dropped,
+    // and counted here rather than in late_replies.
+    std::uint64_t hedge_losses = 0;
     std::map<StatusCode, std::uint64_t> errors;  // failed calls by status code
     LatencyHistogram latency;                    // submit to completion, every call
   };

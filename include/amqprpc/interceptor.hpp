@@ -9,6 +9,13 @@
 //
 // Each hook gets a `std::any& state`: this interceptor's slot for this one call, empty at first,
 // to carry what its before-hook learnt (a start time, a span) to its after-hook.
+//
+// A call under a retry or hedging policy (RetryPolicy, HedgingPolicy in options.hpp) is made of
+// attempts, and client interceptors run around each attempt, as gRPC's per-attempt interceptors
+// do: before_call on the client's I/O thread (also for the first attempt), with the attempt's own
+// span and, after the first, header x-rpc-previous-attempts in its options; after_call with the
+// attempt's outcome (a hedging race's loser ends with cancelled). A refusal fails that attempt,
+// which the policy may retry.
 #pragma once
 
 #include <any>
@@ -42,8 +49,8 @@ struct ClientCall {
 class ClientInterceptor {
  public:
   virtual ~ClientInterceptor() = default;
-  // Before the call is sent, on the calling thread. A non-ok status fails the call with it,
-  // unsent.
+  // Before the call is sent, on the calling thread (for an attempt of a call under a policy, on
+  // the client's I/O thread: keep it short). A non-ok status fails the call with it, unsent.
   virtual Status before_call(ClientCall& /*call*/, std::any& /*state*/) { return {}; }
   // Once the call has its outcome (a reply, an error reply, a timeout, a lost connection...),
   // before the caller sees it; may change it. Runs where the outcome is delivered: the client's

@@ -85,6 +85,46 @@ enum class ReplyMode {
   exclusive_queue,  // an exclusive, server-named reply queue, as the seed does
 };
 
+// Retrying a failed call, in gRPC's shape (gRPC's retryPolicy): up to `max_attempts` attempts,
+// each a new request, the next one sent after a random wait (full jitter) when an attempt fails
+// with one of `retryable_codes`. Only for calls marked CallOptions::idempotent: a server may
+// have done the work of an attempt that failed. Every attempt shares the call's deadline: no
+// attempt starts after it, and a wait that would end after it is not made (the call then ends
+// at once with the last attempt's status). Not for one-way calls (Client::notify).
+struct RetryPolicy {
+  // Attempts in all, the first included: 1 (no retry) to 5 (gRPC's cap).
+  int max_attempts = 1;
+  // The wait before attempt n (n >= 2) is random in [0, min(initial_backoff *
+  // backoff_multiplier^(n-2), max_backoff)]: the random part spreads the retries of many callers
+  // hit by the same failure. initial_backoff > 0, max_backoff >= initial_backoff, multiplier >= 1.
+  std::chrono::milliseconds initial_backoff{100};
+  std::chrono::milliseconds max_backoff{1'000};
+  double backoff_multiplier = 2.0;
+  // The statuses that make another attempt worth it; not empty (when max_attempts > 1), and
+  // neither ok nor cancelled (the caller or the client gave up: never retried). unavailable
+  // covers a lost connection, no route to the queue, a server's unavailable reply.
+  std::vector<StatusCode> retryable_codes{StatusCode::unavailable};
+};
+
+// Hedging (gRPC's hedgingPolicy): sending copies of a call before the first has failed, for
+// tail latency. The first attempt goes at once; while no attempt has a final answer, another
+// goes every `delay`, up to `max_attempts` in all. The first reply that is ok, or an error not in
+// `non_fatal_codes`, ends the call: the other attempts are cancelled (their replies, when they
+// still come, are dropped and counted in Client::Stats::hedge_losses). A non-fatal error sends
+// the next attempt at once; when every attempt has failed that way, the call ends with the last
+// one's status. Only for calls marked CallOptions::idempotent (every copy may be processed); the
+// call's deadline bounds every attempt, and none starts after it. Not for one-way calls.
+struct HedgingPolicy {
+  // Attempts in all, the first included: 1 (no hedging) to 5 (gRPC's cap).
+  int max_attempts = 1;
+  // Between one attempt and the next, >= 0 (0 sends them all at once). Set it near the
+  // method's p95 latency: later means fewer extra requests, sooner means shorter tails.
+  std::chrono::milliseconds delay{100};
+  // Errors that do not end the call while other attempts run or may still be sent (neither ok
+  // nor cancelled). Empty: any error ends it.
+  std::vector<StatusCode> non_fatal_codes;
+};
+
 struct ClientOptions {
   ConnectionOptions connection;
   std::vector<ConnectionOptions> alternates;  // other brokers (cluster nodes), tried in turn
@@ -108,9 +148,15 @@ struct ClientOptions {
   // queue that does not exist yet. One-way calls (notify) are not checked: a queue keeps them.
   // Zero turns the check off: calls go out blind, as tutorial 6's do.
   std::chrono::milliseconds server_check_interval{1'000};
-  // Run around every call, in order (amqprpc/interceptor.hpp).
+  // Run around every call, in order (amqprpc/interceptor.hpp). With a retry or hedging policy,
+  // around every attempt.
   std::vector<std::shared_ptr<ClientInterceptor>> interceptors;
   Logger logger;
+  // Defaults for the calls marked CallOptions::idempotent that set no policy of their own: retry
+  // or hedging (at most one of them may have max_attempts > 1: Client::connect refuses both with
+  // invalid_argument, as gRPC gives a method one or the other). Default: one attempt.
+  RetryPolicy retry;
+  HedgingPolicy hedging;
 };
 
 struct CallOptions {
@@ -134,7 +180,14 @@ struct CallOptions {
   // Safe to send twice: if the connection drops after the call was sent and before its reply,
   // the call is sent again after reconnecting (within its deadline) instead of failing with
   // unavailable. Whether a call made while disconnected waits is wait_for_ready's business.
+  // Only such calls are retried or hedged (retry, hedging below, and ClientOptions' defaults).
   bool idempotent = false;
+  // This call's own policy, replacing both of ClientOptions' defaults (so `retry =
+  // RetryPolicy{}` makes one attempt, whatever the client's hedging). Setting both refuses the
+  // call with invalid_argument; so does a policy that is not valid (see RetryPolicy), even on a
+  // call that is not idempotent, where a valid one is ignored.
+  std::optional<RetryPolicy> retry;
+  std::optional<HedgingPolicy> hedging;
   // Cancels the call when its source is asked to stop: the call completes at once with status
   // cancelled; a reply that still comes is dropped and counted as late. One source may cancel
   // many calls.

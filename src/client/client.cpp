@@ -8,6 +8,7 @@
 
 #include "client/call_table.hpp"
 #include "client/server_watch.hpp"
+#include "client/retry.hpp"
 #include "io/confirm_tracker.hpp"
 #include "io/io_loop.hpp"
 #include "io/outbox.hpp"
@@ -32,18 +33,22 @@ constexpr std::chrono::milliseconds kMaxTimeout = std::chrono::hours(24 * 30);
 // Thread safety: the public entry points (submit, request_cancel, stats, reply_queue) are safe
 // from any thread; they hand work to the I/O thread through the outboxes. Everything under
 // "I/O thread" runs there alone.
-class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelSink {
+class Client::Impl final : public detail::IoLoop::Hooks,
+                           private detail::CancelSink,
+                           private detail::AttemptHost {
  public:
   explicit Impl(ClientOptions options)
       : options_(std::move(options)),
         loop_(detail::endpoints_of(options_), options_.reconnect, *this, options_.logger),
         calls_out_([this] { loop_.wake(); }),
         cancels_out_([this] { loop_.wake(); }),
-        watch_(options_.server_check_interval) {}
+        watch_(options_.server_check_interval),
+        retries_(*this, loop_, options_, kMaxTimeout) {}
 
   ~Impl() {
     loop_.stop();                   // on_closing cancelled what was in flight, if connected
     loop_.io_thread.assert_held();  // the loop is joined: its state is this thread's now
+    retries_.close();  // before the rest: no attempt may start another one from here on
     // The loop is joined: what it left is ours. Held calls (disconnected or blocked) never saw
     // on_closing; calls submitted after its last turn are still in the outbox.
     for (auto& call : table_.take_all()) {
@@ -79,6 +84,14 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
       call->trace = detail::wire::new_span(parent, uuids_);
       if (parent != nullptr) call->parent_span_id = parent->span_id;
     }
+    // A retry or hedging policy sends the call as attempts, each through launch(), from the I/O
+    // thread (client/retry.hpp).
+    if (retries_.take(call)) return;
+    launch(std::move(call));
+  }
+
+  // Sends a call, or an attempt of one: interceptors, checks, its deadline, then the I/O thread.
+  void launch(std::unique_ptr<PendingCall> call) {
     // Interceptors see every call, also those refused below.
     if (Status refused = call->intercept(options_.logger); !refused.ok()) {
       call->complete(Reply{std::move(refused), {}, {}, {}}, options_.logger);
@@ -170,6 +183,11 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
     s.cancelled = cancelled_.load(std::memory_order_relaxed);
     s.duplicate_replies = duplicate_replies_.load(std::memory_order_relaxed);
     s.reconnects = loop_.reconnects();
+    const auto retry = retries_.counters();
+    s.retries = retry.retries;
+    s.hedges = retry.hedges;
+    s.hedge_losses = retry.hedge_losses;
+    s.cancelled += retry.cancelled;
     s.errors = errors_.snapshot();
     s.latency = latency_.snapshot();
     return s;
@@ -254,6 +272,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
     loop_.io_thread.assert_held();
     auto call = table_.take_answered(d.props.correlation_id);
     if (!call) {
+      if (retries_.take_hedge_loser(d.props.correlation_id)) return;  // counted there
       // Late (its call ended without it: deadline, cancel, lost connection) or, when its call
       // was answered already, a duplicate (the request was processed twice).
       if (table_.answered_recently(d.props.correlation_id)) {
@@ -293,6 +312,9 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
   std::optional<Clock::time_point> next_deadline() override {
     loop_.io_thread.assert_held();
     auto next = table_.next_deadline();
+    if (auto retries = retries_.next_deadline(); retries && (!next || *retries < *next)) {
+      next = retries;
+    }
     // Probes go out from on_wake, and only when publishing is possible: a due one must not
     // spin the loop while it is not.
     if (watching() && loop_.can_publish()) {
@@ -324,6 +346,7 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
                                       std::to_string(call->timeout.count()) + " ms"),
                      options_.logger);
     }
+    retries_.on_timer(now);  // after the expiries above: they may end calls under a policy
   }
 
   void on_consumer_cancelled(amqp::Channel&, const std::string&) override {
@@ -513,6 +536,32 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
     return {};
   }
 
+  // ---- attempts of calls under a retry or hedging policy (detail::AttemptHost) ----
+
+  void identify_attempt(PendingCall& attempt, const TraceContext& first) override {
+    detail::MutexLock lock(uuid_mutex_);
+    attempt.correlation_id = uuids_.next();
+    attempt.trace = detail::wire::new_span(&first, uuids_);
+    attempt.parent_span_id = first.span_id;
+  }
+
+  void launch_attempt(std::unique_ptr<PendingCall> attempt) override { launch(std::move(attempt)); }
+
+  bool end_sent_attempt(const std::string& correlation_id, const Status& why) override {
+    loop_.io_thread.assert_held();
+    PendingCall* attempt = table_.find(correlation_id);
+    if (attempt == nullptr || !attempt->sent) return false;
+    table_.take(correlation_id)->complete(Reply{why, {}, {}, {}}, options_.logger);
+    return true;
+  }
+
+  void end_attempt(const std::string& correlation_id, const Status& why) override {
+    loop_.io_thread.assert_held();
+    if (auto attempt = table_.take(correlation_id)) {
+      attempt->complete(Reply{why, {}, {}, {}}, options_.logger);
+    }
+  }
+
   void fail_all(StatusCode code, const std::string& message) REQUIRES(loop_.io_thread) {
     for (auto& call : table_.take_all()) {
       call->complete(Reply::error(code, message), options_.logger);
@@ -544,9 +593,12 @@ class Client::Impl final : public detail::IoLoop::Hooks, private detail::CancelS
 
   std::atomic<std::uint64_t> calls_{0}, replies_{0}, timeouts_{0}, unroutable_{0}, no_server_{0},
       late_replies_{0}, cancelled_{0}, duplicate_replies_{0};
+
+  detail::RetryEngine retries_;  // calls under a retry or hedging policy
 };
 
 Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
+  if (Status bad = detail::validate_defaults(options.retry, options.hedging); !bad.ok()) return bad;
   auto impl = std::make_unique<Impl>(std::move(options));
   if (Status st = impl->start(); !st.ok()) return st;
   return std::unique_ptr<Client>(new Client(std::move(impl)));

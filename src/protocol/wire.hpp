@@ -26,6 +26,9 @@ inline constexpr std::string_view kDeadlineHeader = "x-rpc-deadline";
 inline constexpr std::string_view kAttemptsHeader = "x-rpc-attempts";
 // Set by quorum queues on redelivered messages: how many times it was returned.
 inline constexpr std::string_view kDeliveryCountHeader = "x-delivery-count";
+// Requests: how many attempts of the same call a retry or hedging policy sent before this one
+// (gRPC's grpc-previous-rpc-attempts); absent on a call's first attempt.
+inline constexpr std::string_view kPreviousAttemptsHeader = "x-rpc-previous-attempts";
 // Requests: the method of the queue's service to call; absent: the default handler.
 inline constexpr std::string_view kMethodHeader = "x-rpc-method";
 // Requests: "1" marks a one-way call (Client::notify): no reply_to, nothing sent back.

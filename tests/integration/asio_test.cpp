@@ -1,6 +1,6 @@
 // Calls as Asio operations against the broker: co_await in a coroutine (resuming on the
 // coroutine's executor, not the client's I/O thread), futures, deferred operations, typed calls,
-// and Asio's per-operation cancellation cancelling the call.
+// Asio's per-operation cancellation cancelling the call, and a retry policy followed.
 #include "amqprpc/asio.hpp"
 
 #include <gtest/gtest.h>
@@ -36,6 +36,13 @@ class AsioCalls : public testing::Test {
       int total = 0;
       for (int x : v) total += x;
       return total;
+    });
+    // Fails a call's first attempt: only a retry policy gets an answer.
+    s.method("Flaky", [](const Request& r) {
+      if (r.headers.count("x-rpc-previous-attempts") == 0) {
+        return Reply::error(StatusCode::unavailable, "first attempt");
+      }
+      return Reply::ok("flaky:" + r.body);
     });
     s.method("Slow", [this](const Request&) {
       slow_started = true;
@@ -123,4 +130,19 @@ TEST_F(AsioCalls, AsiosCancellationCancelsTheCall) {
   ctx.run();
   ASSERT_TRUE(got.has_value());
   EXPECT_EQ(got->status.code(), StatusCode::cancelled) << got->status.to_string();
+}
+
+TEST_F(AsioCalls, AnAsioCallFollowsItsRetryPolicy) {
+  CallOptions flaky;
+  flaky.method = "Flaky";
+  flaky.idempotent = true;
+  flaky.retry = RetryPolicy{};
+  flaky.retry->max_attempts = 2;
+  flaky.retry->initial_backoff = 5ms;
+  std::future<Reply> f = async_call(*c, queue, "r", flaky, asio::use_future);
+  ASSERT_EQ(f.wait_for(60s), std::future_status::ready);
+  Reply r = f.get();
+  ASSERT_TRUE(r.status.ok()) << r.status.to_string();
+  EXPECT_EQ(r.body, "flaky:r");
+  EXPECT_EQ(c->stats().retries, 1u);
 }
