@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "client/call_table.hpp"
-#include "client/server_watch.hpp"
 #include "client/retry.hpp"
+#include "client/server_watch.hpp"
 #include "io/confirm_tracker.hpp"
 #include "io/io_loop.hpp"
 #include "io/outbox.hpp"
