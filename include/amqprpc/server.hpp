@@ -48,6 +48,10 @@ class Server {
   // What health answers now: false once set_serving(false) or a stop has begun.
   bool serving() const;
 
+  // Who this server is in its replies to gathers (header x-rpc-instance): ServerOptions::
+  // instance, or the name made for it when that was empty. Any thread.
+  const std::string& instance() const;
+
   // Blocks until the server stops: stop() was called, or the connection was lost. Returns why.
   Status wait();
 
@@ -65,6 +69,7 @@ class Server {
     std::uint64_t unimplemented = 0;  // calls of a method the service does not have
     std::uint64_t denied = 0;         // calls refused: the caller is not on the method's list
     std::uint64_t reserved = 0;       // describe and health requests answered by the framework
+    std::uint64_t gathers = 0;        // requests that came through the instance queue (gathers)
     std::uint64_t reconnects = 0;
     // Now: requests given to handlers and not answered yet (asynchronous ones included).
     std::uint64_t in_hand = 0;
