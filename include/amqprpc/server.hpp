@@ -18,8 +18,9 @@ namespace amqprpc {
 
 class Server {
  public:
-  // Connects, declares options.queue, sets the prefetch, starts consuming. Returns once requests
-  // are being consumed, or the reason they cannot be. Every request goes to `handler` (the
+  // Connects, declares options.queue, sets the prefetch, starts consuming, and joins the gathers
+  // of its services (ServerOptions::gather). Returns once requests are being consumed, or the
+  // reason they cannot be. Every request goes to `handler` (the
   // default handler of a service on options.queue).
   static Result<std::unique_ptr<Server>> start(ServerOptions options, Handler handler);
   // Serves a service on its queue (options.queue is not used).
@@ -34,7 +35,8 @@ class Server {
 
   // Graceful stop: cancels the consumers (no new requests arrive), lets the handlers running
   // now finish (for ServerOptions::stop_grace at most) and sends their replies and acks, hands
-  // requests no handler had started back to the broker (for other servers), then closes (a
+  // requests no handler had started back to the broker (for other servers; gathers, which no
+  // other server may answer, are answered unavailable instead), then closes (a
   // broker that does not answer the close is given 1 s). Idempotent. From a handler it only
   // starts the stop; wait() tells when it is done. An asynchronous handler's own thread (a
   // coroutine's executor) is not the server's: stop() there blocks the thread its handlers need
