@@ -429,6 +429,44 @@ TEST_F(GatherServer, AnInstanceQueueDeletedByAnOperatorIsReplacedAndGathersReach
   EXPECT_EQ(roster_count(), 1u);
 }
 
+TEST_F(GatherServer, GathersHaveAPrefetchOfTheirOwnAndDoNotCrowdOutNormalCalls) {
+  if (!ctl("status")) GTEST_SKIP() << "needs the suite's private node (scripts/test.sh)";
+  ServerOptions o = options(2);
+  o.gather_prefetch = 1;
+  auto release = std::make_shared<std::atomic<bool>>(false);
+  Service s(queue);
+  s.default_handler([](const Request& r) { return Reply::ok(r.body); });
+  s.method("Block", [release](const Request& r) {
+    for (int i = 0; i < 6000 && !release->load(); ++i) std::this_thread::sleep_for(5ms);
+    return Reply::ok(r.body);
+  });
+  servers.push_back(testbroker::serve(std::move(s), o));
+  ASSERT_TRUE(eventually([&] { return roster_count() == 1; }));
+  for (const char* id : {"b1", "b2", "b3"}) gather(id, id, {{"x-rpc-method", "Block"}});
+
+  // One gather in hand, two waiting in the instance queue: the broker holds them back.
+  std::string counts;
+  EXPECT_TRUE(eventually([&] {
+    counts = ctl("list_queues -q --no-table-headers name messages_ready messages_unacknowledged")
+                 .value_or("");
+    std::istringstream lines(counts);
+    for (std::string name, ready, unacked; lines >> name >> ready >> unacked;) {
+      if (name.rfind(queue + ".instance.", 0) == 0) return ready == "2" && unacked == "1";
+    }
+    return false;
+  })) << counts;
+  // Meanwhile the service's own requests are served (the other worker, their own prefetch).
+  auto client = testbroker::connect();
+  EXPECT_EQ(client->call(queue, "normal"), "normal");
+
+  release->store(true);
+  for (const char* id : {"b1", "b2", "b3"}) {
+    std::vector<Got> got = replies_to(id, 1);
+    ASSERT_EQ(got.size(), 1u) << id;
+    EXPECT_EQ(got[0].body, id);
+  }
+}
+
 TEST_F(GatherServer, AQueueNameNear255BytesDerivesNamesThatFitAndGathersWork) {
   queue = queue + "-" + std::string(254 - queue.size(), 'q');
   ASSERT_EQ(queue.size(), 255u);
