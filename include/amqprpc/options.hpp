@@ -233,6 +233,18 @@ struct ServerOptions {
   // Run around every request served, in order (amqprpc/interceptor.hpp); not around the
   // reserved methods (describe, health), which the framework answers.
   std::vector<std::shared_ptr<ServerInterceptor>> interceptors;
+  // Take part in gathers (one request to every server instance of a service; docs/PROTOCOL.md,
+  // "Gather"): for each service, an instance queue of this server's own, bound to the
+  // service's "<queue>.gather" exchange, and a consumer on "<queue>.roster" by which clients
+  // count the instances. false: none of that; gathers neither count nor reach this server.
+  bool gather = true;
+  // Requests from the instance queue (gathers) held unacked at once, apart from `prefetch`:
+  // a burst of gathers cannot crowd out normal requests, nor normal requests the gathers.
+  std::uint16_t gather_prefetch = 16;
+  // Who this server is in its replies to gathers (header x-rpc-instance): a name unique among
+  // the servers of a service, at most 255 bytes. Empty: "<host name>:<pid>:<6 random hex
+  // digits>" (Server::instance() says which).
+  std::string instance;
   Logger logger;
 };
 

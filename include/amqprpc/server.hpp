@@ -18,8 +18,9 @@ namespace amqprpc {
 
 class Server {
  public:
-  // Connects, declares options.queue, sets the prefetch, starts consuming. Returns once requests
-  // are being consumed, or the reason they cannot be. Every request goes to `handler` (the
+  // Connects, declares options.queue, sets the prefetch, starts consuming, and joins the gathers
+  // of its services (ServerOptions::gather). Returns once requests are being consumed, or the
+  // reason they cannot be. Every request goes to `handler` (the
   // default handler of a service on options.queue).
   static Result<std::unique_ptr<Server>> start(ServerOptions options, Handler handler);
   // Serves a service on its queue (options.queue is not used).
@@ -34,7 +35,8 @@ class Server {
 
   // Graceful stop: cancels the consumers (no new requests arrive), lets the handlers running
   // now finish (for ServerOptions::stop_grace at most) and sends their replies and acks, hands
-  // requests no handler had started back to the broker (for other servers), then closes (a
+  // requests no handler had started back to the broker (for other servers; gathers, which no
+  // other server may answer, are answered unavailable instead), then closes (a
   // broker that does not answer the close is given 1 s). Idempotent. From a handler it only
   // starts the stop; wait() tells when it is done. An asynchronous handler's own thread (a
   // coroutine's executor) is not the server's: stop() there blocks the thread its handlers need
@@ -47,6 +49,10 @@ class Server {
   void set_serving(bool serving);
   // What health answers now: false once set_serving(false) or a stop has begun.
   bool serving() const;
+
+  // Who this server is in its replies to gathers (header x-rpc-instance): ServerOptions::
+  // instance, or the name made for it when that was empty. Any thread.
+  const std::string& instance() const;
 
   // Blocks until the server stops: stop() was called, or the connection was lost. Returns why.
   Status wait();
@@ -65,6 +71,7 @@ class Server {
     std::uint64_t unimplemented = 0;  // calls of a method the service does not have
     std::uint64_t denied = 0;         // calls refused: the caller is not on the method's list
     std::uint64_t reserved = 0;       // describe and health requests answered by the framework
+    std::uint64_t gathers = 0;        // requests that came through the instance queue (gathers)
     std::uint64_t reconnects = 0;
     // Now: requests given to handlers and not answered yet (asynchronous ones included).
     std::uint64_t in_hand = 0;

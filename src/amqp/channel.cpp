@@ -12,6 +12,7 @@
 #include <sys/time.h>
 
 #include <cstring>
+#include <vector>
 
 #include "amqp/errors.hpp"
 #include "amqp/table.hpp"
@@ -324,6 +325,38 @@ Result<std::string> Channel::consume(const std::string& queue, bool no_ack, bool
                          exclusive ? 1 : 0, amqp_empty_table);
   if (Status st = check_rpc("consume from '" + queue + "'"); !st.ok()) return st;
   return to_string(ok->consumer_tag);
+}
+
+Result<std::string> Channel::declare_expiring_queue(const QueueSpec& q,
+                                                    std::chrono::milliseconds expires) {
+  TableView text(q.arguments);
+  std::vector<amqp_table_entry_t> entries(text.table().entries,
+                                          text.table().entries + text.table().num_entries);
+  amqp_table_entry_t expiry{};
+  expiry.key = amqp_cstring_bytes("x-expires");
+  expiry.value.kind = AMQP_FIELD_KIND_I64;  // RabbitMQ refuses a text x-expires
+  expiry.value.value.i64 = expires.count();
+  entries.push_back(expiry);
+  amqp_table_t args{static_cast<int>(entries.size()), entries.data()};
+  amqp_queue_declare_ok_t* ok =
+      amqp_queue_declare(conn_, kChannel, as_bytes(q.name), 0, q.durable ? 1 : 0,
+                         q.exclusive ? 1 : 0, q.auto_delete ? 1 : 0, args);
+  if (Status st = check_rpc("declare queue '" + q.name + "'"); !st.ok()) return st;
+  return to_string(ok->queue);
+}
+
+Status Channel::declare_exchange(const std::string& name, std::string_view type, bool durable,
+                                 bool auto_delete) {
+  amqp_exchange_declare(conn_, kChannel, as_bytes(name), as_bytes(type), 0, durable ? 1 : 0,
+                        auto_delete ? 1 : 0, 0, amqp_empty_table);
+  return check_rpc("declare exchange '" + name + "'");
+}
+
+Status Channel::bind_queue(const std::string& queue, const std::string& exchange,
+                           std::string_view routing_key) {
+  amqp_queue_bind(conn_, kChannel, as_bytes(queue), as_bytes(exchange), as_bytes(routing_key),
+                  amqp_empty_table);
+  return check_rpc("bind queue '" + queue + "' to exchange '" + exchange + "'");
 }
 
 Status Channel::cancel(const std::string& consumer_tag) {

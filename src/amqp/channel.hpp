@@ -91,6 +91,15 @@ class Channel {
   Status qos(std::uint16_t prefetch);
   Result<std::string> declare_queue(const QueueSpec& spec);
   Result<std::string> consume(const std::string& queue, bool no_ack, bool exclusive);
+  // A queue the broker deletes once unused for `expires` (no consumer, not declared again):
+  // x-expires, an integer argument, which QueueSpec's text arguments cannot carry.
+  Result<std::string> declare_expiring_queue(const QueueSpec& spec,
+                                             std::chrono::milliseconds expires);
+  // exchange.declare (not passive, not internal, no arguments): `type` is "fanout", "direct"...
+  Status declare_exchange(const std::string& name, std::string_view type, bool durable,
+                          bool auto_delete);
+  Status bind_queue(const std::string& queue, const std::string& exchange,
+                    std::string_view routing_key);
   // Asks the broker to cancel a consumer, without blocking: Events::on_cancel_ok says when it
   // has, after the last delivery it sent.
   Status cancel(const std::string& consumer_tag);

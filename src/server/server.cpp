@@ -1,12 +1,18 @@
 #include "amqprpc/server.hpp"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <any>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
+#include <cstring>
 #include <exception>
 #include <future>
 #include <mutex>
+#include <random>
 #include <set>
 #include <system_error>
 #include <unordered_map>
@@ -39,6 +45,9 @@ struct Job {
   std::uint64_t generation = 0;  // the connection it came on: tags die with their connection
   std::int64_t attempt = 1;      // which delivery of the request this is
   std::string caller = {};       // verified (triage): the broker-validated user_id
+  // Came through this server's instance queue (a gather): its reply names the instance, and it
+  // is never handed to another server (see Core::not_started).
+  bool gather = false;
 };
 
 // What a request's end asks of the I/O thread.
@@ -79,22 +88,55 @@ std::vector<std::string> users(const std::vector<ConnectionOptions>& endpoints) 
   return out;
 }
 
+// A name for this server among the instances of its services, when the application gave none:
+// the host and the process say where to look, the random part tells apart two servers of one
+// process (or a process that restarted with the same pid).
+std::string default_instance() {
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) != 0 || host[0] == '\0') {
+    std::snprintf(host, sizeof host, "%s", "localhost");
+  }
+  char random[7];
+  std::snprintf(random, sizeof random, "%06x",
+                static_cast<unsigned>(std::random_device{}() & 0xFFFFFFu));
+  // A host name may be long (up to 64 bytes on Linux, more elsewhere): kept within 200 bytes, so
+  // the whole name stays far inside the 255 a header value is checked against.
+  std::string out(host, std::min<std::size_t>(std::strlen(host), 200));
+  return out + ":" + std::to_string(::getpid()) + ":" + random;
+}
+
+ServerOptions with_instance(ServerOptions o) {
+  if (o.instance.empty()) o.instance = default_instance();
+  return o;
+}
+
 // What handlers touch, shared by the server, its worker threads and the requests in hand: a
 // thread that a bounded stop leaves behind (its handler would not return), or an asynchronous
 // handler answering late, keeps this alive, and finds the outbox closed when it answers.
 struct Core : std::enable_shared_from_this<Core> {
   Core(std::vector<Service> s, std::function<void()> wake,
-       std::vector<std::shared_ptr<ServerInterceptor>> chain, Logger log)
+       std::vector<std::shared_ptr<ServerInterceptor>> chain, Logger log, std::string name)
       : services(std::move(s)),
         out(wake),
         in_hand(wake),
         interceptors(std::move(chain)),
-        logger(std::move(log)) {}
+        logger(std::move(log)),
+        instance(std::move(name)) {}
 
   // On a worker thread, or on the I/O thread when handlers run inline.
   void handle(Job& job);
   // Once per request, from the thread that answered it (see detail::ServerCall::answer).
   void finish(detail::ServerCall& call, Reply&& reply);
+  // What becomes of a request no handler started when the server stops. A normal one goes back
+  // to its queue for another server. A gather cannot: its instance queue dies with this
+  // connection, and a copy in the service's queue would have another server answer it as a
+  // normal call. So it is answered unavailable, naming this instance: the gathering client
+  // sees this instance answer (with an error) instead of waiting for it until its deadline.
+  Outgoing not_started(Job&& job);
+  // The error reply to a gather that this instance will not serve because it is stopping.
+  Reply stopping_reply() const {
+    return Reply::error(StatusCode::unavailable, "instance " + instance + " is stopping");
+  }
 
   void count_reply(const Status& status) {
     if (!status.ok()) errors.count(status.code());
@@ -144,6 +186,7 @@ struct Core : std::enable_shared_from_this<Core> {
   detail::InHand in_hand;        // requests given to handlers, not yet answered
   const std::vector<std::shared_ptr<ServerInterceptor>> interceptors;
   const Logger logger;
+  const std::string instance;  // ServerOptions::instance, made up when empty
   detail::LatencyRecorder handler_latency;
   detail::ErrorCounter errors;
   std::atomic<std::uint64_t> replied_ok{0}, replied_error{0}, expired{0}, oneway{0},
@@ -163,13 +206,14 @@ namespace detail {
 class ServerCall {
  public:
   ServerCall(std::shared_ptr<Core> core, Request request, std::shared_ptr<ContextState> context,
-             std::uint64_t delivery_tag, std::uint64_t generation,
+             std::uint64_t delivery_tag, std::uint64_t generation, bool gather,
              std::chrono::steady_clock::time_point started)
       : core_(std::move(core)),
         request_(std::move(request)),
         context_(std::move(context)),
         delivery_tag_(delivery_tag),
         generation_(generation),
+        gather_(gather),
         started_(started) {}
 
   ~ServerCall() {
@@ -199,6 +243,7 @@ class ServerCall {
   const std::shared_ptr<ContextState> context_;
   const std::uint64_t delivery_tag_;
   const std::uint64_t generation_;
+  const bool gather_;  // through the instance queue: the reply names this instance
   const std::chrono::steady_clock::time_point started_;
   InHand::Handle in_hand_;
   std::vector<std::any> interceptor_state_;  // one slot per interceptor
@@ -230,7 +275,7 @@ void Core::handle(Job& job) {
   auto context = context_of(req, std::move(job.caller), now_ms, now);
   req.context = Context(context);
   auto call = std::make_shared<detail::ServerCall>(shared_from_this(), std::move(req), context, tag,
-                                                   job.generation, now);
+                                                   job.generation, job.gather, now);
   call->in_hand_ = in_hand.add(context->deadline, context->stop);
   const Request& request = call->request();
 
@@ -314,11 +359,34 @@ void Core::finish(detail::ServerCall& call, Reply&& reply) {
         Settle::reply_then_ack, call.delivery_tag_, call.generation_, req.reply_to, {}, {}};
     detail::wire::encode_reply(std::move(reply), req.correlation_id, reply_out.props,
                                reply_out.body);
+    if (call.gather_) {
+      // The framework's to set: a handler's own x-rpc-instance cannot pass for another instance.
+      reply_out.props.headers.insert_or_assign(std::string(detail::wire::kInstanceHeader),
+                                               instance);
+    }
     out.push(std::move(reply_out));
   }
   // Out of hand only once its reply is in the outbox: a stop that sees nothing in hand may
   // close the outbox at once.
   in_hand.remove(call.in_hand_);
+}
+
+Outgoing Core::not_started(Job&& job) {
+  if (!job.gather) return requeue_of(std::move(job));
+  amqp::Delivery& d = job.delivery;
+  Outgoing out{Settle::ack, d.delivery_tag, job.generation, {}, {}, {}};
+  if (detail::wire::expired(d.props.headers, detail::wire::epoch_ms())) {
+    expired.fetch_add(1, std::memory_order_relaxed);
+    return out;
+  }
+  if (detail::wire::is_oneway(d.props.headers)) return out;  // nobody to tell
+  Reply reply = stopping_reply();
+  count_reply(reply.status);
+  out.settle = Settle::reply_then_ack;
+  out.reply_to = std::move(d.props.reply_to);
+  detail::wire::encode_reply(std::move(reply), d.props.correlation_id, out.props, out.body);
+  out.props.headers.insert_or_assign(std::string(detail::wire::kInstanceHeader), instance);
+  return out;
 }
 
 }  // namespace
@@ -340,11 +408,15 @@ const Request& Responder::request() const {
 class Server::Impl final : public detail::IoLoop::Hooks {
  public:
   Impl(ServerOptions options, std::vector<Service> services)
-      : options_(std::move(options)),
+      : options_(with_instance(std::move(options))),
         core_(std::make_shared<Core>(
-            std::move(services), [this] { loop_.wake(); }, options_.interceptors, options_.logger)),
+            std::move(services), [this] { loop_.wake(); }, options_.interceptors, options_.logger,
+            options_.instance)),
         policy_{options_.max_attempts, options_.queue_type == QueueType::quorum,
                 options_.max_request_size, users(detail::endpoints_of(options_))},
+        // A gather cannot be redelivered to another server (its queue is this server's alone,
+        // and dies with the connection): no attempts to count, nothing to dead-letter.
+        gather_policy_{0, false, options_.max_request_size, policy_.server_users},
         loop_(detail::endpoints_of(options_), options_.reconnect, *this, options_.logger) {
     if (options_.dead_letter_queue.empty() && !core_->services.empty()) {
       options_.dead_letter_queue =
@@ -388,6 +460,14 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     if (options_.dead_letter_queue.size() > 255) {
       return {StatusCode::invalid_argument, "dead_letter_queue name must be at most 255 bytes"};
     }
+    if (options_.instance.size() > 255) {
+      return {StatusCode::invalid_argument, "instance must be at most 255 bytes (it is " +
+                                                std::to_string(options_.instance.size()) + ")"};
+    }
+    if (options_.gather && options_.gather_prefetch == 0) {
+      return {StatusCode::invalid_argument,
+              "gather_prefetch must be at least 1 (0 would mean unbounded work in hand)"};
+    }
     if (options_.workers > 0) {
       try {
         pool_ = std::make_unique<detail::WorkerPool<Job>>(
@@ -401,6 +481,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   }
 
   bool in_own_thread() const { return loop_.in_io_thread() || (pool_ && pool_->is_worker()); }
+
+  const std::string& instance() const { return options_.instance; }
 
   void stop() {
     if (in_own_thread()) {
@@ -431,7 +513,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       const auto grace_end = std::chrono::steady_clock::now() + options_.stop_grace;
       if (pool_) {
         auto stopped = pool_->stop(grace_end);
-        for (auto& job : stopped.unstarted) core_->out.push(requeue_of(std::move(job)));
+        for (auto& job : stopped.unstarted) core_->out.push(core_->not_started(std::move(job)));
         if (stopped.left_behind > 0) {
           detail::log(options_.logger, LogLevel::warning,
                       std::to_string(stopped.left_behind) +
@@ -486,6 +568,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     s.unimplemented = core_->unimplemented.load(std::memory_order_relaxed);
     s.denied = core_->denied.load(std::memory_order_relaxed);
     s.reserved = reserved_.load(std::memory_order_relaxed);
+    s.gathers = gathers_.load(std::memory_order_relaxed);
     s.reconnects = loop_.reconnects();
     s.in_hand = core_->in_hand.size();
     s.errors = core_->errors.snapshot();
@@ -513,7 +596,15 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       if (cancel_requested_.load(std::memory_order_acquire)) continue;
       auto tag = channel.consume(queue, /*no_ack=*/false, /*exclusive=*/false);
       if (!tag) return tag.status();
-      link_.route_of_tag[*tag] = i;
+      link_.route_of_tag[*tag] = Consumer{i, Role::service};
+    }
+    if (options_.gather && !cancel_requested_.load(std::memory_order_acquire)) {
+      // RabbitMQ applies a (non-global) prefetch to the consumers started after it: the
+      // instance queues get a budget of their own.
+      if (Status st = channel.qos(options_.gather_prefetch); !st.ok()) return st;
+      for (std::size_t i = 0; i < core_->services.size(); ++i) {
+        if (Status st = join_gather(channel, i); !st.ok()) return st;
+      }
     }
     if (options_.max_attempts > 0) {
       // Declared now, so a dead-letter queue the broker refuses (declared differently, no
@@ -537,8 +628,16 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     if (cancel_requested_.load(std::memory_order_acquire) && !cancel_sent_) {
       cancel_sent_ = true;
       if (channel != nullptr) {
-        for (const auto& [tag, route] : link_.route_of_tag) {
-          if (channel->cancel(tag).ok()) link_.cancels_pending.insert(tag);
+        // The rosters first: clients stop counting this instance before anything else changes.
+        // The instance queues stay consumed until the connection closes: a gather from a client
+        // that counted this instance just before is answered (unavailable: stopping), not left
+        // to its deadline in a queue nobody reads.
+        for (Role role : {Role::roster, Role::service}) {
+          for (const auto& [tag, consumer] : link_.route_of_tag) {
+            if (consumer.role == role && channel->cancel(tag).ok()) {
+              link_.cancels_pending.insert(tag);
+            }
+          }
         }
       }
       // Stopping waits for the broker's answers: the deliveries it sent before them are still
@@ -563,13 +662,19 @@ class Server::Impl final : public detail::IoLoop::Hooks {
 
   void on_delivery(amqp::Channel& channel, amqp::Delivery&& d) override {
     loop_.io_thread.assert_held();
-    received_.fetch_add(1, std::memory_order_relaxed);
     auto route = link_.route_of_tag.find(d.consumer_tag);
     if (route == link_.route_of_tag.end()) {  // not ours: cannot happen on our own channel
+      received_.fetch_add(1, std::memory_order_relaxed);
       channel.reject(d.delivery_tag, /*requeue=*/true);
       return;
     }
-    const std::string& queue = core_->services[route->second].queue();
+    if (route->second.role != Role::service) {
+      on_instance_delivery(channel, std::move(d), route->second);
+      return;
+    }
+    received_.fetch_add(1, std::memory_order_relaxed);
+    const std::size_t service = route->second.service;
+    const std::string& queue = core_->services[service].queue();
     if (d.redelivered) redelivered_.fetch_add(1, std::memory_order_relaxed);
     if (options_.max_attempts > 0 && !policy_.quorum) {
       // Only quorum queues count deliveries; on a classic queue this header came from a client.
@@ -592,21 +697,17 @@ class Server::Impl final : public detail::IoLoop::Hooks {
         break;
       case detail::Verdict::oversized:
         oversized_.fetch_add(1, std::memory_order_relaxed);
-        reply_error_now(channel, d,
-                        Status{StatusCode::resource_exhausted,
-                               "request body is " + std::to_string(d.body.size()) +
-                                   " bytes; this server takes at most " +
-                                   std::to_string(options_.max_request_size)});
+        reply_error_now(channel, d, too_large(d));
         return;
       case detail::Verdict::serve:
         break;
     }
     if (auto m = d.props.headers.find(detail::wire::kMethodHeader);
         m != d.props.headers.end() && m->second.starts_with(kReservedMethodPrefix)) {
-      answer_reserved(channel, d, route->second, m->second);
+      answer_reserved(channel, d, service, m->second);
       return;
     }
-    Job job{std::move(d), route->second, generation_.load(std::memory_order_relaxed), t.attempt,
+    Job job{std::move(d), service, generation_.load(std::memory_order_relaxed), t.attempt,
             t.caller};
     if (pool_) {
       link_.incoming.push_back(std::move(job));  // handed to the pool in one go after the read
@@ -621,16 +722,20 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     if (!pool_->submit_all(link_.incoming)) {
       // Stopping: these were never started, so they go back to the broker at once.
       // Through the outbox, like every publish: it waits while the connection may not publish.
-      for (auto& job : link_.incoming) core_->out.push(requeue_of(std::move(job)));
+      for (auto& job : link_.incoming) core_->out.push(core_->not_started(std::move(job)));
     }
     link_.incoming.clear();
   }
 
-  void on_consumer_cancelled(amqp::Channel&, const std::string& tag) override {
+  void on_consumer_cancelled(amqp::Channel& channel, const std::string& tag) override {
     loop_.io_thread.assert_held();
     auto route = link_.route_of_tag.find(tag);
+    if (route != link_.route_of_tag.end() && route->second.role != Role::service) {
+      gather_consumer_cancelled(channel, tag, route->second);
+      return;
+    }
     std::string queue =
-        route == link_.route_of_tag.end() ? tag : core_->services[route->second].queue();
+        route == link_.route_of_tag.end() ? tag : core_->services[route->second.service].queue();
     detail::log(options_.logger, LogLevel::error,
                 "the broker cancelled the consumer of '" + queue +
                     "' (queue deleted?); this server no longer receives its requests");
@@ -679,9 +784,17 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   }
 
  private:
+  // What a consumer of this server's consumes: a service's queue, the instance queue of a
+  // service (gathers), or a service's roster (only there to be counted).
+  enum class Role { service, instance, roster };
+  struct Consumer {
+    std::size_t service = 0;
+    Role role = Role::service;
+  };
+
   // What lives and dies with one connection.
   struct Link {
-    std::unordered_map<std::string, std::size_t> route_of_tag;  // consumer tag -> route
+    std::unordered_map<std::string, Consumer> route_of_tag;  // consumer tag -> what it consumes
     detail::ConfirmTracker<std::uint64_t> unconfirmed;  // reply's publish number -> request tag
     std::vector<Job> incoming;                          // read in this batch, for the worker pool
     std::set<std::string> cancels_pending;  // consumers cancelled, the broker's answer awaited
@@ -851,9 +964,10 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   }
 
   // Answers a request with an error from the I/O thread (no handler involved), then acks it
-  // (unless the caller settles it otherwise).
+  // (unless the caller settles it otherwise). `gather`: it came through the instance queue, and
+  // the reply names this instance.
   void reply_error_now(amqp::Channel& channel, const amqp::Delivery& d, Status error,
-                       bool ack = true) REQUIRES(loop_.io_thread) {
+                       bool ack = true, bool gather = false) REQUIRES(loop_.io_thread) {
     core_->count_reply(error);
     Outgoing out{ack ? Settle::reply_then_ack : Settle::reply_only,
                  d.delivery_tag,
@@ -863,13 +977,16 @@ class Server::Impl final : public detail::IoLoop::Hooks {
                  {}};
     detail::wire::encode_reply(Reply{std::move(error), {}, {}, {}}, d.props.correlation_id,
                                out.props, out.body);
+    if (gather)
+      out.props.headers.insert_or_assign(std::string(detail::wire::kInstanceHeader),
+                                         options_.instance);
     settle(channel, out);
   }
 
   // The framework's own methods, answered here on the I/O thread so that a probe gets its
   // answer even while every worker is busy. Health says not_serving once a stop has begun.
   void answer_reserved(amqp::Channel& channel, const amqp::Delivery& d, std::size_t service,
-                       const std::string& method) REQUIRES(loop_.io_thread) {
+                       const std::string& method, bool gather = false) REQUIRES(loop_.io_thread) {
     reserved_.fetch_add(1, std::memory_order_relaxed);
     Reply reply;
     if (method == kHealthMethod) {
@@ -890,7 +1007,156 @@ class Server::Impl final : public detail::IoLoop::Hooks {
                  {},
                  {}};
     detail::wire::encode_reply(std::move(reply), d.props.correlation_id, out.props, out.body);
+    // Through a gather ("health of every server"), the caller must know whose health this is.
+    if (gather)
+      out.props.headers.insert_or_assign(std::string(detail::wire::kInstanceHeader),
+                                         options_.instance);
     settle(channel, out);
+  }
+
+  // ---- gather (docs/PROTOCOL.md, "Gather") ----
+
+  // Makes this server one of the instances that a gather of service `i` reaches, in an order
+  // that never counts it before a gather can reach it: its instance queue bound and consumed
+  // first, and only then its consumer on the roster.
+  Status join_gather(amqp::Channel& channel, std::size_t i) REQUIRES(loop_.io_thread) {
+    if (Status st = consume_instance_queue(channel, i); !st.ok()) return st;
+    return consume_roster(channel, i);
+  }
+
+  Status consume_instance_queue(amqp::Channel& channel, std::size_t i) REQUIRES(loop_.io_thread) {
+    const std::string& service_queue = core_->services[i].queue();
+    const std::string exchange = detail::wire::gather_exchange_for(service_queue);
+    // Not auto-delete: a client publishes to it once it has counted instances, and an exchange
+    // gone by then (its last server left) would close the client's channel (404). Declaring it
+    // again is harmless; non-durable, like the service's queue by default.
+    if (Status st = channel.declare_exchange(exchange, "fanout", /*durable=*/false,
+                                             /*auto_delete=*/false);
+        !st.ok()) {
+      return st;
+    }
+    // Exclusive, auto-delete: it reaches this instance alone, and goes with this connection
+    // (nothing in it could be served by anyone else). A new name on each connection: the queue
+    // of a connection lost a moment ago may linger until the broker notices.
+    auto queue = channel.declare_queue(
+        amqp::QueueSpec{detail::wire::instance_queue_for(service_queue, queue_ids_.span_id()),
+                        false,
+                        true,
+                        true,
+                        {}});
+    if (!queue) return queue.status();
+    if (Status st = channel.bind_queue(*queue, exchange, ""); !st.ok()) return st;
+    auto tag = channel.consume(*queue, /*no_ack=*/false, /*exclusive=*/true);
+    if (!tag) return tag.status();
+    link_.route_of_tag[*tag] = Consumer{i, Role::instance};
+    detail::log(options_.logger, LogLevel::debug,
+                "instance " + options_.instance + " of '" + service_queue +
+                    "' takes gathers on its queue '" + *queue + "'");
+    return {};
+  }
+
+  Status consume_roster(amqp::Channel& channel, std::size_t i) REQUIRES(loop_.io_thread) {
+    const std::string roster = detail::wire::roster_queue_for(core_->services[i].queue());
+    // Neither auto-delete (a server declaring it while the last other one leaves would consume
+    // a queue just deleted: 404) nor kept forever: the broker deletes it once no server has
+    // consumed or declared it for kRosterExpiresMs, far longer than a declare takes to be
+    // followed by its consume.
+    auto declared =
+        channel.declare_expiring_queue(amqp::QueueSpec{roster, false, false, false, {}},
+                                       std::chrono::milliseconds(detail::wire::kRosterExpiresMs));
+    if (!declared) return declared.status();
+    // No acks: nothing is meant for it; the consumer is there to be counted.
+    auto tag = channel.consume(roster, /*no_ack=*/true, /*exclusive=*/false);
+    if (!tag) return tag.status();
+    link_.route_of_tag[*tag] = Consumer{i, Role::roster};
+    return {};
+  }
+
+  // A request through a service's instance queue (a gather), or a message on its roster.
+  // Served like a request on the service's queue, except: no poison-message accounting (it
+  // cannot go to another server), the reply names this instance, and once a stop has begun it
+  // is answered unavailable instead of served (this instance has left the roster).
+  void on_instance_delivery(amqp::Channel& channel, amqp::Delivery&& d, Consumer consumer)
+      REQUIRES(loop_.io_thread) {
+    if (consumer.role == Role::roster) return;  // meant for no one (and not acked: no_ack)
+    received_.fetch_add(1, std::memory_order_relaxed);
+    gathers_.fetch_add(1, std::memory_order_relaxed);
+    const std::string& queue = core_->services[consumer.service].queue();
+    if (d.redelivered) redelivered_.fetch_add(1, std::memory_order_relaxed);
+    detail::Triage t = detail::triage(d, gather_policy_, detail::wire::epoch_ms());
+    switch (t.verdict) {
+      case detail::Verdict::reject:
+        reject_no_reply_to(channel, d, queue);
+        return;
+      case detail::Verdict::expired:
+        core_->expired.fetch_add(1, std::memory_order_relaxed);
+        channel.ack(d.delivery_tag);
+        return;
+      case detail::Verdict::oversized:
+        oversized_.fetch_add(1, std::memory_order_relaxed);
+        reply_error_now(channel, d, too_large(d), /*ack=*/true, /*gather=*/true);
+        return;
+      case detail::Verdict::dead_letter:  // not without attempt counting
+      case detail::Verdict::recount:
+      case detail::Verdict::serve:
+        break;
+    }
+    if (auto m = d.props.headers.find(detail::wire::kMethodHeader);
+        m != d.props.headers.end() && m->second.starts_with(kReservedMethodPrefix)) {
+      answer_reserved(channel, d, consumer.service, m->second, /*gather=*/true);
+      return;
+    }
+    if (cancel_requested_.load(std::memory_order_acquire)) {
+      reply_error_now(channel, d, core_->stopping_reply().status, /*ack=*/true, /*gather=*/true);
+      return;
+    }
+    Job job{std::move(d),        consumer.service, generation_.load(std::memory_order_relaxed), 1,
+            std::move(t.caller), /*gather=*/true};
+    if (pool_) {
+      link_.incoming.push_back(std::move(job));
+    } else {
+      core_->handle(job);
+    }
+  }
+
+  // The broker cancelled a roster or instance consumer: its queue was deleted (by an operator),
+  // or its node is gone. The service's own requests still flow, so the server stays and joins
+  // again at once: without its roster consumer clients would no longer count this instance;
+  // without its instance queue they would count an instance no gather reaches, and wait for it
+  // until their deadline. What fails here drops the connection: the next one joins afresh.
+  void gather_consumer_cancelled(amqp::Channel& channel, const std::string& tag, Consumer consumer)
+      REQUIRES(loop_.io_thread) {
+    link_.route_of_tag.erase(tag);
+    if (cancel_requested_.load(std::memory_order_acquire)) {
+      // Stopping: nothing to join again. A cancel of ours that crossed the broker's is answered.
+      if (link_.cancels_pending.erase(tag) != 0 && link_.cancels_pending.empty()) {
+        consumers_are_cancelled();
+      }
+      return;
+    }
+    const bool roster = consumer.role == Role::roster;
+    const std::string& queue = core_->services[consumer.service].queue();
+    detail::log(options_.logger, LogLevel::warning,
+                "the broker cancelled the " + std::string(roster ? "roster" : "instance queue") +
+                    " consumer of '" + queue + "' (queue deleted?); joining gathers again");
+    Status st;
+    if (roster) {
+      st = consume_roster(channel, consumer.service);
+    } else {
+      st = channel.qos(options_.gather_prefetch);
+      if (st.ok()) st = consume_instance_queue(channel, consumer.service);
+    }
+    if (!st.ok()) {
+      loop_.drop(Status{StatusCode::unavailable,
+                        "cannot join gathers of '" + queue + "' again: " + st.message()});
+    }
+  }
+
+  Status too_large(const amqp::Delivery& d) const {
+    return Status{StatusCode::resource_exhausted, "request body is " +
+                                                      std::to_string(d.body.size()) +
+                                                      " bytes; this server takes at most " +
+                                                      std::to_string(options_.max_request_size)};
   }
 
   void finish(Status why) {
@@ -906,6 +1172,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   ServerOptions options_;
   std::shared_ptr<Core> core_;
   const detail::TriagePolicy policy_;
+  const detail::TriagePolicy gather_policy_;  // for requests from the instance queues
   detail::IoLoop loop_;
 
   std::atomic<bool> cancel_requested_{false};  // a stop has begun
@@ -924,6 +1191,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   bool cancel_sent_ GUARDED_BY(loop_.io_thread) = false;
   bool cancel_signalled_ GUARDED_BY(loop_.io_thread) = false;
   bool warned_no_reply_to_ GUARDED_BY(loop_.io_thread) = false;
+  detail::UuidGenerator queue_ids_ GUARDED_BY(loop_.io_thread);  // instance queue names
 
   std::once_flag stop_once_;
   std::mutex stopper_mutex_;
@@ -934,7 +1202,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   Status done_status_;
 
   std::atomic<std::uint64_t> received_{0}, rejected_{0}, oversized_{0}, redelivered_{0},
-      dead_lettered_{0}, requeued_{0}, reserved_{0};
+      dead_lettered_{0}, requeued_{0}, reserved_{0}, gathers_{0};
 
   // Null when handlers run inline on the I/O thread. Last: its threads use the members above.
   std::unique_ptr<detail::WorkerPool<Job>> pool_;
@@ -978,6 +1246,9 @@ void Server::set_serving(bool serving) {
 }
 bool Server::serving() const {
   return impl_->serving();
+}
+const std::string& Server::instance() const {
+  return impl_->instance();
 }
 Status Server::wait() {
   return impl_->wait();

@@ -148,11 +148,42 @@ class Raw {
     check(amqp_get_rpc_reply(conn_), "queue.declare passive");
     return ok->message_count;
   }
+  // How many consumers a queue has (a passive declare, as a gathering client counts a
+  // service's instances on its roster); nullopt when there is no such queue.
+  std::optional<std::uint32_t> consumers(const std::string& queue) {
+    auto* ok = amqp_queue_declare(conn_, 1, amqp_cstring_bytes(queue.c_str()), 1, 0, 0, 0,
+                                  amqp_empty_table);
+    if (!survived(amqp_get_rpc_reply(conn_), "queue.declare passive")) return std::nullopt;
+    return ok->consumer_count;
+  }
+  bool exchange_exists(const std::string& exchange) {
+    amqp_exchange_declare(conn_, 1, amqp_cstring_bytes(exchange.c_str()),
+                          amqp_cstring_bytes("fanout"), 1, 0, 0, 0, amqp_empty_table);
+    return survived(amqp_get_rpc_reply(conn_), "exchange.declare passive");
+  }
+  void remove_exchange(const std::string& exchange) {
+    amqp_exchange_delete(conn_, 1, amqp_cstring_bytes(exchange.c_str()), 0);
+    check(amqp_get_rpc_reply(conn_), "exchange.delete");
+  }
+  // Consumes a queue (amq.rabbitmq.reply-to too) with no-ack; next() reads what it delivers.
+  void consume(const std::string& queue) {
+    amqp_basic_consume(conn_, 1, amqp_cstring_bytes(queue.c_str()), amqp_empty_bytes, 0, 1, 0,
+                       amqp_empty_table);
+    check(amqp_get_rpc_reply(conn_), "basic.consume");
+  }
 
   // Publishes to the default exchange; empty reply_to / correlation_id are left unset.
   void publish(const std::string& queue, const std::string& body, const std::string& reply_to,
                const std::string& correlation_id,
                const std::vector<std::pair<std::string, std::string>>& headers = {}) {
+    publish_to("", queue, body, reply_to, correlation_id, headers);
+  }
+  // Publishes to an exchange. Not mandatory: a basic.return would come in the way of the next
+  // synchronous method on this connection.
+  void publish_to(const std::string& exchange, const std::string& routing_key,
+                  const std::string& body, const std::string& reply_to,
+                  const std::string& correlation_id,
+                  const std::vector<std::pair<std::string, std::string>>& headers = {}) {
     amqp_basic_properties_t p{};
     std::vector<amqp_table_entry_t> entries;
     for (const auto& [k, v] : headers) {
@@ -176,7 +207,8 @@ class Raw {
       p.correlation_id = amqp_cstring_bytes(correlation_id.c_str());
     }
     amqp_bytes_t b{body.size(), const_cast<char*>(body.data())};
-    if (amqp_basic_publish(conn_, 1, amqp_empty_bytes, amqp_cstring_bytes(queue.c_str()), 0, 0, &p,
+    if (amqp_basic_publish(conn_, 1, amqp_cstring_bytes(exchange.c_str()),
+                           amqp_cstring_bytes(routing_key.c_str()), 0, 0, &p,
                            b) != AMQP_STATUS_OK) {
       throw std::runtime_error("raw: publish failed");
     }
@@ -199,6 +231,28 @@ class Raw {
     if (r.reply.id == AMQP_BASIC_GET_EMPTY_METHOD) return std::nullopt;
     amqp_message_t m;
     check(amqp_read_message(conn_, 1, &m, 0), "read message");
+    Got g = got(m);
+    amqp_destroy_message(&m);
+    return g;
+  }
+  // The next message a consume() delivers, waiting `limit` at most; nullopt when none came.
+  std::optional<Got> next(std::chrono::milliseconds limit) {
+    amqp_maybe_release_buffers(conn_);
+    amqp_envelope_t envelope;
+    timeval tv{static_cast<time_t>(limit.count() / 1000),
+               static_cast<suseconds_t>(limit.count() % 1000 * 1000)};
+    amqp_rpc_reply_t r = amqp_consume_message(conn_, &envelope, &tv, 0);
+    if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && r.library_error == AMQP_STATUS_TIMEOUT) {
+      return std::nullopt;
+    }
+    check(r, "consume message");
+    Got g = got(envelope.message);
+    amqp_destroy_envelope(&envelope);
+    return g;
+  }
+
+ private:
+  static Got got(const amqp_message_t& m) {
     Got g;
     g.body.assign(static_cast<char*>(m.body.bytes), m.body.len);
     auto str = [](amqp_bytes_t b) { return std::string(static_cast<char*>(b.bytes), b.len); };
@@ -218,14 +272,25 @@ class Raw {
         if (e.value.kind == AMQP_FIELD_KIND_UTF8) g.headers[str(e.key)] = str(e.value.value.bytes);
       }
     }
-    amqp_destroy_message(&m);
     return g;
   }
-
- private:
   static void check(const amqp_rpc_reply_t& r, const char* what) {
     if (r.reply_type != AMQP_RESPONSE_NORMAL)
       throw std::runtime_error(std::string("raw: ") + what + " failed");
+  }
+  // False when the broker refused with 404 NOT_FOUND, which closes the channel: it is opened
+  // again, so the connection goes on. Other failures throw.
+  bool survived(const amqp_rpc_reply_t& r, const char* what) {
+    if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION && r.reply.id == AMQP_CHANNEL_CLOSE_METHOD &&
+        static_cast<amqp_channel_close_t*>(r.reply.decoded)->reply_code == AMQP_NOT_FOUND) {
+      amqp_channel_close_ok_t ok{};
+      amqp_send_method(conn_, 1, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+      amqp_channel_open(conn_, 1);
+      check(amqp_get_rpc_reply(conn_), "channel.open again");
+      return false;
+    }
+    check(r, what);
+    return true;
   }
   amqp_connection_state_t conn_;
 };

@@ -1,6 +1,8 @@
 // A TCP proxy on loopback that can cut the network silently: in blackhole mode it keeps every
 // connection open but forwards nothing (no RST, no FIN), as a pulled cable or a dropping firewall
-// would. Only heartbeats can tell. Bounded: it runs until destroyed.
+// would. Only heartbeats can tell. Or loudly: cut() closes every connection through it (both
+// ends see it at once, as after a network reset) and goes on accepting new ones. Bounded: it
+// runs until destroyed.
 #pragma once
 
 #include <arpa/inet.h>
@@ -47,10 +49,20 @@ class TcpProxy {
   }
   std::uint16_t port() const { return port_; }
   void blackhole(bool on) { blackhole_ = on; }
+  // Closes the connections open now (on the proxy's thread, soon); later ones go through.
+  void cut() { cut_ = true; }
 
  private:
   void loop() {
     while (!stop_) {
+      if (cut_.exchange(false)) {
+        for (auto& pair : pairs_) {
+          if (pair.first < 0) continue;
+          ::close(pair.first);
+          ::close(pair.second);
+          pair = {-1, -1};
+        }
+      }
       std::erase_if(pairs_, [](const auto& p) { return p.first < 0; });
       std::vector<pollfd> fds{{listen_, POLLIN, 0}};
       if (!blackhole_) {
@@ -105,6 +117,7 @@ class TcpProxy {
   int listen_ = -1;
   std::atomic<bool> stop_{false};
   std::atomic<bool> blackhole_{false};
+  std::atomic<bool> cut_{false};
   std::vector<std::pair<int, int>> pairs_;  // proxy thread only
   std::thread thread_;
 };

@@ -145,3 +145,62 @@ TEST(Wire, UnimplementedHasItsWireName) {
   EXPECT_EQ(to_string(StatusCode::unimplemented), "unimplemented");
   EXPECT_EQ(status_code_from_string("unimplemented"), StatusCode::unimplemented);
 }
+
+TEST(WireNames, AreTheQueueNamePlusASuffixWhenTheyFit) {
+  EXPECT_EQ(wire::gather_exchange_for("rpc_queue"), "rpc_queue.gather");
+  EXPECT_EQ(wire::roster_queue_for("rpc_queue"), "rpc_queue.roster");
+  EXPECT_EQ(wire::dead_letter_queue_for("rpc_queue"), "rpc_queue.dead-letter");
+  EXPECT_EQ(wire::derived_name("q", ".x"), "q.x");
+  const std::string exact(255 - 7, 'a');  // ".gather" and ".roster" are 7 bytes
+  EXPECT_EQ(wire::gather_exchange_for(exact), exact + ".gather");
+  EXPECT_EQ(wire::roster_queue_for(exact), exact + ".roster");
+}
+
+TEST(WireNames, TooLongAreCutAndMarkedWithAHashOfTheWholeNameAndFitIn255Bytes) {
+  const std::string longest(255, 'q');
+  for (const std::string& name :
+       {wire::gather_exchange_for(longest), wire::roster_queue_for(longest),
+        wire::dead_letter_queue_for(longest)}) {
+    EXPECT_EQ(name.size(), 255u) << name;
+    EXPECT_EQ(name.find('~'), 255u - 17 - (name.size() - name.rfind('.')));
+  }
+  const std::string exchange = wire::gather_exchange_for(longest);
+  EXPECT_EQ(exchange, std::string(231, 'q') + "~" + exchange.substr(232, 16) + ".gather");
+  // The same prefix, a different name: a different hash, so no two services share a roster.
+  const std::string other = std::string(254, 'q') + "r";
+  EXPECT_NE(wire::roster_queue_for(other), wire::roster_queue_for(longest));
+  EXPECT_NE(wire::gather_exchange_for(other), wire::gather_exchange_for(longest));
+  // One byte over: cut as well (256 would not do).
+  EXPECT_LE(wire::roster_queue_for(std::string(255 - 6, 'a')).size(), 255u);
+}
+
+TEST(WireNames, TheHashIsFnv1a64OfTheWholeQueueNameInLowercaseHex) {
+  // Servers and clients in other languages must derive the same names: pinned here.
+  // FNV-1a 64 of 255 'q' bytes, computed independently (the Python of docs/PROTOCOL.md).
+  const std::string longest(255, 'q');
+  const std::string roster = wire::roster_queue_for(longest);
+  const std::string hash = roster.substr(roster.find('~') + 1, 16);
+  EXPECT_EQ(hash, "97924f37c92622b6");
+  EXPECT_EQ(hash, wire::gather_exchange_for(longest).substr(232, 16))
+      << "one hash per queue name, whatever the suffix";
+}
+
+TEST(WireNames, ACutNeverSplitsAUtf8Character) {
+  std::string accents;
+  while (accents.size() < 254) accents += "\xC3\xA9";  // é, two bytes each
+  for (const std::string& name :
+       {wire::gather_exchange_for(accents), wire::roster_queue_for(accents)}) {
+    EXPECT_LE(name.size(), 255u);
+    const std::string prefix = name.substr(0, name.find('~'));
+    EXPECT_EQ(prefix.size() % 2, 0u) << "cut between characters";
+    EXPECT_EQ(accents.rfind(prefix, 0), 0u);
+  }
+}
+
+TEST(WireNames, AnInstanceQueueIsNamedAfterItsServiceAndFitsToo) {
+  EXPECT_EQ(wire::instance_queue_for("rpc_queue", "0123456789abcdef"),
+            "rpc_queue.instance.0123456789abcdef");
+  const std::string name = wire::instance_queue_for(std::string(255, 'q'), "0123456789abcdef");
+  EXPECT_EQ(name.size(), 255u);
+  EXPECT_TRUE(name.ends_with(".instance.0123456789abcdef")) << name;
+}
