@@ -77,9 +77,8 @@ Status validate_outgoing(const amqp::Properties& p, std::size_t body_size, const
   return {};
 }
 
-std::string dead_letter_queue_for(std::string_view queue) {
-  constexpr std::string_view kSuffix = ".dead-letter";
-  if (queue.size() + kSuffix.size() <= 255) return std::string(queue) + std::string(kSuffix);
+std::string derived_name(std::string_view queue, std::string_view suffix) {
+  if (queue.size() + suffix.size() <= 255) return std::string(queue) + std::string(suffix);
   std::uint64_t hash = 14695981039346656037ull;  // FNV-1a, 64 bits
   for (unsigned char c : queue) {
     hash ^= c;
@@ -87,10 +86,26 @@ std::string dead_letter_queue_for(std::string_view queue) {
   }
   char hex[17];
   std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(hash));
-  std::size_t keep = 255 - kSuffix.size() - 1 - 16;
+  std::size_t keep = 255 - std::min<std::size_t>(suffix.size(), 255 - 17) - 1 - 16;
   // Never cut a UTF-8 sequence: back up over continuation bytes (10xxxxxx).
   while (keep > 0 && (static_cast<unsigned char>(queue[keep]) & 0xC0) == 0x80) --keep;
-  return std::string(queue.substr(0, keep)) + "~" + hex + std::string(kSuffix);
+  return std::string(queue.substr(0, keep)) + "~" + hex + std::string(suffix);
+}
+
+std::string dead_letter_queue_for(std::string_view queue) {
+  return derived_name(queue, ".dead-letter");
+}
+
+std::string gather_exchange_for(std::string_view queue) {
+  return derived_name(queue, ".gather");
+}
+
+std::string roster_queue_for(std::string_view queue) {
+  return derived_name(queue, ".roster");
+}
+
+std::string instance_queue_for(std::string_view queue, std::string_view id) {
+  return derived_name(queue, ".instance." + std::string(id));
 }
 
 bool is_oneway(const Headers& headers) {

@@ -41,6 +41,13 @@ inline constexpr std::string_view kTraceparentHeader = "traceparent";
 inline constexpr std::string_view kTracestateHeader = "tracestate";
 // Dead-lettered requests: why.
 inline constexpr std::string_view kDeadReasonHeader = "x-rpc-dead-reason";
+// Replies to a request that reached one server instance through its instance queue (a gather):
+// which instance answered (ServerOptions::instance). Replies to normal calls do not carry it.
+inline constexpr std::string_view kInstanceHeader = "x-rpc-instance";
+// The roster queue's x-expires: once no server has consumed it (nor declared it) for this long,
+// the broker deletes it. Every server declares it with this same value (a different one is
+// refused, 406): part of the contract.
+inline constexpr std::int64_t kRosterExpiresMs = 600'000;
 
 // Milliseconds since the Unix epoch, the unit of x-rpc-deadline.
 std::int64_t epoch_ms(std::chrono::system_clock::time_point t = std::chrono::system_clock::now());
@@ -76,10 +83,29 @@ struct Limits {
 Status validate_outgoing(const amqp::Properties& p, std::size_t body_size, const Limits& limits,
                          std::string_view what);
 
-// The default dead-letter queue of a request queue: "<queue>.dead-letter", or, when that would
-// exceed AMQP's 255 bytes, the queue name cut (at a UTF-8 character boundary) and marked with
-// a hash of the whole name: "<prefix>~<16 hex digits of FNV-1a 64>.dead-letter".
+// A name derived from a service's queue name: "<queue><suffix>", or, when that would exceed
+// AMQP's 255 bytes, the queue name cut (at a UTF-8 character boundary) and marked with a hash
+// of the whole name: "<prefix>~<16 hex digits of FNV-1a 64><suffix>". Servers and clients in
+// any language derive the same name, and two long queue names that share a prefix do not
+// collide. `suffix` is short (a few bytes).
+std::string derived_name(std::string_view queue, std::string_view suffix);
+
+// The default dead-letter queue of a request queue: derived_name(queue, ".dead-letter").
 std::string dead_letter_queue_for(std::string_view queue);
+
+// Gather (docs/PROTOCOL.md): the fanout exchange every participating server instance of the
+// service on `queue` binds its instance queue to, derived_name(queue, ".gather"); a gather
+// request is published to it.
+std::string gather_exchange_for(std::string_view queue);
+// The roster queue of the service on `queue`, derived_name(queue, ".roster"): each
+// participating server instance holds one consumer on it, so its consumer count (a passive
+// queue.declare) is how many instances a gather reaches. No message is meant for it.
+std::string roster_queue_for(std::string_view queue);
+// The instance queue one server uses, on one connection, for the service on `queue`:
+// derived_name(queue, ".instance." + id), `id` being random per connection (16 hex digits).
+// Named by the server, not the broker: a user whose permissions cover the service's names
+// ("^rpc_queue.*") may declare it, where a broker-named amq.gen-... queue would be refused.
+std::string instance_queue_for(std::string_view queue, std::string_view id);
 
 // ---- requests ----
 
