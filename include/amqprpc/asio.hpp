@@ -68,9 +68,9 @@ namespace amqprpc {
 
 namespace detail {
 
-// One call's completion: the handler, the work that keeps its executor running, and the stop
-// source Asio's cancellation (and the caller's own CallOptions::cancel) ask.
-template <class Handler>
+// One call's (or gather's) completion: the handler, the work that keeps its executor running,
+// and the stop source Asio's cancellation (and the caller's own CallOptions::cancel) ask.
+template <class Handler, class Outcome = Reply>
 struct AsioCall {
   using Executor = asio::associated_executor_t<Handler, asio::system_executor>;
 
@@ -84,10 +84,10 @@ struct AsioCall {
   // cleared there too: a slot belongs to its handler's executor, where its signal is emitted
   // (clearing it here would free the installed canceller while an emit may be running it). Until
   // then an emit only asks `stop` to stop a call that is done, which is harmless.
-  void complete(Reply reply) {
+  void complete(Outcome outcome) {
     auto executor = work.get_executor();
     asio::post(executor,
-               [h = std::move(handler), r = std::move(reply), w = std::move(work)]() mutable {
+               [h = std::move(handler), r = std::move(outcome), w = std::move(work)]() mutable {
                  auto slot = asio::get_associated_cancellation_slot(h);
                  if (slot.is_connected()) slot.clear();
                  std::move(h)(std::move(r));
@@ -111,25 +111,42 @@ struct AsioCallArgs {
   CallOptions options;
 };
 
+// Makes the call's stop source the one Asio's cancellation slot and the caller's own token
+// both ask; returns the options to call with.
+template <class Call>
+CallOptions cancellable(Call& call, CallOptions options) {
+  auto slot = asio::get_associated_cancellation_slot(call->handler);
+  if (slot.is_connected()) {
+    // Any cancellation type cancels the call: a call cannot be partly undone.
+    slot.assign([stop = call->stop](asio::cancellation_type) mutable { stop.request_stop(); });
+  }
+  if (options.cancel.stop_possible()) {
+    call->caller_cancel.emplace(
+        options.cancel,
+        std::function<void()>([stop = call->stop]() mutable { stop.request_stop(); }));
+  }
+  options.cancel = call->stop.get_token();
+  return options;
+}
+
 struct AsyncCallInitiation {
   template <class Handler>
   void operator()(Handler&& handler, std::shared_ptr<AsioCallArgs> args) const {
-    Client* client = args->client;
-    CallOptions options = std::move(args->options);
     auto call = std::make_shared<AsioCall<std::decay_t<Handler>>>(std::forward<Handler>(handler));
-    auto slot = asio::get_associated_cancellation_slot(call->handler);
-    if (slot.is_connected()) {
-      // Any cancellation type cancels the call: a call cannot be partly undone.
-      slot.assign([stop = call->stop](asio::cancellation_type) mutable { stop.request_stop(); });
-    }
-    if (options.cancel.stop_possible()) {
-      call->caller_cancel.emplace(
-          options.cancel,
-          std::function<void()>([stop = call->stop]() mutable { stop.request_stop(); }));
-    }
-    options.cancel = call->stop.get_token();
-    client->async_call(args->queue, std::move(args->body), options,
-                       [call](Reply reply) { call->complete(std::move(reply)); });
+    CallOptions options = cancellable(call, std::move(args->options));
+    args->client->async_call(args->queue, std::move(args->body), options,
+                             [call](Reply reply) { call->complete(std::move(reply)); });
+  }
+};
+
+struct AsyncGatherInitiation {
+  template <class Handler>
+  void operator()(Handler&& handler, std::shared_ptr<AsioCallArgs> args) const {
+    auto call = std::make_shared<AsioCall<std::decay_t<Handler>, GatherResult>>(
+        std::forward<Handler>(handler));
+    CallOptions options = cancellable(call, std::move(args->options));
+    args->client->async_gather(args->queue, args->method, std::move(args->body), options,
+                               [call](GatherResult result) { call->complete(std::move(result)); });
   }
 };
 
@@ -165,6 +182,19 @@ auto async_call(Client& client, const std::string& queue, const std::string& bod
       detail::AsioCallArgs{&client, queue, {}, body, options});
   return asio::async_initiate<CompletionToken, void(Reply)>(detail::AsyncCallInitiation{}, token,
                                                             std::move(args));
+}
+
+// Client::async_gather as an Asio operation with signature void(GatherResult):
+//   amqprpc::GatherResult all = co_await amqprpc::async_gather(client, "rpc_queue",
+//                                                              "amqprpc.health", "", {},
+//                                                              asio::use_awaitable);
+template <class CompletionToken>
+auto async_gather(Client& client, const std::string& queue, const std::string& method,
+                  const std::string& body, const CallOptions& options, CompletionToken&& token) {
+  auto args = std::make_shared<detail::AsioCallArgs>(
+      detail::AsioCallArgs{&client, queue, method, body, options});
+  return asio::async_initiate<CompletionToken, void(GatherResult)>(detail::AsyncGatherInitiation{},
+                                                                   token, std::move(args));
 }
 
 // typed_call as an Asio operation with signature void(Result<Resp>).

@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "amqprpc/message.hpp"
 #include "amqprpc/metrics.hpp"
@@ -13,6 +14,29 @@
 #include "amqprpc/status.hpp"
 
 namespace amqprpc {
+
+// One server instance's answer to a gather.
+struct InstanceReply {
+  std::string instance;  // the Server::instance() that answered
+  Reply reply;           // what it answered: a reply, or its error
+};
+
+// What a gather collected (Client::gather).
+struct GatherResult {
+  // ok: every instance taking part when the request was sent answered (each reply says how);
+  // deadline_exceeded: some had not by the deadline (the others' replies are here);
+  // unavailable: no server instance of the queue takes part in gathers, or the connection
+  // failed (replies so far are here); cancelled; invalid_argument.
+  Status status;
+  std::vector<InstanceReply> replies;  // in the order they came
+  std::size_t expected = 0;            // instances taking part when the request was sent
+  // How many of those did not answer.
+  std::size_t missing() const { return expected > replies.size() ? expected - replies.size() : 0; }
+  // When some are missing: the instances that answered this client's previous gather on the
+  // queue and not this one (the missing ones by name, as far as this client has heard of them:
+  // an instance never heard from has no name yet).
+  std::vector<std::string> silent;
+};
 
 class Client {
  public:
@@ -51,6 +75,20 @@ class Client {
   Status notify(const std::string& queue, const std::string& method, std::string body,
                 const CallOptions& options = {});
 
+  // Gather: sends one request to `method` of every server instance of the service on `queue`
+  // (each has its own queue bound to the service's fanout exchange; see docs/PROTOCOL.md) and
+  // collects their replies, each with the instance that answered. Ends when every instance
+  // taking part when the request was sent has answered, or at the deadline, returning what it
+  // has and how many (and, when it can tell, which) are missing. A second reply from one
+  // instance is dropped. Never throws. Interceptors and retry policies do not apply.
+  GatherResult gather(const std::string& queue, const std::string& method, std::string body,
+                      const CallOptions& options = {});
+  // The same, asynchronously; the callback runs on the client's I/O thread (as async_call's).
+  std::future<GatherResult> async_gather(const std::string& queue, const std::string& method,
+                                         std::string body, const CallOptions& options = {});
+  void async_gather(const std::string& queue, const std::string& method, std::string body,
+                    const CallOptions& options, std::function<void(GatherResult)> on_done);
+
   // The queue replies come back on ("amq.rabbitmq.reply-to" or the exclusive queue's name).
   std::string reply_queue() const;
 
@@ -72,6 +110,7 @@ class Client {
     // Replies to hedged attempts that came after another attempt had ended the call: dropped,
     // and counted here rather than in late_replies.
     std::uint64_t hedge_losses = 0;
+    std::uint64_t gathers = 0;                   // gathers started
     std::map<StatusCode, std::uint64_t> errors;  // failed calls by status code
     LatencyHistogram latency;                    // submit to completion, every call
   };

@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <deque>
 #include <mutex>
 #include <thread>
 #include <vector>
 
 #include "client/call_table.hpp"
+#include "client/gather.hpp"
 #include "client/retry.hpp"
 #include "client/server_watch.hpp"
 #include "io/confirm_tracker.hpp"
@@ -42,6 +44,7 @@ class Client::Impl final : public detail::IoLoop::Hooks,
         loop_(detail::endpoints_of(options_), options_.reconnect, *this, options_.logger),
         calls_out_([this] { loop_.wake(); }),
         cancels_out_([this] { loop_.wake(); }),
+        gathers_out_([this] { loop_.wake(); }),
         watch_(options_.server_check_interval),
         retries_(*this, loop_, options_, kMaxTimeout) {}
 
@@ -62,6 +65,12 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     }
     for (auto& call : calls_out_.close()) {
       call->complete(Reply::error(StatusCode::cancelled, "the client was closed"), options_.logger);
+    }
+    for (auto& gather : gathers_.take_all()) {
+      gather->finish({StatusCode::cancelled, "the client was closed"}, options_.logger);
+    }
+    for (auto& gather : gathers_out_.close()) {
+      gather->finish({StatusCode::cancelled, "the client was closed"}, options_.logger);
     }
     cancels_out_.close();
   }
@@ -147,6 +156,67 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     }
   }
 
+  void submit_gather(std::unique_ptr<detail::GatherCall> gather) {
+    gathers_started_.fetch_add(1, std::memory_order_relaxed);
+    {
+      detail::MutexLock lock(uuid_mutex_);
+      gather->correlation_id = uuids_.next();
+      const TraceContext* parent = gather->options.trace && gather->options.trace->valid()
+                                       ? &*gather->options.trace
+                                       : nullptr;
+      gather->trace = detail::wire::new_span(parent, uuids_);
+    }
+    auto refuse = [&](std::string why) {
+      gather->finish({StatusCode::invalid_argument, std::move(why)}, options_.logger);
+    };
+    gather->timeout = gather->options.timeout.value_or(options_.default_timeout);
+    if (gather->timeout <= std::chrono::milliseconds::zero()) {
+      return refuse("timeout must be positive, got " + std::to_string(gather->timeout.count()) +
+                    " ms");
+    }
+    if (gather->queue.empty() || gather->queue.size() > 255) {
+      return refuse("queue name must be 1 to 255 bytes");
+    }
+    for (std::string_view reserved : {detail::wire::kAttemptsHeader, detail::wire::kCallerHeader}) {
+      if (gather->options.headers.count(reserved) != 0) {
+        return refuse("header '" + std::string(reserved) +
+                      "' is written by servers only (docs/PROTOCOL.md)");
+      }
+    }
+    const auto now = Clock::now();
+    gather->deadline = now + std::min(gather->timeout, kMaxTimeout);
+    if (gather->options.deadline && *gather->options.deadline < gather->deadline) {
+      if (*gather->options.deadline <= now) {
+        gather->finish({StatusCode::deadline_exceeded,
+                        "the gather's deadline passed before it "
+                        "was sent"},
+                       options_.logger);
+        return;
+      }
+      gather->deadline = *gather->options.deadline;
+    }
+    gather->timeout = std::chrono::ceil<std::chrono::milliseconds>(gather->deadline - now);
+    if (gather->options.cancel.stop_possible()) {
+      gather->on_cancel.emplace(gather->options.cancel, std::function<void()>(detail::CancelRequest(
+                                                            *this, gather->correlation_id)));
+    }
+    if (!gathers_out_.push(gather)) {
+      gather->finish({StatusCode::cancelled, "the client was closed"}, options_.logger);
+    }
+  }
+
+  std::unique_ptr<detail::GatherCall> make_gather(const std::string& queue,
+                                                  const std::string& method, std::string body,
+                                                  const CallOptions& options) {
+    auto gather = std::make_unique<detail::GatherCall>();
+    gather->queue = queue;
+    gather->body = std::move(body);
+    gather->options = options;
+    gather->options.method = method;
+    gather->submitted = Clock::now();
+    return gather;
+  }
+
   void request_cancel(const std::string& correlation_id) override {
     cancels_out_.push(std::string(correlation_id));
   }
@@ -188,6 +258,7 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     s.hedges = retry.hedges;
     s.hedge_losses = retry.hedge_losses;
     s.cancelled += retry.cancelled;
+    s.gathers = gathers_started_.load(std::memory_order_relaxed);
     s.errors = errors_.snapshot();
     s.latency = latency_.snapshot();
     return s;
@@ -199,6 +270,7 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     loop_.io_thread.assert_held();
     link_ = Link{};
     watch_.reset();  // what was asked on the last connection will not be answered
+    probe_owners_.clear();
     std::string queue;
     if (options_.reply_mode == ReplyMode::direct_reply_to) {
       queue = std::string(detail::wire::kDirectReplyTo);
@@ -256,9 +328,17 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     if (can_send && watching()) {
       for (std::string& queue : watch_.due(Clock::now())) {
         if (!channel->probe({amqp::Probe::Kind::queue, std::move(queue)}).ok()) break;
+        probe_owners_.emplace_back();  // the watch's
       }
     }
+    gathers_out_.take(gather_batch_);
+    for (auto& gather : gather_batch_) start_gather(channel, can_send, std::move(gather));
+    gather_batch_.clear();
     for (const auto& id : cancel_batch_) {
+      if (auto gather = gathers_.take(id)) {
+        gather->finish({StatusCode::cancelled, "cancelled by the caller"}, options_.logger);
+        continue;
+      }
       auto call = table_.take(id);
       if (!call) continue;  // already completed
       cancelled_.fetch_add(1, std::memory_order_relaxed);
@@ -271,6 +351,11 @@ class Client::Impl final : public detail::IoLoop::Hooks,
   void on_delivery(amqp::Channel&, amqp::Delivery&& d) override {
     loop_.io_thread.assert_held();
     auto call = table_.take_answered(d.props.correlation_id);
+    if (!call && !gathers_.empty()) {
+      if (detail::GatherCall* gather = gathers_.find(d.props.correlation_id)) {
+        return gathered(*gather, std::move(d));
+      }
+    }
     if (!call) {
       if (retries_.take_hedge_loser(d.props.correlation_id)) return;  // counted there
       // Late (its call ended without it: deadline, cancel, lost connection) or, when its call
@@ -290,6 +375,14 @@ class Client::Impl final : public detail::IoLoop::Hooks,
 
   void on_return(amqp::Channel&, amqp::Returned&& r) override {
     loop_.io_thread.assert_held();
+    if (auto gather = gathers_.take(r.props.correlation_id)) {
+      // Bound to no queue: every instance left between the count and the publish.
+      Status why{StatusCode::unavailable, "no server instance of '" + gather->queue +
+                                              "' took the gather (" + std::to_string(r.reply_code) +
+                                              " " + r.reply_text + ")"};
+      finish_gather(std::move(gather), std::move(why));
+      return;
+    }
     auto call = table_.take(r.props.correlation_id);
     if (!call) {
       if (detail::wire::is_oneway(r.props.headers)) {
@@ -320,11 +413,19 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     if (watching() && loop_.can_publish()) {
       if (auto probe = watch_.next_due(); probe && (!next || *probe < *next)) next = probe;
     }
+    if (auto gather = gathers_.next_deadline(); gather && (!next || *gather < *next)) {
+      next = gather;
+    }
     return next;
   }
 
   void on_probe(amqp::Channel& channel, amqp::ProbeResult&& result) override {
     loop_.io_thread.assert_held();
+    // Answers come in the order the questions went out: the oldest owner's.
+    if (probe_owners_.empty()) return;
+    std::string owner = std::move(probe_owners_.front());
+    probe_owners_.pop_front();
+    if (!owner.empty()) return gather_probed(channel, owner, result);
     const bool can_send = link_.replies_lost.ok() && loop_.can_publish();
     for (const std::string& id : watch_.answer(result, Clock::now())) {
       PendingCall* call = table_.find(id);
@@ -339,6 +440,17 @@ class Client::Impl final : public detail::IoLoop::Hooks,
 
   void on_timer(Clock::time_point now) override {
     loop_.io_thread.assert_held();
+    while (auto gather = gathers_.take_expired(now)) {
+      const std::size_t got = gather->result.replies.size();
+      std::string why = gather->published
+                            ? std::to_string(got) + " of " +
+                                  std::to_string(gather->result.expected) +
+                                  " server instances of '" + gather->queue + "' answered within " +
+                                  std::to_string(gather->timeout.count()) + " ms"
+                            : "the gather on '" + gather->queue + "' was not sent within " +
+                                  std::to_string(gather->timeout.count()) + " ms";
+      finish_gather(std::move(gather), {StatusCode::deadline_exceeded, std::move(why)});
+    }
     while (auto call = table_.take_expired(now)) {
       timeouts_.fetch_add(1, std::memory_order_relaxed);
       call->complete(Reply::error(StatusCode::deadline_exceeded,
@@ -378,6 +490,11 @@ class Client::Impl final : public detail::IoLoop::Hooks,
       return true;
     });
     for (auto& call : failed) call->complete(Reply::error(code, message), options_.logger);
+    probe_owners_.clear();
+    for (auto& gather : gathers_.take_all()) {
+      finish_gather(std::move(gather),
+                    {code, "connection lost before every instance answered: " + why.message()});
+    }
   }
 
   void on_blocked(amqp::Channel&, bool blocked) override {
@@ -414,6 +531,10 @@ class Client::Impl final : public detail::IoLoop::Hooks,
   void on_closing(amqp::Channel&) override {
     loop_.io_thread.assert_held();
     fail_all(StatusCode::cancelled, "the client was closed before the reply came");
+    for (auto& gather : gathers_.take_all()) {
+      finish_gather(std::move(gather), {StatusCode::cancelled,
+                                        "the client was closed before every instance answered"});
+    }
   }
 
  private:
@@ -562,6 +683,104 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     }
   }
 
+  // ---- gathers ----
+
+  // A gather taken from the outbox asks two questions on the side channel (does the service's
+  // fanout exchange exist: publishing to a missing one would close the main channel; how many
+  // instances take part now: the roster's consumers), then publishes.
+  void start_gather(amqp::Channel* channel, bool can_send, std::unique_ptr<detail::GatherCall> g)
+      REQUIRES(loop_.io_thread) {
+    if (g->options.cancel.stop_requested()) {
+      g->finish({StatusCode::cancelled, "cancelled before it was sent"}, options_.logger);
+      return;
+    }
+    if (channel == nullptr || !can_send) {
+      g->finish({StatusCode::unavailable,
+                 channel == nullptr ? not_connected()
+                                    : "cannot publish now (blocked, or the connection is quiet)"},
+                options_.logger);
+      return;
+    }
+    const std::string& id = g->correlation_id;
+    if (!channel->probe({amqp::Probe::Kind::exchange, detail::wire::gather_exchange_for(g->queue)})
+             .ok() ||
+        !channel->probe({amqp::Probe::Kind::queue, detail::wire::roster_queue_for(g->queue)})
+             .ok()) {
+      g->finish({StatusCode::unavailable, "connection lost"}, options_.logger);
+      return;
+    }
+    probe_owners_.push_back(id);
+    probe_owners_.push_back(id);
+    gathers_.accept(std::move(g));
+  }
+
+  void gather_probed(amqp::Channel& channel, const std::string& id, const amqp::ProbeResult& result)
+      REQUIRES(loop_.io_thread) {
+    detail::GatherCall* g = gathers_.find(id);
+    if (g == nullptr || g->published) return;  // ended meanwhile (deadline, cancel)
+    const bool exchange = result.probe.kind == amqp::Probe::Kind::exchange;
+    if (!result.status.ok()) {
+      Status why =
+          result.status.code() == StatusCode::not_found
+              ? Status{StatusCode::unavailable,
+                       "no server instance of '" + g->queue + "' takes part in gathers (no " +
+                           (exchange ? "exchange '" : "roster queue '") + result.probe.name + "')"}
+              : Status{result.status.code(), "cannot gather on '" + g->queue + "': asking about '" +
+                                                 result.probe.name +
+                                                 "': " + result.status.message()};
+      return finish_gather(gathers_.take(id), std::move(why));
+    }
+    if (exchange) {
+      g->exchange_known = true;
+      return;
+    }
+    g->result.expected = result.consumers;
+    if (result.consumers == 0) {
+      return finish_gather(gathers_.take(id),
+                           {StatusCode::unavailable,
+                            "no server instance of '" + g->queue + "' takes part in gathers now"});
+    }
+    if (!link_.replies_lost.ok()) return finish_gather(gathers_.take(id), link_.replies_lost);
+    amqp::Properties props = detail::wire::encode_request(
+        g->options, g->correlation_id, link_.reply_queue,
+        std::chrono::ceil<std::chrono::milliseconds>(g->deadline - Clock::now()),
+        /*oneway=*/false, g->trace);
+    if (options_.send_user_id) props.user_id = loop_.user();
+    const std::string exchange_name = detail::wire::gather_exchange_for(g->queue);
+    if (Status bad = detail::wire::validate_outgoing(
+            props, g->body.size(), {channel.frame_max(), channel.max_message_size()}, "gather");
+        !bad.ok()) {
+      return finish_gather(gathers_.take(id), std::move(bad));
+    }
+    auto seq = channel.publish(exchange_name, "", /*mandatory=*/true, props, g->body);
+    if (!seq) {
+      return finish_gather(gathers_.take(id), {StatusCode::unavailable, seq.status().message()});
+    }
+    g->published = true;
+    g->body.clear();
+    g->body.shrink_to_fit();
+  }
+
+  void gathered(detail::GatherCall& g, amqp::Delivery&& d) REQUIRES(loop_.io_thread) {
+    std::string instance;
+    if (auto it = d.props.headers.find(detail::wire::kInstanceHeader);
+        it != d.props.headers.end()) {
+      instance = it->second;
+    }
+    if (!g.add(std::move(instance),
+               detail::wire::decode_reply(std::move(d.props), std::move(d.body)))) {
+      duplicate_replies_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    if (g.complete_set()) finish_gather(gathers_.take(g.correlation_id), {});
+  }
+
+  void finish_gather(std::unique_ptr<detail::GatherCall> g, Status status)
+      REQUIRES(loop_.io_thread) {
+    instances_.remember(g->queue, g->result);
+    g->finish(std::move(status), options_.logger);
+  }
+
   void fail_all(StatusCode code, const std::string& message) REQUIRES(loop_.io_thread) {
     for (auto& call : table_.take_all()) {
       call->complete(Reply::error(code, message), options_.logger);
@@ -572,6 +791,7 @@ class Client::Impl final : public detail::IoLoop::Hooks,
   detail::IoLoop loop_;
   detail::Outbox<std::unique_ptr<PendingCall>> calls_out_;
   detail::Outbox<std::string> cancels_out_;
+  detail::Outbox<std::unique_ptr<detail::GatherCall>> gathers_out_;
 
   detail::Mutex uuid_mutex_;
   detail::UuidGenerator uuids_ GUARDED_BY(uuid_mutex_);
@@ -584,6 +804,12 @@ class Client::Impl final : public detail::IoLoop::Hooks,
   static constexpr std::size_t kSendsPerTurn = 1024;
   std::vector<std::string> cancel_batch_ GUARDED_BY(loop_.io_thread);
   detail::ServerWatch watch_ GUARDED_BY(loop_.io_thread);
+  // Who asked each question on the side channel, oldest first (answers come in that order):
+  // empty for the watch, a gather's correlation id for a gather.
+  std::deque<std::string> probe_owners_ GUARDED_BY(loop_.io_thread);
+  detail::GatherTable gathers_ GUARDED_BY(loop_.io_thread);
+  std::vector<std::unique_ptr<detail::GatherCall>> gather_batch_ GUARDED_BY(loop_.io_thread);
+  detail::InstanceMemory instances_ GUARDED_BY(loop_.io_thread);
 
   detail::LatencyRecorder latency_;
   detail::ErrorCounter errors_;
@@ -592,7 +818,7 @@ class Client::Impl final : public detail::IoLoop::Hooks,
   std::string reply_queue_ GUARDED_BY(reply_queue_mutex_);  // link_.reply_queue, for any thread
 
   std::atomic<std::uint64_t> calls_{0}, replies_{0}, timeouts_{0}, unroutable_{0}, no_server_{0},
-      late_replies_{0}, cancelled_{0}, duplicate_replies_{0};
+      late_replies_{0}, cancelled_{0}, duplicate_replies_{0}, gathers_started_{0};
 
   detail::RetryEngine retries_;  // calls under a retry or hedging policy
 };
@@ -656,6 +882,32 @@ Status Client::notify(const std::string& queue, const std::string& method, std::
   auto future = call->done.emplace<std::promise<Reply>>().get_future();
   impl_->submit(std::move(call));
   return future.get().status;
+}
+
+std::future<GatherResult> Client::async_gather(const std::string& queue, const std::string& method,
+                                               std::string body, const CallOptions& options) {
+  auto gather = impl_->make_gather(queue, method, std::move(body), options);
+  auto future = gather->done.emplace<std::promise<GatherResult>>().get_future();
+  impl_->submit_gather(std::move(gather));
+  return future;
+}
+
+void Client::async_gather(const std::string& queue, const std::string& method, std::string body,
+                          const CallOptions& options, std::function<void(GatherResult)> on_done) {
+  auto gather = impl_->make_gather(queue, method, std::move(body), options);
+  gather->done = std::move(on_done);
+  impl_->submit_gather(std::move(gather));
+}
+
+GatherResult Client::gather(const std::string& queue, const std::string& method, std::string body,
+                            const CallOptions& options) {
+  if (impl_->in_io_thread()) {
+    GatherResult refused;
+    refused.status = {StatusCode::failed_precondition,
+                      "a blocking gather from the client's own callback would deadlock"};
+    return refused;
+  }
+  return async_gather(queue, method, std::move(body), options).get();
 }
 
 std::string Client::reply_queue() const {

@@ -17,6 +17,12 @@ wait_serving() { # bounded: 60 s
   return 1
 }
 
+rc_of() { # the exit code alone
+  local rc=0
+  "$@" >/dev/null 2>&1 || rc=$?
+  echo "$rc"
+}
+
 Q="cli-fib-$$"
 E="cli-echo-$$"
 "$CLI" serve -q --queue "$Q" --handler fib --stats --stats-interval 0.5 >"$WORK/fib.out" 2>"$WORK/fib.err" &
@@ -37,6 +43,26 @@ check "--json: status, body, headers both ways, timing, metrics" "ok hi abc text
 json=$("$CLI" call --json "$Q" -- -5 2>/dev/null) || true
 check "--json on an error reply: status and message" "invalid_argument" \
   "$(python3 -c 'import json,sys; j=json.loads(sys.argv[1]); print(j["status"] if "n must be" in j["message"] else "bad", end="")' "$json")"
+# gather: two fib servers of their own queue both answer one request, each named.
+G="cli-gather-$$"
+GATHERERS=()
+for n in 1 2; do
+  "$CLI" serve -q --queue "$G" --handler fib >"$WORK/gather$n.out" 2>"$WORK/gather$n.err" &
+  GATHERERS+=($!)
+  PIDS+=($!)
+done
+wait_serving "$WORK/gather1.err"
+wait_serving "$WORK/gather2.err"
+r=$("$CLI" gather "$G" 30 2>"$WORK/gather.err") && rc=0 || rc=$?
+check "gather: every fib server answers, one line each, exit 0" "0|2|2|yes" \
+  "$rc|$(echo "$r" | wc -l)|$(echo "$r" | cut -f1 | sort -u | wc -l)|$(grep -q '2 of 2 instances answered' "$WORK/gather.err" && echo yes)"
+check "gather: each line is <instance> TAB <reply>" "832040 832040" "$(echo "$r" | cut -f2 | xargs)"
+json=$("$CLI" gather --json --method amqprpc.health "$G" 2>/dev/null)
+check "gather --json --method: one object, each instance's health" "ok 2 2 0 serving" \
+  "$(python3 -c 'import json,sys; j=json.loads(sys.argv[1]); print(j["status"], j["expected"], j["answered"], j["missing"], "serving" if all("serving" in r["body"] for r in j["replies"]) else "no", end="")' "$json")"
+for pid in "${GATHERERS[@]}"; do kill -TERM "$pid"; done
+for pid in "${GATHERERS[@]}"; do wait "$pid" || true; done
+check "gather where nobody takes part exits 4 at once" "4" "$(rc_of "$CLI" gather --timeout 30 "$G" x)"
 check "no such queue exits 4 at once" "4" "$(run "$CLI" call --timeout 30 "no-such-queue-$$" x | cut -d'|' -f1)"
 check "unreachable broker exits 4" "4" "$(run "$CLI" call --url amqp://127.0.0.1:1/ "$Q" 1 | cut -d'|' -f1)"
 check "a bad URI exits 2 without echoing the password" "2" "$(run "$CLI" call --url 'amqp://u:hunter2@h:bad/' "$Q" 1 | cut -d'|' -f1)"
@@ -63,7 +89,7 @@ check "a timeout exits 3 (--wait-for-ready: sent for a server that never comes)"
 check "...after the timeout, not before and not much after" "yes" \
   "$(python3 -c 'import sys; ms=(int(sys.argv[1])-int(sys.argv[2]))/1e6; print("yes" if 300 <= ms < 5000 else ms, end="")' "$(date +%s%N)" "$start")"
 
-for cmd in "" call serve bench; do
+for cmd in "" call gather serve bench; do
   # shellcheck disable=SC2086
   check "amqp-rpc $cmd --help" "0" "$("$CLI" $cmd --help >/dev/null 2>&1; echo $?)"
 done

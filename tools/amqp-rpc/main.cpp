@@ -3,6 +3,7 @@
 //                                   a method of its service, JSON in and out for typed methods
 //   amqp-rpc describe QUEUE         the service on a queue: methods, message types (or --json)
 //   amqp-rpc health QUEUE           serving or not_serving (exit 0 only when serving)
+//   amqp-rpc gather QUEUE [BODY]    every server instance's reply, one per line (or --json)
 //   amqp-rpc serve --queue Q        serve with a built-in handler (fib, echo)
 //   amqp-rpc bench [OPTIONS]        the benchmark (raw rabbitmq-c vs amqp-rpc vs the seed)
 // Exit codes: 0 ok, 1 error reply from the server, 2 usage, 3 timeout, 4 broker or server
@@ -387,6 +388,91 @@ int run_call(const CallArgs& a) {
   return code;
 }
 
+// ---- gather ----
+
+struct GatherArgs {
+  std::string url;
+  std::string queue;
+  std::string body;
+  std::string method;
+  bool as_json = false;
+  double timeout_s = 5;
+};
+
+// One request to every server instance on QUEUE: each instance's reply, one per line.
+// Exit 0: every instance counted at send time answered ok; 1: some answered with an error;
+// 3: some did not answer in time; 4: none takes part, or the broker is out of reach.
+int run_gather(const GatherArgs& a) {
+  auto conn = tools::parse_broker_url("amqp-rpc gather", a.url);
+  if (!conn) return kUsage;
+  auto timeout = timeout_of("amqp-rpc gather", a.timeout_s);
+  if (!timeout) return kUsage;
+  auto client = connect_client(*conn);
+  if (!client) {
+    std::cerr << "amqp-rpc gather: " << client.status().to_string() << "\n";
+    return tools::exit_code_for_connect(client.status());
+  }
+  amqprpc::CallOptions o;
+  o.timeout = *timeout;
+  amqprpc::GatherResult g = (*client)->gather(a.queue, a.method, a.body, o);
+  bool any_error = false;
+  for (const auto& r : g.replies) any_error = any_error || !r.reply.status.ok();
+  int code = kOk;
+  if (g.status.code() == amqprpc::StatusCode::invalid_argument) {
+    code = kUsage;
+  } else if (g.status.code() == amqprpc::StatusCode::deadline_exceeded) {
+    code = kTimeout;
+  } else if (!g.status.ok()) {
+    code = kUnreachable;
+  } else if (any_error) {
+    code = kError;
+  }
+  if (a.as_json) {
+    json replies = json::array();
+    for (const auto& r : g.replies) {
+      json one{{"instance", r.instance}, {"status", amqprpc::to_string(r.reply.status.code())}};
+      if (r.reply.status.ok()) {
+        one["body"] = r.reply.body;
+        if (!r.reply.content_type.empty()) one["content_type"] = r.reply.content_type;
+      } else {
+        one["message"] = r.reply.status.message();
+      }
+      replies.push_back(std::move(one));
+    }
+    json j{{"status", amqprpc::to_string(g.status.code())},
+           {"queue", a.queue},
+           {"expected", g.expected},
+           {"answered", g.replies.size()},
+           {"missing", g.missing()},
+           {"silent", g.silent},
+           {"replies", std::move(replies)}};
+    if (!a.method.empty()) j["method"] = a.method;
+    if (!g.status.ok()) j["message"] = g.status.message();
+    std::cout << dump(j) << "\n";
+  } else {
+    for (const auto& r : g.replies) {
+      std::string shown =
+          r.reply.status.ok() ? r.reply.body : "error " + r.reply.status.to_string();
+      if (!shown.empty() && shown.back() == '\n') shown.pop_back();
+      std::cout << r.instance << "\t" << shown << "\n";
+    }
+  }
+  if (code == kUsage) {
+    std::cerr << "amqp-rpc gather: " << g.status.message() << " (nothing was sent)\n";
+  } else if (g.status.ok()) {
+    std::cerr << "amqp-rpc gather: " << g.replies.size() << " of " << g.expected
+              << " instances answered\n";
+  } else {
+    std::cerr << "amqp-rpc gather: " << g.status.to_string() << "\n";
+    if (!g.silent.empty()) {
+      std::cerr << "amqp-rpc gather: not answering:";
+      for (const auto& s : g.silent) std::cerr << " " << s;
+      std::cerr << "\n";
+    }
+  }
+  return code;
+}
+
 // ---- describe ----
 
 struct DescribeArgs {
@@ -657,6 +743,18 @@ int main(int argc, char** argv) {
   call_cmd->add_option("-m,--method", call.method,
                        "method of the queue's service; typed methods take and print JSON");
 
+  GatherArgs gather;
+  auto* gather_cmd = app.add_subcommand(
+      "gather", "send BODY to every server instance on QUEUE; print each instance's reply");
+  gather_cmd->add_option("queue", gather.queue, "queue of the service")->required();
+  gather_cmd->add_option("body", gather.body, "request body")->capture_default_str();
+  tools::add_url_option(*gather_cmd, gather.url, "broker URI (amqp:// or amqps://)");
+  gather_cmd->add_option("-m,--method", gather.method, "method to call on every instance");
+  gather_cmd->add_option("--timeout", gather.timeout_s, "seconds to wait for every instance")
+      ->capture_default_str()
+      ->check(CLI::Range(0.001, 30.0 * 24 * 3600));
+  gather_cmd->add_flag("--json", gather.as_json, "print one JSON object: status, each reply");
+
   DescribeArgs describe;
   auto* describe_cmd =
       app.add_subcommand("describe", "describe the service on QUEUE: methods and message types");
@@ -710,6 +808,7 @@ int main(int argc, char** argv) {
   if (*call_cmd) return run_call(call);
   if (*describe_cmd) return run_describe(describe);
   if (*health_cmd) return run_health(health);
+  if (*gather_cmd) return run_gather(gather);
   if (*serve_cmd) return run_serve(serve);
   if (*bench_cmd) return run_bench(bench_cmd->remaining(), argv[0]);
   return kUsage;
