@@ -170,7 +170,31 @@ struct TypedCallInitiation {
   }
 };
 
+struct AsyncNextInitiation {
+  template <class Handler>
+  void operator()(Handler&& handler, ReplyStream* stream) const {
+    auto call = std::make_shared<AsioCall<std::decay_t<Handler>, std::optional<Reply>>>(
+        std::forward<Handler>(handler));
+    auto slot = asio::get_associated_cancellation_slot(call->handler);
+    if (slot.is_connected()) {
+      // Cancelling the wait cancels the stream: it ends, and the wait with it (nullopt).
+      slot.assign([stream](asio::cancellation_type) { stream->cancel(); });
+    }
+    stream->async_next([call](std::optional<Reply> item) { call->complete(std::move(item)); });
+  }
+};
+
 }  // namespace detail
+
+// ReplyStream::async_next as an Asio operation with signature void(std::optional<Reply>): the
+// next item, or nullopt at the end (then stream.status() says how). The stream must outlive
+// the operation.
+//   while (auto item = co_await amqprpc::async_next(*stream, asio::use_awaitable)) { ... }
+template <class CompletionToken>
+auto async_next(ReplyStream& stream, CompletionToken&& token) {
+  return asio::async_initiate<CompletionToken, void(std::optional<Reply>)>(
+      detail::AsyncNextInitiation{}, token, &stream);
+}
 
 // Client::async_call as an Asio operation with signature void(Reply).
 // Arguments by reference: GCC 12 miscompiles class-type temporaries (`{}`) passed by value in a

@@ -5,6 +5,7 @@
 #include <future>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,40 @@ struct GatherResult {
   // queue and not this one (the missing ones by name, as far as this client has heard of them:
   // an instance never heard from has no name yet).
   std::vector<std::string> silent;
+};
+
+namespace detail {
+class StreamState;
+}
+
+// The items of a streaming call (Client::stream) as they come, in order, then its final status:
+// gRPC's server streaming. Reading is what lets the server send more (flow control): a reader
+// that stops reading stops the server's producer, and nothing buffers more than the call's
+// CallOptions::stream_window items. Destroying it cancels a stream still running.
+class ReplyStream {
+ public:
+  explicit ReplyStream(std::shared_ptr<detail::StreamState> state);
+  ~ReplyStream();
+  ReplyStream(const ReplyStream&) = delete;
+  ReplyStream& operator=(const ReplyStream&) = delete;
+
+  // The next item (its body, content type, headers), waiting for it; nullopt once the stream
+  // has ended, and status() says how.
+  std::optional<Reply> next();
+  // The same, without blocking: `on_item` gets the next item, or nullopt at the end, on the
+  // client's I/O thread or (when one is ready now) this one; one at a time. amqprpc/asio.hpp
+  // makes it an Asio operation (co_await amqprpc::async_next(stream, asio::use_awaitable)).
+  void async_next(std::function<void(std::optional<Reply>)> on_item);
+  // Asks the server to stop; the stream ends with cancelled (items already here stay readable).
+  void cancel();
+  // The final status, once next() has returned nullopt: ok when the server ended the stream so,
+  // its error, or why the stream broke (deadline_exceeded, unavailable, cancelled).
+  Status status() const;
+  // Whether the stream has ended and every item was read.
+  bool done() const;
+
+ private:
+  std::shared_ptr<detail::StreamState> state_;
 };
 
 class Client {
@@ -89,6 +124,20 @@ class Client {
   void async_gather(const std::string& queue, const std::string& method, std::string body,
                     const CallOptions& options, std::function<void(GatherResult)> on_done);
 
+  // A streaming call (a method that answers with many items, then a status; Service::
+  // stream_method): the items are read from the returned stream as they come, in order.
+  // Bounded by the call's deadline like any call; CallOptions::stream_window sets how many
+  // items may be on their way before the reader takes them. Failures before any item (no
+  // server, bad options) end the stream at once with that status.
+  std::unique_ptr<ReplyStream> stream(const std::string& queue, const std::string& method,
+                                      std::string body, const CallOptions& options = {});
+  // The same with callbacks on the client's I/O thread: `on_item` for each item in order (the
+  // server may send another when it returns: a slow callback slows the server, never fills
+  // memory), then `on_done` with the final status. Keep them short, as async_call's.
+  void stream(const std::string& queue, const std::string& method, std::string body,
+              const CallOptions& options, std::function<void(Reply)> on_item,
+              std::function<void(Status)> on_done);
+
   // The queue replies come back on ("amq.rabbitmq.reply-to" or the exclusive queue's name).
   std::string reply_queue() const;
 
@@ -111,6 +160,8 @@ class Client {
     // and counted here rather than in late_replies.
     std::uint64_t hedge_losses = 0;
     std::uint64_t gathers = 0;                   // gathers started
+    std::uint64_t streams = 0;                   // streaming calls started
+    std::uint64_t stream_items = 0;              // items received by streaming calls
     std::map<StatusCode, std::uint64_t> errors;  // failed calls by status code
     LatencyHistogram latency;                    // submit to completion, every call
   };

@@ -192,6 +192,10 @@ struct CallOptions {
   // cancelled; a reply that still comes is dropped and counted as late. One source may cancel
   // many calls.
   std::stop_token cancel;
+  // A streaming call (Client::stream): how many items the server may send ahead of the reader
+  // (its credit; returned as the reader takes items). What the client, the broker and the
+  // server may hold of this stream at once. 1 to 4096.
+  std::uint32_t stream_window = 64;
   // The span this call is part of: its request's traceparent names a new span, child of this
   // one. Unset: the call starts a new trace. Context::call_options sets it to the span of the
   // request being served.

@@ -23,6 +23,7 @@
 #include "amqprpc/message.hpp"
 #include "amqprpc/options.hpp"
 #include "client/deadline_heap.hpp"
+#include "client/stream.hpp"
 #include "metrics_recorder.hpp"
 
 namespace amqprpc::detail {
@@ -69,6 +70,12 @@ struct PendingCall : ClientCall {
   const std::vector<std::shared_ptr<ClientInterceptor>>* interceptors = nullptr;
   std::vector<std::any> interceptor_state;
   std::size_t interceptors_ran = 0;
+  // A streaming call: its items go to `stream` as they come (the call completes with the end
+  // of the stream); `stream_to` is where its credit and cancel go, learned from the first
+  // item; `next_seq` the number the next item must carry.
+  std::shared_ptr<StreamState> stream;
+  std::string stream_to;
+  std::uint64_t next_seq = 1;
 
   // Runs the before-hooks of the interceptors in order; the first refusal, or ok.
   Status intercept(const Logger& logger);

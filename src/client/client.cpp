@@ -45,6 +45,7 @@ class Client::Impl final : public detail::IoLoop::Hooks,
         calls_out_([this] { loop_.wake(); }),
         cancels_out_([this] { loop_.wake(); }),
         gathers_out_([this] { loop_.wake(); }),
+        controls_out_(std::make_shared<detail::ControlOutbox>([this] { loop_.wake(); })),
         watch_(options_.server_check_interval),
         retries_(*this, loop_, options_, kMaxTimeout) {}
 
@@ -73,6 +74,7 @@ class Client::Impl final : public detail::IoLoop::Hooks,
       gather->finish({StatusCode::cancelled, "the client was closed"}, options_.logger);
     }
     cancels_out_.close();
+    controls_out_->close();  // readers that outlive the client find it closed
   }
 
   Status start() {
@@ -87,6 +89,7 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     {
       detail::MutexLock lock(uuid_mutex_);
       call->correlation_id = uuids_.next();
+      if (call->stream) call->stream->bind(call->correlation_id);
       // The call's span: a child of the caller's (a handler's context) or a new trace.
       const TraceContext* parent =
           call->options.trace && call->options.trace->valid() ? &*call->options.trace : nullptr;
@@ -115,6 +118,15 @@ class Client::Impl final : public detail::IoLoop::Hooks,
       return;
     }
     call->timeout = std::min(call->timeout, kMaxTimeout);
+    if (call->stream && (call->options.stream_window == 0 ||
+                         call->options.stream_window > detail::wire::kMaxStreamCredit)) {
+      call->complete(Reply::error(StatusCode::invalid_argument,
+                                  "stream_window must be 1 to " +
+                                      std::to_string(detail::wire::kMaxStreamCredit) + ", got " +
+                                      std::to_string(call->options.stream_window)),
+                     options_.logger);
+      return;
+    }
     for (std::string_view reserved : {detail::wire::kAttemptsHeader, detail::wire::kCallerHeader}) {
       // Servers trust these only in their own copies, by their user_id, which this client now
       // shares when it logs in as a server's user: it must not be the tool that forges them.
@@ -236,6 +248,36 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     return call;
   }
 
+  // A streaming call: a call whose completion is its stream's end.
+  std::shared_ptr<detail::StreamState> submit_stream(const std::string& queue,
+                                                     const std::string& method, std::string body,
+                                                     const CallOptions& options,
+                                                     std::function<void(Reply)> on_item,
+                                                     std::function<void(Status)> on_done) {
+    CallOptions o = options;
+    o.method = method;
+    auto call = make_call(queue, std::move(body), o);
+    streams_started_.fetch_add(1, std::memory_order_relaxed);
+    auto state =
+        std::make_shared<detail::StreamState>(std::string(), o.stream_window, controls_out_);
+    if (on_item) state->use_callbacks(std::move(on_item), std::move(on_done));
+    call->stream = state;
+    call->done = [state, logger = options_.logger](Reply last) {
+      // The end of the stream; or a method that answered with one plain reply: a stream of
+      // one item.
+      const bool ended = last.headers.count(std::string(detail::wire::kStreamHeader)) != 0;
+      if (!ended && last.status.ok()) {
+        Status ok;
+        state->deliver(std::move(last), logger);
+        state->end(std::move(ok), logger);
+        return;
+      }
+      state->end(last.status, logger);
+    };
+    submit(std::move(call));
+    return state;
+  }
+
   bool in_io_thread() const { return loop_.in_io_thread(); }
   std::string reply_queue() const {
     detail::MutexLock lock(reply_queue_mutex_);
@@ -259,6 +301,8 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     s.hedge_losses = retry.hedge_losses;
     s.cancelled += retry.cancelled;
     s.gathers = gathers_started_.load(std::memory_order_relaxed);
+    s.streams = streams_started_.load(std::memory_order_relaxed);
+    s.stream_items = stream_items_.load(std::memory_order_relaxed);
     s.errors = errors_.snapshot();
     s.latency = latency_.snapshot();
     return s;
@@ -328,9 +372,15 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     if (can_send && watching()) {
       for (std::string& queue : watch_.due(Clock::now())) {
         if (!channel->probe({amqp::Probe::Kind::queue, std::move(queue)}).ok()) break;
-        probe_owners_.emplace_back();  // the watch's
+        probe_owners_.push_back({ProbeOwner::Kind::watch, {}});
       }
     }
+    if (channel != nullptr && next_stream_check_ && Clock::now() >= *next_stream_check_) {
+      check_streams(*channel, Clock::now());
+    }
+    controls_out_->take(control_batch_);
+    for (auto& control : control_batch_) stream_control(channel, control);
+    control_batch_.clear();
     gathers_out_.take(gather_batch_);
     for (auto& gather : gather_batch_) start_gather(channel, can_send, std::move(gather));
     gather_batch_.clear();
@@ -341,6 +391,7 @@ class Client::Impl final : public detail::IoLoop::Hooks,
       }
       auto call = table_.take(id);
       if (!call) continue;  // already completed
+      if (call->stream && channel != nullptr) tell_stream(*channel, *call, /*cancel=*/true, 0);
       cancelled_.fetch_add(1, std::memory_order_relaxed);
       call->complete(Reply::error(StatusCode::cancelled, "cancelled by the caller"),
                      options_.logger);
@@ -348,8 +399,14 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     cancel_batch_.clear();
   }
 
-  void on_delivery(amqp::Channel&, amqp::Delivery&& d) override {
+  void on_delivery(amqp::Channel& channel, amqp::Delivery&& d) override {
     loop_.io_thread.assert_held();
+    if (!open_streams_.empty()) {
+      auto kind = d.props.headers.find(detail::wire::kStreamHeader);
+      if (kind != d.props.headers.end() && kind->second == "item") {
+        return stream_item(channel, std::move(d));
+      }
+    }
     auto call = table_.take_answered(d.props.correlation_id);
     if (!call && !gathers_.empty()) {
       if (detail::GatherCall* gather = gathers_.find(d.props.correlation_id)) {
@@ -381,6 +438,17 @@ class Client::Impl final : public detail::IoLoop::Hooks,
                                               "' took the gather (" + std::to_string(r.reply_code) +
                                               " " + r.reply_text + ")"};
       finish_gather(std::move(gather), std::move(why));
+      return;
+    }
+    if (r.props.headers.count(detail::wire::kStreamControlHeader) != 0) {
+      // The queue of the stream's server is gone: so is its producer.
+      if (auto call = table_.take(r.props.correlation_id)) {
+        call->complete(Reply::error(StatusCode::unavailable,
+                                    "the stream broke: the server instance producing it is gone "
+                                    "(its queue '" +
+                                        call->stream_to + "' no longer exists)"),
+                       options_.logger);
+      }
       return;
     }
     auto call = table_.take(r.props.correlation_id);
@@ -416,6 +484,9 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     if (auto gather = gathers_.next_deadline(); gather && (!next || *gather < *next)) {
       next = gather;
     }
+    if (next_stream_check_ && loop_.can_publish() && (!next || *next_stream_check_ < *next)) {
+      next = next_stream_check_;
+    }
     return next;
   }
 
@@ -423,9 +494,10 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     loop_.io_thread.assert_held();
     // Answers come in the order the questions went out: the oldest owner's.
     if (probe_owners_.empty()) return;
-    std::string owner = std::move(probe_owners_.front());
+    ProbeOwner owner = std::move(probe_owners_.front());
     probe_owners_.pop_front();
-    if (!owner.empty()) return gather_probed(channel, owner, result);
+    if (owner.kind == ProbeOwner::Kind::gather) return gather_probed(channel, owner.id, result);
+    if (owner.kind == ProbeOwner::Kind::stream) return stream_probed(owner.id, result);
     const bool can_send = link_.replies_lost.ok() && loop_.can_publish();
     for (const std::string& id : watch_.answer(result, Clock::now())) {
       PendingCall* call = table_.find(id);
@@ -549,6 +621,8 @@ class Client::Impl final : public detail::IoLoop::Hooks,
   // idempotent call may be sent again; a wait_for_ready call that never left may be sent late.
   bool may_wait_for_reconnect(const PendingCall& call) const REQUIRES(loop_.io_thread) {
     if (!loop_.reconnecting()) return false;
+    // A stream that was sent has items behind it, from a producer the drop ended.
+    if (call.stream && call.sent) return false;
     return call.options.idempotent || (call.options.wait_for_ready && !call.sent);
   }
 
@@ -640,6 +714,10 @@ class Client::Impl final : public detail::IoLoop::Hooks,
         call.trace);
     // The broker checks it against this connection's login: the server can trust it.
     if (options_.send_user_id) props.user_id = loop_.user();
+    if (call.stream) {
+      props.headers.insert_or_assign(std::string(detail::wire::kStreamCreditHeader),
+                                     std::to_string(call.options.stream_window));
+    }
     if (Status bad = detail::wire::validate_outgoing(
             props, call.body.size(), {channel.frame_max(), channel.max_message_size()}, "request");
         !bad.ok()) {
@@ -649,6 +727,10 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     if (!seq) return Status{StatusCode::unavailable, seq.status().message()};
     call.sent = true;
     if (options_.confirm_requests) link_.unconfirmed.track(*seq, call.correlation_id);
+    if (call.stream) {
+      open_streams_.push_back(call.correlation_id);
+      if (!next_stream_check_) next_stream_check_ = Clock::now() + kStreamCheckInterval;
+    }
     // Keep the body only while it may have to be sent again.
     if (!call.options.idempotent) {
       call.body.clear();
@@ -683,6 +765,130 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     }
   }
 
+  // ---- streams ----
+
+  // An item of a streaming call: in order, or the stream is broken.
+  void stream_item(amqp::Channel& channel, amqp::Delivery&& d) REQUIRES(loop_.io_thread) {
+    PendingCall* call = table_.find(d.props.correlation_id);
+    auto to = d.props.headers.find(detail::wire::kStreamToHeader);
+    if (call == nullptr || !call->stream) {
+      // Its stream ended here (cancelled, deadline, broken) while its server went on: tell it to
+      // stop, once.
+      late_replies_.fetch_add(1, std::memory_order_relaxed);
+      if (to != d.props.headers.end() && !told_to_stop(d.props.correlation_id)) {
+        PendingCall ended;
+        ended.correlation_id = d.props.correlation_id;
+        ended.stream_to = to->second;
+        tell_stream(channel, ended, /*cancel=*/true, 0);
+      }
+      return;
+    }
+    const auto seq = detail::wire::int_header(d.props.headers, detail::wire::kStreamSeqHeader);
+    if (to != d.props.headers.end() && call->stream_to.empty()) call->stream_to = to->second;
+    if (!seq || static_cast<std::uint64_t>(*seq) != call->next_seq) {
+      return finish_stream(
+          channel, *call,
+          {StatusCode::unavailable,
+           "the stream broke: item " + std::to_string(call->next_seq) + " expected, got " +
+               (seq ? "item " + std::to_string(*seq) : std::string("an unnumbered one")) +
+               " (its server restarted it, or items were lost)"});
+    }
+    ++call->next_seq;
+    stream_items_.fetch_add(1, std::memory_order_relaxed);
+    call->stream->deliver(detail::wire::decode_reply(std::move(d.props), std::move(d.body)),
+                          options_.logger);
+  }
+
+  static Status cancelled_by_reader() {
+    return {StatusCode::cancelled, "the stream was cancelled by its reader"};
+  }
+
+  // Whether the server of this ended stream was told to stop already (remembers the last few).
+  bool told_to_stop(const std::string& correlation_id) REQUIRES(loop_.io_thread) {
+    if (std::find(told_.begin(), told_.end(), correlation_id) != told_.end()) return true;
+    if (told_.size() >= 64) told_.pop_front();
+    told_.push_back(correlation_id);
+    return false;
+  }
+
+  // Ends a stream from this side: tells its server to stop, then completes the call.
+  void finish_stream(amqp::Channel& channel, PendingCall& call, Status why)
+      REQUIRES(loop_.io_thread) {
+    if (!call.stream_to.empty()) told_to_stop(call.correlation_id);
+    tell_stream(channel, call, /*cancel=*/true, 0);
+    if (why.code() == StatusCode::cancelled) cancelled_.fetch_add(1, std::memory_order_relaxed);
+    table_.take(call.correlation_id)->complete(Reply{std::move(why), {}, {}, {}}, options_.logger);
+  }
+
+  // Sends a stream's server more credit, or a cancel, to the queue its items named.
+  void tell_stream(amqp::Channel& channel, const PendingCall& call, bool cancel,
+                   std::uint32_t credit) REQUIRES(loop_.io_thread) {
+    if (call.stream_to.empty() || !loop_.can_publish()) return;
+    amqp::Properties props;
+    props.correlation_id = call.correlation_id;
+    props.headers.emplace(detail::wire::kStreamControlHeader, cancel ? "cancel" : "credit");
+    if (!cancel) props.headers.emplace(detail::wire::kStreamCreditHeader, std::to_string(credit));
+    if (options_.send_user_id) props.user_id = loop_.user();
+    // Mandatory: a queue that is gone comes back (on_return), and so does the news.
+    channel.publish("", call.stream_to, /*mandatory=*/true, props, "");
+  }
+
+  // What a reader asked: more credit for its server, or the end of its stream.
+  void stream_control(amqp::Channel* channel, const detail::StreamControl& control)
+      REQUIRES(loop_.io_thread) {
+    PendingCall* call = table_.find(control.correlation_id);
+    if (call == nullptr || !call->stream) return;  // ended already
+    if (!control.cancel) {
+      if (channel != nullptr) tell_stream(*channel, *call, /*cancel=*/false, control.credit);
+      return;
+    }
+    if (channel != nullptr) return finish_stream(*channel, *call, cancelled_by_reader());
+    // Disconnected: its server lost the request with its connection, or will be told by the
+    // first item that comes late.
+    cancelled_.fetch_add(1, std::memory_order_relaxed);
+    table_.take(control.correlation_id)
+        ->complete(Reply{cancelled_by_reader(), {}, {}, {}}, options_.logger);
+  }
+
+  // Each second while streams are open: is each stream's server still there? A server that
+  // dies takes its exclusive queue with it, and its stream would otherwise wait for its
+  // deadline.
+  void check_streams(amqp::Channel& channel, Clock::time_point now) REQUIRES(loop_.io_thread) {
+    next_stream_check_.reset();
+    std::vector<std::string> queues;
+    std::erase_if(open_streams_, [&](const std::string& id) {
+      loop_.io_thread.assert_held();  // called right here, on this thread
+      PendingCall* call = table_.find(id);
+      if (call == nullptr || !call->stream) return true;
+      if (!call->stream_to.empty() &&
+          std::find(queues.begin(), queues.end(), call->stream_to) == queues.end()) {
+        queues.push_back(call->stream_to);
+      }
+      return false;
+    });
+    if (open_streams_.empty()) return;
+    next_stream_check_ = now + kStreamCheckInterval;
+    if (!loop_.can_publish()) return;
+    for (std::string& queue : queues) {
+      if (!channel.probe({amqp::Probe::Kind::queue, queue}).ok()) return;
+      probe_owners_.push_back({ProbeOwner::Kind::stream, std::move(queue)});
+    }
+  }
+
+  void stream_probed(const std::string& queue, const amqp::ProbeResult& result)
+      REQUIRES(loop_.io_thread) {
+    if (result.status.code() != StatusCode::not_found) return;  // there (or cannot tell)
+    for (const std::string& id : open_streams_) {
+      PendingCall* call = table_.find(id);
+      if (call == nullptr || call->stream_to != queue) continue;
+      table_.take(id)->complete(
+          Reply::error(StatusCode::unavailable,
+                       "the stream broke: the server instance producing it is gone (its queue '" +
+                           queue + "' no longer exists)"),
+          options_.logger);
+    }
+  }
+
   // ---- gathers ----
 
   // A gather taken from the outbox asks two questions on the side channel (does the service's
@@ -709,8 +915,8 @@ class Client::Impl final : public detail::IoLoop::Hooks,
       g->finish({StatusCode::unavailable, "connection lost"}, options_.logger);
       return;
     }
-    probe_owners_.push_back(id);
-    probe_owners_.push_back(id);
+    probe_owners_.push_back({ProbeOwner::Kind::gather, id});
+    probe_owners_.push_back({ProbeOwner::Kind::gather, id});
     gathers_.accept(std::move(g));
   }
 
@@ -792,6 +998,9 @@ class Client::Impl final : public detail::IoLoop::Hooks,
   detail::Outbox<std::unique_ptr<PendingCall>> calls_out_;
   detail::Outbox<std::string> cancels_out_;
   detail::Outbox<std::unique_ptr<detail::GatherCall>> gathers_out_;
+  // Streams' readers ask for credit and cancels here; shared with the streams, which may
+  // outlive the client (closed then).
+  std::shared_ptr<detail::ControlOutbox> controls_out_;
 
   detail::Mutex uuid_mutex_;
   detail::UuidGenerator uuids_ GUARDED_BY(uuid_mutex_);
@@ -806,7 +1015,18 @@ class Client::Impl final : public detail::IoLoop::Hooks,
   detail::ServerWatch watch_ GUARDED_BY(loop_.io_thread);
   // Who asked each question on the side channel, oldest first (answers come in that order):
   // empty for the watch, a gather's correlation id for a gather.
-  std::deque<std::string> probe_owners_ GUARDED_BY(loop_.io_thread);
+  struct ProbeOwner {
+    enum class Kind { watch, gather, stream } kind = Kind::watch;
+    std::string id;  // a gather's correlation id; a stream's instance queue
+  };
+  std::deque<ProbeOwner> probe_owners_ GUARDED_BY(loop_.io_thread);
+  // Streaming calls that may be open (ids; ended ones are dropped when next looked at), and
+  // when their servers' queues are next checked for life.
+  std::vector<std::string> open_streams_ GUARDED_BY(loop_.io_thread);
+  std::optional<Clock::time_point> next_stream_check_ GUARDED_BY(loop_.io_thread);
+  static constexpr std::chrono::seconds kStreamCheckInterval{1};
+  std::vector<detail::StreamControl> control_batch_ GUARDED_BY(loop_.io_thread);
+  std::deque<std::string> told_ GUARDED_BY(loop_.io_thread);  // ended streams' servers told
   detail::GatherTable gathers_ GUARDED_BY(loop_.io_thread);
   std::vector<std::unique_ptr<detail::GatherCall>> gather_batch_ GUARDED_BY(loop_.io_thread);
   detail::InstanceMemory instances_ GUARDED_BY(loop_.io_thread);
@@ -818,7 +1038,8 @@ class Client::Impl final : public detail::IoLoop::Hooks,
   std::string reply_queue_ GUARDED_BY(reply_queue_mutex_);  // link_.reply_queue, for any thread
 
   std::atomic<std::uint64_t> calls_{0}, replies_{0}, timeouts_{0}, unroutable_{0}, no_server_{0},
-      late_replies_{0}, cancelled_{0}, duplicate_replies_{0}, gathers_started_{0};
+      late_replies_{0}, cancelled_{0}, duplicate_replies_{0}, gathers_started_{0},
+      streams_started_{0}, stream_items_{0};
 
   detail::RetryEngine retries_;  // calls under a retry or hedging policy
 };
@@ -908,6 +1129,40 @@ GatherResult Client::gather(const std::string& queue, const std::string& method,
     return refused;
   }
   return async_gather(queue, method, std::move(body), options).get();
+}
+
+ReplyStream::ReplyStream(std::shared_ptr<detail::StreamState> state) : state_(std::move(state)) {}
+ReplyStream::~ReplyStream() {
+  if (state_) state_->cancel();  // nothing when it has ended
+}
+std::optional<Reply> ReplyStream::next() {
+  return state_->next();
+}
+void ReplyStream::async_next(std::function<void(std::optional<Reply>)> on_item) {
+  state_->async_next(std::move(on_item));
+}
+void ReplyStream::cancel() {
+  state_->cancel();
+}
+Status ReplyStream::status() const {
+  return state_->status();
+}
+bool ReplyStream::done() const {
+  return state_->done();
+}
+
+std::unique_ptr<ReplyStream> Client::stream(const std::string& queue, const std::string& method,
+                                            std::string body, const CallOptions& options) {
+  auto state = impl_->submit_stream(queue, method, std::move(body), options, nullptr, nullptr);
+  return std::make_unique<ReplyStream>(std::move(state));
+}
+
+void Client::stream(const std::string& queue, const std::string& method, std::string body,
+                    const CallOptions& options, std::function<void(Reply)> on_item,
+                    std::function<void(Status)> on_done) {
+  if (!on_item) on_item = [](Reply) {};
+  impl_->submit_stream(queue, method, std::move(body), options, std::move(on_item),
+                       std::move(on_done));
 }
 
 std::string Client::reply_queue() const {

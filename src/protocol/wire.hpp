@@ -47,6 +47,20 @@ inline constexpr std::string_view kDeadReasonHeader = "x-rpc-dead-reason";
 // Replies to a request that reached one server instance through its instance queue (a gather):
 // which instance answered (ServerOptions::instance). Replies to normal calls do not carry it.
 inline constexpr std::string_view kInstanceHeader = "x-rpc-instance";
+// Streaming replies (docs/PROTOCOL.md, "Streaming replies"). A request that accepts a stream
+// carries the items the server may send before it hears from the client again (its credit);
+// each item carries "item" in x-rpc-stream, its number (1, 2, ...) in x-rpc-stream-seq and the
+// queue that reaches the producing server in x-rpc-stream-to; the last message carries "end",
+// and the stream's status like any reply. The client sends more credit (x-rpc-stream-control
+// "credit", with x-rpc-stream-credit) or a cancel ("cancel") to that queue, with the stream's
+// correlation_id.
+inline constexpr std::string_view kStreamCreditHeader = "x-rpc-stream-credit";
+inline constexpr std::string_view kStreamHeader = "x-rpc-stream";
+inline constexpr std::string_view kStreamSeqHeader = "x-rpc-stream-seq";
+inline constexpr std::string_view kStreamToHeader = "x-rpc-stream-to";
+inline constexpr std::string_view kStreamControlHeader = "x-rpc-stream-control";
+// The most credit a client grants at once, and a server honours: what either side may buffer.
+inline constexpr std::uint32_t kMaxStreamCredit = 4096;
 // The roster queue's x-expires: once no server has consumed it (nor declared it) for this long,
 // the broker deletes it. Every server declares it with this same value (a different one is
 // refused, 406): part of the contract.

@@ -1,0 +1,85 @@
+// A streaming call's items between the client's I/O thread, which receives them in order, and
+// the reader, who takes them (ReplyStream::next, async_next, or a callback). Taking an item is
+// what grants the server room for another: every half window read, the reader hands the credit
+// to the I/O thread, which sends it to the producing server. Nothing on either side buffers
+// more than the window.
+//
+// Thread safety: deliver() and end() from the I/O thread; the reader's side from any thread.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include "amqprpc/message.hpp"
+#include "amqprpc/options.hpp"
+#include "io/outbox.hpp"
+
+namespace amqprpc::detail {
+
+// What a reader asks of the I/O thread for its stream.
+struct StreamControl {
+  std::string correlation_id;
+  std::uint32_t credit = 0;  // more items the server may send
+  bool cancel = false;       // or: stop the stream
+};
+using ControlOutbox = Outbox<StreamControl>;
+
+class StreamState {
+ public:
+  using ItemCallback = std::function<void(Reply)>;
+  using DoneCallback = std::function<void(Status)>;
+
+  StreamState(std::string correlation_id, std::uint32_t window,
+              std::shared_ptr<ControlOutbox> control)
+      : correlation_id_(std::move(correlation_id)), window_(window), control_(std::move(control)) {}
+
+  // Callback form: each item goes to `on_item` on the I/O thread (its credit returns when it
+  // returns), then the status to `on_done`. Set before the call is submitted.
+  void use_callbacks(ItemCallback on_item, DoneCallback on_done) {
+    on_item_ = std::move(on_item);
+    on_done_ = std::move(on_done);
+  }
+
+  // ---- I/O thread ----
+  void deliver(Reply item, const Logger& logger);
+  // The stream is over (its final status, or why it broke); later items are dropped.
+  void end(Status status, const Logger& logger);
+
+  // ---- the reader: any thread ----
+  std::optional<Reply> next();
+  void async_next(std::function<void(std::optional<Reply>)> on_item);
+  void cancel();
+  Status status() const;
+  bool done() const;
+
+  // The call's id, once the client gave it one (before the reader can see the stream).
+  void bind(std::string correlation_id) { correlation_id_ = std::move(correlation_id); }
+  const std::string& correlation_id() const { return correlation_id_; }
+  std::uint32_t window() const { return window_; }
+
+ private:
+  // The reader took `n` items: credit goes back once half a window has been read.
+  void consumed(std::size_t n);
+
+  std::string correlation_id_;
+  const std::uint32_t window_;
+  const std::shared_ptr<ControlOutbox> control_;
+  ItemCallback on_item_;
+  DoneCallback on_done_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<Reply> items_;
+  std::optional<Status> final_;
+  std::function<void(std::optional<Reply>)> waiting_;  // an async_next waiting for an item
+  std::uint32_t unreported_ = 0;                       // read, credit not yet returned
+  bool cancel_sent_ = false;
+};
+
+}  // namespace amqprpc::detail
