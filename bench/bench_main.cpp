@@ -29,6 +29,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <fstream>
 #include <iostream>
@@ -168,6 +169,16 @@ int serve(const std::string& impl, const std::string& url, const std::string& qu
     echo.default_handler([](const amqprpc::Request& r) { return amqprpc::Reply::ok(r.body); });
   }
   echo.method("Echo", [](const amqprpc::Request& r) { return amqprpc::Reply::ok(r.body); });
+  // Items of the body's size (in bytes), until the reader stops the stream (on the servers
+  // with a worker thread: a stream's writer waits for credit).
+  if (o.workers != 0)
+    echo.stream_method("Items", [](const amqprpc::Request& r, amqprpc::StreamWriter& w) {
+      const std::string item(
+          std::min<std::size_t>(std::strtoul(r.body.c_str(), nullptr, 10), 1 << 20), 'x');
+      while (w.write(item)) {
+      }
+      return amqprpc::Status{};
+    });
   echo.method<JsonEcho, JsonEcho>("EchoJson", [](const JsonEcho& e) { return e; });
   echo.method<ProtoEcho, ProtoEcho>("EchoProto", [](const ProtoEcho& e) { return e; });
   auto end_io = [&] {
@@ -193,7 +204,7 @@ int serve(const std::string& impl, const std::string& url, const std::string& qu
 // records its latency and starts the next call.
 // How a client calls: plain bytes (no method), a raw method, a typed JSON or protobuf method,
 // or plain bytes marked idempotent under a retry or a hedging policy.
-enum class CallKind { bytes, method, json, proto, retry, hedge };
+enum class CallKind { bytes, method, json, proto, retry, hedge, gather };
 
 CallKind call_kind(const std::string& mode) {
   if (mode == "method") return CallKind::method;
@@ -201,6 +212,7 @@ CallKind call_kind(const std::string& mode) {
   if (mode == "proto") return CallKind::proto;
   if (mode == "retry") return CallKind::retry;
   if (mode == "hedge") return CallKind::hedge;
+  if (mode == "gather") return CallKind::gather;
   return CallKind::bytes;
 }
 
@@ -257,6 +269,13 @@ struct AsyncRun {
         client.async_call(queue, body, kind == CallKind::retry ? retry_options : hedge_options,
                           [this, t0](amqprpc::Reply r) { done(t0, r.status); });
         return;
+      case CallKind::gather:
+        client.async_gather(queue, "", body, {}, [this, t0](amqprpc::GatherResult g) {
+          done(t0, g.status.ok() && g.replies.size() != 1
+                       ? amqprpc::Status{amqprpc::StatusCode::internal, "not one reply"}
+                       : g.status);
+        });
+        return;
       case CallKind::json:
         amqprpc::typed_async_call<JsonEcho>(
             client, queue, "EchoJson", json_echo, {},
@@ -305,6 +324,30 @@ struct AsyncRun {
     result.seconds = std::chrono::duration<double>(last_measured - first_measured).count();
   }
 };
+
+// One stream whose window is the cell's concurrency: each item counts as a call, its latency
+// the time since the item before it (what a reader waits per item).
+void run_stream(AsyncRun& run, std::size_t size, int window) {
+  amqprpc::CallOptions o;
+  o.stream_window = static_cast<std::uint32_t>(std::clamp(window, 1, 4096));
+  o.timeout = std::chrono::ceil<std::chrono::milliseconds>(run.end - Clock::now()) +
+              std::chrono::seconds(30);
+  auto stream = run.client.stream(run.queue, "Items", std::to_string(size), o);
+  auto previous = Clock::now();
+  while (auto item = stream->next()) {
+    const auto arrived = previous;
+    previous = Clock::now();
+    if (!run.record(arrived, {})) break;
+  }
+  stream->cancel();
+  while (stream->next()) {
+  }
+  const amqprpc::Status st = stream->status();
+  if (!st.ok() && st.code() != amqprpc::StatusCode::cancelled && run.result.error.empty()) {
+    run.result.error = st.to_string();
+  }
+  run.finish();
+}
 
 // One of the coroutine client's callers: awaits one call at a time until the run ends.
 // A pointer, not a class-type parameter, and named arguments in the co_await: GCC 12
@@ -381,6 +424,8 @@ int client(const std::string& impl, const std::string& url, const std::string& q
             std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
   if (impl == "coro") {
     run_coroutines(run, concurrency);
+  } else if (impl == "stream") {
+    run_stream(run, size, concurrency);
   } else if (impl == "future") {
     run_futures(run, concurrency);
   } else {
@@ -593,6 +638,12 @@ int main(int argc, char** argv) {
       {"amqp-rpc coroutine client (1 worker server)", "", "coro", worker_queue, {}},
       {"amqp-rpc future client (1 worker server)", "", "future", worker_queue, {}},
       {"amqp-rpc, fail-fast check off (1 worker server)", "", "blind", worker_queue, {}},
+      {"amqp-rpc gather, 1 instance (1 worker server)", "", "gather", worker_queue, {}},
+      {"amqp-rpc stream items, window = in flight (1 worker server)",
+       "",
+       "stream",
+       worker_queue,
+       {}},
       {"amqp-rpc idempotent, retry policy set, never retried (1 worker)",
        "",
        "retry",
@@ -803,6 +854,11 @@ int main(int argc, char** argv) {
     report << "\n"
            << at << "tracing on against off (1 worker): " << ratios("amqprpc-traced", "amqprpc")
            << "; client CPU " << cpu("amqprpc-traced") << " on, " << cpu("amqprpc") << " off.\n";
+    report << "\n"
+           << at << "a gather (one instance: count, publish to its exchange, collect) against "
+           << "a call to the same server: " << ratios("gather", "amqprpc")
+           << "; a stream's items (window " << cell["concurrency"].get<int>()
+           << ") against calls: " << ratios("stream", "amqprpc") << ".\n";
     report << "\n"
            << at << "the fail-fast check (a server count per queue, refreshed in the background) "
            << "on against off: " << ratios("amqprpc", "blind") << "; client CPU " << cpu("amqprpc")

@@ -72,6 +72,7 @@ class Server {
     std::uint64_t denied = 0;         // calls refused: the caller is not on the method's list
     std::uint64_t reserved = 0;       // describe and health requests answered by the framework
     std::uint64_t gathers = 0;        // requests that came through the instance queue (gathers)
+    std::uint64_t stream_items = 0;   // items written by streaming methods
     std::uint64_t reconnects = 0;
     // Now: requests given to handlers and not answered yet (asynchronous ones included).
     std::uint64_t in_hand = 0;

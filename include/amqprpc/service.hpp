@@ -36,7 +36,8 @@ using Handler = std::function<Reply(const Request&)>;
 
 namespace detail {
 class ServerCall;
-}
+class ServerStream;
+}  // namespace detail
 
 // How an asynchronous handler answers, later and from any thread. Copies share one request:
 // the first reply wins (later ones return false and are dropped). The request stays valid while
@@ -66,6 +67,31 @@ class Responder {
 // worker (or the I/O thread with workers = 0) and must return quickly.
 using AsyncHandler = std::function<void(const Request&, Responder)>;
 
+// What a streaming method writes its items with (Service::stream_method): gRPC's server
+// streaming. Runs on the method's worker thread.
+class StreamWriter {
+ public:
+  explicit StreamWriter(std::shared_ptr<detail::ServerStream> stream);  // the server's
+  // Sends one item (`item`'s body, content type and headers; its status is not sent), after
+  // the ones before it. Waits while the client has not made room for it: the client grants
+  // credit as its reader takes items, so a slow reader slows this writer instead of filling
+  // anybody's memory. False once the stream cannot go on (the caller cancelled it or went
+  // away, its deadline passed, the server is stopping, the connection dropped): stop
+  // producing and return; the status returned then is not sent.
+  bool write(Reply item);
+  bool write(std::string body) { return write(Reply::ok(std::move(body))); }
+  // Items written so far.
+  std::uint64_t written() const;
+
+ private:
+  std::shared_ptr<detail::ServerStream> stream_;
+};
+
+// A streaming method: writes items with the writer, then returns the stream's final status
+// (ok, or the error the client sees after the items). Needs worker threads
+// (ServerOptions::workers >= 1): a writer waits for the client's credit.
+using StreamHandler = std::function<Status(const Request&, StreamWriter&)>;
+
 // The reserved methods every server answers without user code.
 inline constexpr std::string_view kDescribeMethod = "amqprpc.describe";
 inline constexpr std::string_view kHealthMethod = "amqprpc.health";
@@ -93,6 +119,9 @@ class Service {
   Service& method(std::string name, Handler handler, MethodInfo info = {});
   // An asynchronous raw method (amqprpc/asio.hpp adds coroutine methods on top of it).
   Service& async_method(std::string name, AsyncHandler handler, MethodInfo info = {});
+  // A streaming method: many items, then a status (Client::stream reads them). A plain call to
+  // it is answered failed_precondition.
+  Service& stream_method(std::string name, StreamHandler handler, MethodInfo info = {});
 
   // A typed method: the request is decoded as Req (a request that does not decode is answered
   // invalid_argument naming the method and what failed, without calling the handler); the
@@ -115,15 +144,18 @@ class Service {
 
   // ---- what the server reads ----
   struct Method {
-    Handler handler;  // one of these two is set
+    Handler handler;  // one of these three is set
     AsyncHandler async_handler;
     MethodInfo info;
-    explicit operator bool() const { return handler || async_handler; }
+    StreamHandler stream_handler;
+    explicit operator bool() const { return handler || async_handler || stream_handler; }
   };
   const Method* find(std::string_view method) const;
   const Method& default_method() const { return default_; }
   const std::map<std::string, Method, std::less<>>& methods() const { return methods_; }
   const ProtoFiles& proto_files() const { return proto_files_; }
+  // Whether a method streams its reply.
+  bool streams() const;
   // Why this service cannot be served (a bad or repeated method name); ok when it can.
   Status check() const;
   // Whether `caller` may call `method` (see allow): ok, or permission_denied saying why.

@@ -256,6 +256,9 @@ class Client::Impl final : public detail::IoLoop::Hooks,
                                                      std::function<void(Status)> on_done) {
     CallOptions o = options;
     o.method = method;
+    // A stream is never sent twice: its items came from the first producer.
+    o.retry = RetryPolicy{};
+    o.hedging.reset();
     auto call = make_call(queue, std::move(body), o);
     streams_started_.fetch_add(1, std::memory_order_relaxed);
     auto state =

@@ -40,11 +40,14 @@ std::string describe_json(const Service& service) {
   using json = nlohmann::json;
   json methods = json::array();
   for (const auto& [name, m] : service.methods()) {
-    methods.push_back(
-        {{"name", name},
-         {"encoding", m.info.encoding},
-         {"request_type", m.info.request_type.empty() ? m.info.encoding : m.info.request_type},
-         {"reply_type", m.info.reply_type.empty() ? m.info.encoding : m.info.reply_type}});
+    json method{
+        {"name", name},
+        {"encoding", m.info.encoding},
+        {"request_type", m.info.request_type.empty() ? m.info.encoding : m.info.request_type},
+        {"reply_type", m.info.reply_type.empty() ? m.info.encoding : m.info.reply_type}};
+    // Only streaming methods say so: describe of a service without them reads as before.
+    if (m.stream_handler) method["streaming"] = true;
+    methods.push_back(std::move(method));
   }
   json j{{"service", service.name()},
          {"queue", service.queue()},

@@ -6,21 +6,33 @@ Service::Service(std::string queue, std::string name)
     : queue_(std::move(queue)), name_(name.empty() ? queue_ : std::move(name)) {}
 
 Service& Service::default_handler(Handler handler) {
-  default_ = Method{std::move(handler), {}, {}};
+  default_ = Method{std::move(handler), {}, {}, {}};
   return *this;
 }
 
 Service& Service::async_default_handler(AsyncHandler handler) {
-  default_ = Method{{}, std::move(handler), {}};
+  default_ = Method{{}, std::move(handler), {}, {}};
   return *this;
 }
 
 Service& Service::method(std::string name, Handler handler, MethodInfo info) {
-  return add(std::move(name), Method{std::move(handler), {}, std::move(info)});
+  return add(std::move(name), Method{std::move(handler), {}, std::move(info), {}});
 }
 
 Service& Service::async_method(std::string name, AsyncHandler handler, MethodInfo info) {
-  return add(std::move(name), Method{{}, std::move(handler), std::move(info)});
+  return add(std::move(name), Method{{}, std::move(handler), std::move(info), {}});
+}
+
+Service& Service::stream_method(std::string name, StreamHandler handler, MethodInfo info) {
+  Method m{{}, {}, std::move(info), std::move(handler)};
+  return add(std::move(name), std::move(m));
+}
+
+bool Service::streams() const {
+  for (const auto& [name, m] : methods_) {
+    if (m.stream_handler) return true;
+  }
+  return false;
 }
 
 Service& Service::add(std::string name, Method method) {

@@ -29,6 +29,7 @@
 #include "metrics_recorder.hpp"
 #include "protocol/wire.hpp"
 #include "server/in_hand.hpp"
+#include "server/stream.hpp"
 #include "server/triage.hpp"
 #include "uuid.hpp"
 
@@ -133,6 +134,38 @@ struct Core : std::enable_shared_from_this<Core> {
   // normal call. So it is answered unavailable, naming this instance: the gathering client
   // sees this instance answer (with an error) instead of waiting for it until its deadline.
   Outgoing not_started(Job&& job);
+  // A streaming method's request: runs its handler with a writer whose items go to the
+  // caller as replies, paced by the caller's credit, then answers with the handler's status.
+  void run_stream(const std::shared_ptr<detail::ServerCall>& call, const StreamHandler& handler,
+                  std::size_t route);
+  // The stream a client's credit or cancel names (nullptr: over, or never here).
+  std::shared_ptr<detail::ServerStream> stream(const std::string& correlation_id) {
+    detail::MutexLock lock(streams_mutex);
+    auto it = streams.find(correlation_id);
+    return it == streams.end() ? nullptr : it->second.lock();
+  }
+  // The connection went: its streams' items can no longer be numbered for their callers (the
+  // broker hands the requests to a server again), so their producers stop.
+  void stop_streams() {
+    detail::MutexLock lock(streams_mutex);
+    for (auto& [id, weak] : streams) {
+      if (auto s = weak.lock()) {
+        s->stop({StatusCode::unavailable, "the stream broke: its server lost its connection"});
+      }
+    }
+  }
+  // Where the clients of service `route`'s streams send credit: its instance queue on the
+  // current connection ("" while there is none).
+  void set_instance_queue(std::size_t route, std::string queue) {
+    detail::MutexLock lock(instance_queues_mutex);
+    if (instance_queues.size() <= route) instance_queues.resize(services.size());
+    instance_queues[route] = std::move(queue);
+  }
+  std::string instance_queue(std::size_t route) {
+    detail::MutexLock lock(instance_queues_mutex);
+    return route < instance_queues.size() ? instance_queues[route] : std::string();
+  }
+
   // The error reply to a gather that this instance will not serve because it is stopping.
   Reply stopping_reply() const {
     return Reply::error(StatusCode::unavailable, "instance " + instance + " is stopping");
@@ -193,6 +226,12 @@ struct Core : std::enable_shared_from_this<Core> {
       unimplemented{0}, denied{0};
   detail::Mutex ids_mutex;
   detail::UuidGenerator ids GUARDED_BY(ids_mutex);  // span and trace ids
+  detail::Mutex streams_mutex;
+  std::unordered_map<std::string, std::weak_ptr<detail::ServerStream>> streams
+      GUARDED_BY(streams_mutex);  // by correlation id
+  detail::Mutex instance_queues_mutex;
+  std::vector<std::string> instance_queues GUARDED_BY(instance_queues_mutex);  // by route
+  std::atomic<std::uint64_t> stream_items{0};
 };
 
 }  // namespace
@@ -249,6 +288,7 @@ class ServerCall {
   std::vector<std::any> interceptor_state_;  // one slot per interceptor
   std::size_t interceptors_ran_ = 0;         // whose after-hooks run
   bool handler_started_ = false;
+  bool streaming_ = false;  // the end of a stream: its reply says so
   std::atomic<bool> answered_{false};
 };
 
@@ -314,6 +354,8 @@ void Core::handle(Job& job) {
   try {
     if (method->handler) {
       call->answer(method->handler(request));
+    } else if (method->stream_handler) {
+      run_stream(call, method->stream_handler, job.route);
     } else {
       method->async_handler(request, Responder(call));
     }
@@ -357,6 +399,8 @@ void Core::finish(detail::ServerCall& call, Reply&& reply) {
     count_reply(reply.status);
     Outgoing reply_out{
         Settle::reply_then_ack, call.delivery_tag_, call.generation_, req.reply_to, {}, {}};
+    if (call.streaming_)
+      reply.headers.insert_or_assign(std::string(detail::wire::kStreamHeader), "end");
     detail::wire::encode_reply(std::move(reply), req.correlation_id, reply_out.props,
                                reply_out.body);
     if (call.gather_) {
@@ -389,7 +433,82 @@ Outgoing Core::not_started(Job&& job) {
   return out;
 }
 
+void Core::run_stream(const std::shared_ptr<detail::ServerCall>& call, const StreamHandler& handler,
+                      std::size_t route) {
+  const Request& request = call->request();
+  const Service& service = services[route];
+  const auto credit = detail::wire::int_header(request.headers, detail::wire::kStreamCreditHeader);
+  if (!credit || *credit <= 0 || request.reply_to.empty() || request.oneway) {
+    call->answer(Reply::error(StatusCode::failed_precondition,
+                              "method '" + request.method + "' of '" + service.name() +
+                                  "' streams its reply: call it with Client::stream (the request "
+                                  "carries no x-rpc-stream-credit)"));
+    return;
+  }
+  std::string stream_to = instance_queue(route);
+  if (stream_to.empty()) {
+    call->answer(Reply::error(StatusCode::unavailable,
+                              "this server has no queue to take the stream's credit on now"));
+    return;
+  }
+  const auto max_credit = detail::wire::kMaxStreamCredit;
+  auto stream = std::make_shared<detail::ServerStream>(
+      request.correlation_id, request.caller,
+      static_cast<std::uint32_t>(std::min<std::int64_t>(*credit, max_credit)), max_credit);
+  stream->stop_token = call->context_->stop.get_token();
+  // An item: a reply to the caller, numbered, naming the queue its credit goes to. It is not
+  // acked (the request is, with the end of the stream).
+  stream->send = [this, call, stream_to = std::move(stream_to)](Reply&& item, std::uint64_t seq) {
+    const Request& req = call->request();
+    Outgoing sent{Settle::reply_only, call->delivery_tag_, call->generation_, req.reply_to, {}, {}};
+    item.status = Status{};
+    item.headers.insert_or_assign(std::string(detail::wire::kStreamHeader), "item");
+    item.headers.insert_or_assign(std::string(detail::wire::kStreamSeqHeader), std::to_string(seq));
+    item.headers.insert_or_assign(std::string(detail::wire::kStreamToHeader), stream_to);
+    detail::wire::encode_reply(std::move(item), req.correlation_id, sent.props, sent.body);
+    if (!out.push(sent)) return false;
+    stream_items.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  };
+  {
+    detail::MutexLock lock(streams_mutex);
+    streams[request.correlation_id] = stream;
+  }
+  call->streaming_ = true;
+  struct Unregister {
+    Core& core;
+    const std::string& id;
+    ~Unregister() {
+      detail::MutexLock lock(core.streams_mutex);
+      core.streams.erase(id);
+    }
+  } unregister{*this, request.correlation_id};
+  StreamWriter writer(stream);
+  Status end = handler(request, writer);
+  const auto& deadline = call->context_->deadline;
+  const bool late = deadline && std::chrono::steady_clock::now() >= *deadline;
+  if (auto why = stream->cut_short(
+          late
+              ? Status{StatusCode::deadline_exceeded, "the stream's deadline passed"}
+              : Status{StatusCode::unavailable, "the server stopped the stream: it is stopping"})) {
+    end = std::move(*why);
+  }
+  call->answer(Reply{std::move(end), {}, {}, {}});
+}
+
 }  // namespace
+
+StreamWriter::StreamWriter(std::shared_ptr<detail::ServerStream> stream)
+    : stream_(std::move(stream)) {}
+
+bool StreamWriter::write(Reply item) {
+  auto seq = stream_->take(stream_->stop_token);
+  return seq && stream_->send(std::move(item), *seq);
+}
+
+std::uint64_t StreamWriter::written() const {
+  return stream_->written();
+}
 
 Responder::Responder(std::shared_ptr<detail::ServerCall> call) : call_(std::move(call)) {}
 bool Responder::reply(Reply reply) {
@@ -424,6 +543,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     }
     for (const auto& service : core_->services) {
       describe_bodies_.push_back(detail::describe_json(service));
+      streams_ = streams_ || service.streams();
     }
   }
 
@@ -459,6 +579,11 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     }
     if (options_.dead_letter_queue.size() > 255) {
       return {StatusCode::invalid_argument, "dead_letter_queue name must be at most 255 bytes"};
+    }
+    if (streams_ && options_.workers == 0) {
+      return {StatusCode::invalid_argument,
+              "streaming methods need worker threads (workers >= 1): a stream's writer waits for "
+              "its client's credit, which the I/O thread brings"};
     }
     if (options_.instance.size() > 255) {
       return {StatusCode::invalid_argument, "instance must be at most 255 bytes (it is " +
@@ -569,6 +694,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     s.denied = core_->denied.load(std::memory_order_relaxed);
     s.reserved = reserved_.load(std::memory_order_relaxed);
     s.gathers = gathers_.load(std::memory_order_relaxed);
+    s.stream_items = core_->stream_items.load(std::memory_order_relaxed);
     s.reconnects = loop_.reconnects();
     s.in_hand = core_->in_hand.size();
     s.errors = core_->errors.snapshot();
@@ -598,12 +724,17 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       if (!tag) return tag.status();
       link_.route_of_tag[*tag] = Consumer{i, Role::service};
     }
-    if (options_.gather && !cancel_requested_.load(std::memory_order_acquire)) {
+    if ((options_.gather || streams_) && !cancel_requested_.load(std::memory_order_acquire)) {
       // RabbitMQ applies a (non-global) prefetch to the consumers started after it: the
       // instance queues get a budget of their own.
       if (Status st = channel.qos(options_.gather_prefetch); !st.ok()) return st;
       for (std::size_t i = 0; i < core_->services.size(); ++i) {
-        if (Status st = join_gather(channel, i); !st.ok()) return st;
+        // Without gathers, a service with streaming methods still needs its instance queue:
+        // its streams' clients send credit there.
+        Status st = options_.gather                ? join_gather(channel, i)
+                    : core_->services[i].streams() ? consume_instance_queue(channel, i)
+                                                   : Status{};
+        if (!st.ok()) return st;
       }
     }
     if (options_.max_attempts > 0) {
@@ -744,6 +875,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
 
   void on_lost(const Status& why) override {
     loop_.io_thread.assert_held();
+    for (std::size_t i = 0; i < core_->services.size(); ++i) core_->set_instance_queue(i, {});
+    core_->stop_streams();
     // Nothing more arrives on this connection; the next one does not consume once stopping.
     if (cancel_sent_) consumers_are_cancelled();
     if (!options_.reconnect.enabled) finish(why);
@@ -1030,10 +1163,12 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     // Not auto-delete: a client publishes to it once it has counted instances, and an exchange
     // gone by then (its last server left) would close the client's channel (404). Declaring it
     // again is harmless; non-durable, like the service's queue by default.
-    if (Status st = channel.declare_exchange(exchange, "fanout", /*durable=*/false,
-                                             /*auto_delete=*/false);
-        !st.ok()) {
-      return st;
+    if (options_.gather) {
+      if (Status st = channel.declare_exchange(exchange, "fanout", /*durable=*/false,
+                                               /*auto_delete=*/false);
+          !st.ok()) {
+        return st;
+      }
     }
     // Exclusive, auto-delete: it reaches this instance alone, and goes with this connection
     // (nothing in it could be served by anyone else). A new name on each connection: the queue
@@ -1045,10 +1180,13 @@ class Server::Impl final : public detail::IoLoop::Hooks {
                         true,
                         {}});
     if (!queue) return queue.status();
-    if (Status st = channel.bind_queue(*queue, exchange, ""); !st.ok()) return st;
+    if (options_.gather) {
+      if (Status st = channel.bind_queue(*queue, exchange, ""); !st.ok()) return st;
+    }
     auto tag = channel.consume(*queue, /*no_ack=*/false, /*exclusive=*/true);
     if (!tag) return tag.status();
     link_.route_of_tag[*tag] = Consumer{i, Role::instance};
+    core_->set_instance_queue(i, *queue);
     detail::log(options_.logger, LogLevel::debug,
                 "instance " + options_.instance + " of '" + service_queue +
                     "' takes gathers on its queue '" + *queue + "'");
@@ -1079,6 +1217,11 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   void on_instance_delivery(amqp::Channel& channel, amqp::Delivery&& d, Consumer consumer)
       REQUIRES(loop_.io_thread) {
     if (consumer.role == Role::roster) return;  // meant for no one (and not acked: no_ack)
+    if (auto control = d.props.headers.find(detail::wire::kStreamControlHeader);
+        control != d.props.headers.end()) {
+      channel.ack(d.delivery_tag);
+      return stream_control(d, control->second);
+    }
     received_.fetch_add(1, std::memory_order_relaxed);
     gathers_.fetch_add(1, std::memory_order_relaxed);
     const std::string& queue = core_->services[consumer.service].queue();
@@ -1116,6 +1259,28 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       link_.incoming.push_back(std::move(job));
     } else {
       core_->handle(job);
+    }
+  }
+
+  // A stream's client makes room for more items, or stops the stream. Only the stream's own
+  // caller may (when the broker verified who it is); anything else is dropped.
+  void stream_control(const amqp::Delivery& d, const std::string& what) REQUIRES(loop_.io_thread) {
+    auto stream = core_->stream(d.props.correlation_id);
+    if (!stream) return;  // over already
+    if (!stream->caller().empty() && d.props.user_id != stream->caller()) {
+      detail::log(options_.logger, LogLevel::warning,
+                  "dropped a stream " + what + " from '" + d.props.user_id +
+                      "', who is not the stream's caller '" + stream->caller() + "'");
+      return;
+    }
+    if (what == "cancel") {
+      stream->stop({StatusCode::cancelled, "the client cancelled the stream"});
+    } else if (what == "credit") {
+      auto n = detail::wire::int_header(d.props.headers, detail::wire::kStreamCreditHeader);
+      if (n && *n > 0) {
+        stream->grant(
+            static_cast<std::uint32_t>(std::min<std::int64_t>(*n, detail::wire::kMaxStreamCredit)));
+      }
     }
   }
 
@@ -1178,6 +1343,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   std::atomic<bool> cancel_requested_{false};  // a stop has begun
   std::atomic<bool> serving_{true};            // set_serving
   std::vector<std::string> describe_bodies_;   // by service, computed once
+  bool streams_ = false;                       // a service has streaming methods
   std::promise<void> cancel_sent_signal_;      // the I/O thread has sent the cancels
   std::promise<void> consumers_cancelled_;     // and the broker has answered them
   static constexpr std::chrono::seconds kCancelAnswerTimeout{2};

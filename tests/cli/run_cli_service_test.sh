@@ -39,16 +39,28 @@ for line in "service amqprpc.test.Echo" "queue: $Q" "default handler: yes" \
   "  Say(amqprpc.test.EchoRequest) returns (amqprpc.test.EchoReply) [protobuf]" \
   "  Check(amqprpc.test.EchoRequest) returns (amqprpc.test.EchoReply) [protobuf]" \
   "  Flip(json) returns (json) [json]" "  Slow(bytes) returns (bytes) [bytes]" \
+  "  Count(bytes) returns (stream bytes) [bytes]" \
   "  message amqprpc.test.EchoRequest {" "    int32 repeat = 2;" \
   "    repeated string parts = 2;" "reserved: amqprpc.describe amqprpc.health"; do
   check "describe prints '$line'" "yes" "$(grep -qxF -- "$line" "$WORK/describe.txt" && echo yes || cat "$WORK/describe.txt")"
 done
-check "describe --json: the service, its methods, a descriptor set of the types" "amqprpc.test.Echo Check,Flip,Say,Slow yes" \
+check "describe --json: the service, its methods, a descriptor set of the types" "amqprpc.test.Echo Check,Count,Flip,Say,Slow yes" \
   "$("$CLI" describe --json "$Q" | py '
 import base64, json, sys
 j = json.load(sys.stdin)
 fds = base64.b64decode(j["file_descriptor_set"], validate=True)
 print(j["service"], ",".join(m["name"] for m in j["methods"]), "yes" if b"amqprpc.test.EchoRequest" in fds or b"EchoRequest" in fds else "no", end="")')"
+
+# ---- a streaming method: items as they arrive, then the status ----
+check "call -m of a streaming method prints each item" "0|0 1 2|" \
+  "$(r=$(run "$CLI" call -m Count "$Q" 3); echo "${r%%|*}|$(echo "${r#*|}" | cut -d'|' -f1 | xargs)|${r##*|}")"
+check "call --json of a stream: a line per item, then the status" "3|0|1|ok 2" \
+  "$("$CLI" call --json -m Count "$Q" 2 | py '
+import json, sys
+lines = [json.loads(l) for l in sys.stdin]
+last = lines[-1]
+print("%d|%s|%s|%s %d" % (len(lines), lines[0]["body"], lines[1]["body"], last["status"], last["items"]), end="")')"
+check "a stream that fails: its status, exit 1" "1" "$(rc_of "$CLI" call -m Count "$Q" nope)"
 
 # ---- health ----
 check "health of a serving server: serving, exit 0" "0|serving|" "$(run "$CLI" health "$Q")"
@@ -69,7 +81,7 @@ check "a field the type lacks exits 2, naming it" "2|yes" \
 check "a JSON method with a body that is not JSON exits 2" "2" "$(rc_of "$CLI" call -m Flip "$Q" 'not json')"
 r=$(run "$CLI" call -m Sya "$Q" '{}')
 check "an unknown method exits 2, naming the methods there are" "2|yes" \
-  "$(echo "${r%%|*}|$([[ "$r" == *"no method 'Sya'"*"Check, Flip, Say, Slow"* ]] && echo yes || echo "$r")")"
+  "$(echo "${r%%|*}|$([[ "$r" == *"no method 'Sya'"*"Check, Count, Flip, Say, Slow"* ]] && echo yes || echo "$r")")"
 r=$(run "$CLI" call -m Check "$Q" '{"text":""}')
 check "an error reply exits 1 with its status and its detail as JSON" \
   '1||amqp-rpc call: invalid_argument: text is empty

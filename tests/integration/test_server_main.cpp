@@ -60,6 +60,19 @@ amqprpc::Service typed_service(const std::string& queue, amqprpc::Handler echo, 
     }
     return out;
   });
+  // A stream of the numbers 0..n-1, n the body.
+  s.stream_method("Count", [](const amqprpc::Request& r, amqprpc::StreamWriter& w) {
+    long n = 0;
+    try {
+      n = std::stol(r.body);
+    } catch (const std::exception&) {
+      return amqprpc::Status{amqprpc::StatusCode::invalid_argument, "not a number: " + r.body};
+    }
+    for (long i = 0; i < n; ++i) {
+      if (!w.write(std::to_string(i))) break;
+    }
+    return amqprpc::Status{};
+  });
   s.method("Slow", [delay_ms](const amqprpc::Request& r) {
     std::printf("slow started\n");
     std::fflush(stdout);

@@ -139,6 +139,7 @@ struct CallArgs {
   std::string reply_mode = "direct";
   std::string method;
   bool wait_for_ready = false;
+  bool stream = false;
 };
 
 // What a typed call knows beyond the raw call: the method's description and the schema.
@@ -236,6 +237,43 @@ std::size_t json_depth(std::string_view text) {
   return deepest;
 }
 
+// A streaming call: each item printed as it arrives (a line of JSON with --json), then the
+// stream's status (a last JSON line). Items of a protobuf method print as JSON.
+int print_stream(amqprpc::Client& client, const CallArgs& a, std::string body,
+                 const amqprpc::CallOptions& call, const Typed& typed) {
+  auto stream = client.stream(a.queue, a.method, std::move(body), call);
+  std::uint64_t n = 0;
+  while (auto item = stream->next()) {
+    std::string shown = item->body;
+    if (typed.method != nullptr) {
+      auto type = item->headers.find(std::string(amqprpc::kTypeHeader));
+      auto as_json = protobuf_as_json(
+          typed, item->content_type,
+          type != item->headers.end() ? type->second : typed.method->reply_type, item->body);
+      if (as_json && as_json->ok()) shown = **as_json;
+    }
+    if (a.as_json) {
+      json j{{"item", n}, {"body", shown}};
+      if (!item->content_type.empty()) j["content_type"] = item->content_type;
+      std::cout << dump(j) << "\n";
+    } else {
+      std::cout << shown;
+      if (shown.empty() || shown.back() != '\n') std::cout << "\n";
+    }
+    std::cout.flush();  // as it arrives, also into a pipe
+    ++n;
+  }
+  const amqprpc::Status st = stream->status();
+  if (a.as_json) {
+    json j{{"status", amqprpc::to_string(st.code())}, {"items", n}, {"queue", a.queue}};
+    if (!a.method.empty()) j["method"] = a.method;
+    if (!st.ok()) j["message"] = st.message();
+    std::cout << dump(j) << "\n";
+  }
+  if (!st.ok()) std::cerr << "amqp-rpc call: " << st.to_string() << " (after " << n << " items)\n";
+  return tools::exit_code_for_call(st);
+}
+
 int run_call(const CallArgs& a) {
   auto conn = tools::parse_broker_url("amqp-rpc call", a.url);
   if (!conn) return kUsage;
@@ -311,6 +349,9 @@ int run_call(const CallArgs& a) {
     call.timeout = std::max(left, std::chrono::milliseconds(1));
   }
 
+  if (a.stream || (typed.method != nullptr && typed.method->streaming)) {
+    return print_stream(**client, a, std::move(body), call, typed);
+  }
   amqprpc::Reply reply = (*client)->try_call(a.queue, body, call);
   auto done = std::chrono::steady_clock::now();
   int code = tools::exit_code_for_reply(reply);
@@ -483,7 +524,8 @@ struct DescribeArgs {
 };
 
 std::string method_line(const tools::DescribedMethod& m) {
-  return m.name + "(" + m.request_type + ") returns (" + m.reply_type + ") [" + m.encoding + "]";
+  return m.name + "(" + m.request_type + ") returns (" + (m.streaming ? "stream " : "") +
+         m.reply_type + ") [" + m.encoding + "]";
 }
 
 int run_describe(const DescribeArgs& a) {
@@ -732,6 +774,9 @@ int main(int argc, char** argv) {
   call_cmd->add_flag("--json", call.as_json,
                      "print status, headers, body, timing and metrics as JSON");
   call_cmd->add_option("--content-type", call.content_type, "request content type");
+  call_cmd->add_flag("--stream", call.stream,
+                     "read a streaming reply: print each item as it arrives, then the status "
+                     "(automatic for methods whose describe says they stream)");
   call_cmd->add_flag("--wait-for-ready", call.wait_for_ready,
                      "wait (within --timeout) for a server when none consumes QUEUE, instead of "
                      "failing at once");

@@ -286,7 +286,7 @@ Result<Description> parse_description(std::string_view content_type, std::string
   auto methods = j.find("methods");
   if (methods == j.end() || !methods->is_array()) return bad("no \"methods\" array");
   for (const auto& m : *methods) {
-    DescribedMethod method{{}, "bytes", {}, {}};
+    DescribedMethod method{{}, "bytes", {}, {}, false};
     if (!m.is_object() || !m.contains("name") || !string_of(m, "name", method.name) ||
         !string_of(m, "encoding", method.encoding) ||
         !string_of(m, "request_type", method.request_type) ||
@@ -295,6 +295,10 @@ Result<Description> parse_description(std::string_view content_type, std::string
     }
     if (method.request_type.empty()) method.request_type = method.encoding;
     if (method.reply_type.empty()) method.reply_type = method.encoding;
+    if (auto it = m.find("streaming"); it != m.end()) {
+      if (!it->is_boolean()) return bad("a method's \"streaming\" is not true or false");
+      method.streaming = it->get<bool>();
+    }
     d.methods.push_back(std::move(method));
   }
   if (auto it = j.find("reserved"); it != j.end()) {

@@ -73,6 +73,7 @@ struct DescribedMethod {
   std::string encoding;  // "bytes", "json", "protobuf" or "mixed"
   std::string request_type;
   std::string reply_type;
+  bool streaming = false;  // answers with a stream of items, then a status
 };
 
 struct Description {
