@@ -64,8 +64,9 @@ int main(int argc, char** argv) {
     std::cerr << "fib_server: " << server.status().to_string() << "\n";
     return tools::kError;
   }
-  std::printf(" [x] Awaiting RPC requests on '%s' at %s\n", options.queue.c_str(),
-              options.connection.to_string().c_str());
+  // The instance name is what this server's replies to gathers carry (x-rpc-instance).
+  std::printf(" [x] Awaiting RPC requests on '%s' at %s as instance %s\n", options.queue.c_str(),
+              options.connection.to_string().c_str(), (*server)->instance().c_str());
   std::fflush(stdout);
 
   amqprpc::Status ended = tools::wait_for_stop(**server);
