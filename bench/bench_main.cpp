@@ -803,26 +803,30 @@ int main(int argc, char** argv) {
       report << " " << fmt(s["rss_kb"].get<long>() / 1024.0, 1);
     report << "\n";
   }
-  // Typed calls against the same server's plain calls, same run: what dispatch and codecs cost.
-  for (const auto& cell : all) {
-    if (cell["size"] != 16 || (cell["concurrency"] != 1 && cell["concurrency"] != 256)) continue;
-    const json& plain = cell["amqprpc"];
-    report << "\nAt " << cell["concurrency"].get<int>()
-           << " in flight (16 B), against plain calls to the same server (1 worker):";
-    for (const char* key : {"method", "json", "proto"}) {
-      const json& t = cell[key];
-      auto ratio = [&](const char* field) {
-        double base = plain.value(field, 0.0);
-        return base > 0 ? t.value(field, 0.0) / base : 0.0;
-      };
-      const double extra_cpu =
-          t.value("cpu_us_per_call", 0.0) - plain.value("cpu_us_per_call", 0.0);
-      report << " " << key << " calls/s " << fmt(ratio("calls_per_s"), 2) << "x, p50 "
-             << fmt(ratio("p50_us"), 2) << "x, client CPU " << (extra_cpu >= 0 ? "+" : "")
-             << fmt(extra_cpu, 1) << " µs/call;";
+  // Rows against the same server's plain calls, same run: what each adds per call.
+  auto against_plain = [&](const std::string& what, std::initializer_list<const char*> keys) {
+    for (const auto& cell : all) {
+      if (cell["size"] != 16 || (cell["concurrency"] != 1 && cell["concurrency"] != 256)) continue;
+      const json& plain = cell["amqprpc"];
+      report << "\nAt " << cell["concurrency"].get<int>() << " in flight (16 B), " << what
+             << "against plain calls to the same server (1 worker):";
+      for (const char* key : keys) {
+        const json& t = cell[key];
+        auto ratio = [&](const char* field) {
+          double base = plain.value(field, 0.0);
+          return base > 0 ? t.value(field, 0.0) / base : 0.0;
+        };
+        const double extra_cpu =
+            t.value("cpu_us_per_call", 0.0) - plain.value("cpu_us_per_call", 0.0);
+        report << " " << key << " calls/s " << fmt(ratio("calls_per_s"), 2) << "x, p50 "
+               << fmt(ratio("p50_us"), 2) << "x, client CPU " << (extra_cpu >= 0 ? "+" : "")
+               << fmt(extra_cpu, 1) << " µs/call;";
+      }
+      report << "\n";
     }
-    report << "\n";
-  }
+  };
+  // Typed calls: what dispatch and codecs cost.
+  against_plain("", {"method", "json", "proto"});
   // The coroutine and future clients, the coroutine handler and tracing, each against its
   // counterpart in the same cell.
   for (const auto& cell : all) {
@@ -864,27 +868,8 @@ int main(int argc, char** argv) {
            << "on against off: " << ratios("amqprpc", "blind") << "; client CPU " << cpu("amqprpc")
            << " on, " << cpu("blind") << " off.\n";
   }
-  // Retry and hedging policies that never trigger, against plain calls to the same server.
-  for (const auto& cell : all) {
-    if (cell["size"] != 16 || (cell["concurrency"] != 1 && cell["concurrency"] != 256)) continue;
-    const json& plain = cell["amqprpc"];
-    report << "\nAt " << cell["concurrency"].get<int>()
-           << " in flight (16 B), idempotent calls under a policy that never triggers, against "
-              "plain calls to the same server (1 worker):";
-    for (const char* key : {"retry", "hedge"}) {
-      const json& t = cell[key];
-      auto ratio = [&](const char* field) {
-        double base = plain.value(field, 0.0);
-        return base > 0 ? t.value(field, 0.0) / base : 0.0;
-      };
-      const double extra_cpu =
-          t.value("cpu_us_per_call", 0.0) - plain.value("cpu_us_per_call", 0.0);
-      report << " " << key << " calls/s " << fmt(ratio("calls_per_s"), 2) << "x, p50 "
-             << fmt(ratio("p50_us"), 2) << "x, client CPU " << (extra_cpu >= 0 ? "+" : "")
-             << fmt(extra_cpu, 1) << " µs/call;";
-    }
-    report << "\n";
-  }
+  // Retry and hedging policies that never trigger: what carrying a call through them costs.
+  against_plain("idempotent calls under a policy that never triggers, ", {"retry", "hedge"});
   for (const auto& f : findings) report << "\nerror during the run: " << f << "\n";
   std::cout << report.str();
   if (!out_file.empty()) {

@@ -21,11 +21,9 @@ Reply echo(const Request& req) {
 }
 
 std::unique_ptr<Server> serve(const std::string& queue) {
-  auto o = testbroker::server_options();
-  o.queue = queue;
-  auto s = Server::start(o, echo);
-  if (!s) throw std::runtime_error("server did not start: " + s.status().to_string());
-  return std::move(*s);
+  Service service(queue);
+  service.default_handler(echo);
+  return testbroker::serve(std::move(service));
 }
 
 CallOptions within(std::chrono::milliseconds t, bool wait_for_ready = false) {
@@ -35,15 +33,9 @@ CallOptions within(std::chrono::milliseconds t, bool wait_for_ready = false) {
   return o;
 }
 
-class Availability : public testing::Test {
+class Availability : public testbroker::OwnQueue {
  protected:
-  void TearDown() override {
-    try {
-      testbroker::Raw().remove(queue);
-    } catch (...) {
-    }
-  }
-  std::string queue = testbroker::unique("avail");
+  Availability() : OwnQueue("avail") {}
 };
 
 }  // namespace

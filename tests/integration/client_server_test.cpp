@@ -45,15 +45,9 @@ CallOptions timeout(std::chrono::milliseconds t) {
   return o;
 }
 
-class QueueTest : public testing::Test {
+class QueueTest : public testbroker::OwnQueue {
  protected:
-  void TearDown() override {
-    try {
-      testbroker::Raw().remove(queue);
-    } catch (...) {
-    }
-  }
-  std::string queue = testbroker::unique("test");
+  QueueTest() : OwnQueue("test") {}
 };
 
 class ReplyModes : public QueueTest, public testing::WithParamInterface<ReplyMode> {};

@@ -67,15 +67,9 @@ std::set<std::string> instances_of(const GatherResult& g) {
   return out;
 }
 
-class Gather : public testing::Test {
+class Gather : public testbroker::OwnQueue {
  protected:
-  void TearDown() override {
-    try {
-      testbroker::Raw().remove(queue);
-    } catch (...) {
-    }
-  }
-  std::string queue = testbroker::unique("gather");
+  Gather() : OwnQueue("gather") {}
 };
 
 }  // namespace

@@ -295,4 +295,17 @@ class Raw {
   amqp_connection_state_t conn_;
 };
 
+// A test with a queue of its own (`queue`, a unique name from `prefix`), deleted at its end.
+class OwnQueue : public testing::Test {
+ protected:
+  explicit OwnQueue(const std::string& prefix) : queue(unique(prefix)) {}
+  void TearDown() override {
+    try {
+      Raw().remove(queue);
+    } catch (...) {
+    }
+  }
+  std::string queue;
+};
+
 }  // namespace testbroker
