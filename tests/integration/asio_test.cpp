@@ -1,6 +1,7 @@
 // Calls as Asio operations against the broker: co_await in a coroutine (resuming on the
 // coroutine's executor, not the client's I/O thread), futures, deferred operations, typed calls,
-// Asio's per-operation cancellation cancelling the call, and a retry policy followed.
+// Asio's per-operation cancellation cancelling the call, a retry policy followed, and gathers
+// and streams as Asio operations.
 #include "amqprpc/asio.hpp"
 
 #include <gtest/gtest.h>
@@ -43,6 +44,10 @@ class AsioCalls : public testing::Test {
         return Reply::error(StatusCode::unavailable, "first attempt");
       }
       return Reply::ok("flaky:" + r.body);
+    });
+    s.stream_method("Count", [](const Request& r, StreamWriter& w) {
+      for (long i = 0; i < std::stol(r.body); ++i) w.write(std::to_string(i));
+      return Status{};
     });
     s.method("Slow", [this](const Request&) {
       slow_started = true;
@@ -145,4 +150,33 @@ TEST_F(AsioCalls, AnAsioCallFollowsItsRetryPolicy) {
   ASSERT_TRUE(r.status.ok()) << r.status.to_string();
   EXPECT_EQ(r.body, "flaky:r");
   EXPECT_EQ(c->stats().retries, 1u);
+}
+
+TEST_F(AsioCalls, GathersAndStreamItemsAsAsioOperations) {
+  std::future<GatherResult> all = async_gather(*c, queue, "", "g", {}, asio::use_future);
+  ASSERT_EQ(all.wait_for(60s), std::future_status::ready);
+  GatherResult g = all.get();
+  ASSERT_TRUE(g.status.ok()) << g.status.to_string();
+  ASSERT_EQ(g.replies.size(), 1u);
+  EXPECT_EQ(g.replies[0].instance, server->instance());
+  EXPECT_EQ(g.replies[0].reply.body, "echo:g");
+
+  // A coroutine reads a stream's items as they come, resuming on its own executor.
+  auto stream = c->stream(queue, "Count", "5");
+  asio::io_context ctx;
+  std::vector<std::string> items;
+  std::thread::id resumed_on;
+  asio::co_spawn(
+      ctx,
+      [&]() -> asio::awaitable<void> {
+        while (std::optional<Reply> item = co_await async_next(*stream, asio::use_awaitable)) {
+          resumed_on = std::this_thread::get_id();
+          items.push_back(item->body);
+        }
+      },
+      asio::detached);
+  ctx.run();
+  EXPECT_EQ(items, (std::vector<std::string>{"0", "1", "2", "3", "4"}));
+  EXPECT_EQ(resumed_on, std::this_thread::get_id());
+  EXPECT_TRUE(stream->status().ok()) << stream->status().to_string();
 }
