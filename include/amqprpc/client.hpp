@@ -55,7 +55,8 @@ class ReplyStream {
   ReplyStream& operator=(const ReplyStream&) = delete;
 
   // The next item (its body, content type, headers), waiting for it; nullopt once the stream
-  // has ended, and status() says how.
+  // has ended, and status() says how. Not from the client's own callbacks: it would wait for
+  // the thread that brings the items (use async_next there).
   std::optional<Reply> next();
   // The same, without blocking: `on_item` gets the next item, or nullopt at the end, on the
   // client's I/O thread or (when one is ready now) this one; one at a time. amqprpc/asio.hpp

@@ -78,6 +78,7 @@ class StreamWriter {
   // anybody's memory. False once the stream cannot go on (the caller cancelled it or went
   // away, its deadline passed, the server is stopping, the connection dropped): stop
   // producing and return; the status returned then is not sent.
+  // One writer at a time: items are numbered in the order write() is entered.
   bool write(Reply item);
   bool write(std::string body) { return write(Reply::ok(std::move(body))); }
   // Items written so far.

@@ -76,6 +76,7 @@ struct PendingCall : ClientCall {
   std::shared_ptr<StreamState> stream;
   std::string stream_to;
   std::uint64_t next_seq = 1;
+  std::uint32_t unsent_credit = 0;  // returned by its reader, not yet sent to its server
 
   // Runs the before-hooks of the interceptors in order; the first refusal, or ok.
   Status intercept(const Logger& logger);

@@ -127,16 +127,9 @@ class Client::Impl final : public detail::IoLoop::Hooks,
                      options_.logger);
       return;
     }
-    for (std::string_view reserved : {detail::wire::kAttemptsHeader, detail::wire::kCallerHeader}) {
-      // Servers trust these only in their own copies, by their user_id, which this client now
-      // shares when it logs in as a server's user: it must not be the tool that forges them.
-      if (call->options.headers.count(reserved) != 0) {
-        call->complete(Reply::error(StatusCode::invalid_argument,
-                                    "header '" + std::string(reserved) +
-                                        "' is written by servers only (docs/PROTOCOL.md)"),
-                       options_.logger);
-        return;
-      }
+    if (Status bad = reserved_headers(call->options); !bad.ok()) {
+      call->complete(Reply{std::move(bad), {}, {}, {}}, options_.logger);
+      return;
     }
     if (call->queue.size() > 255) {
       call->complete(Reply::error(StatusCode::invalid_argument, "queue name longer than 255 bytes"),
@@ -189,12 +182,7 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     if (gather->queue.empty() || gather->queue.size() > 255) {
       return refuse("queue name must be 1 to 255 bytes");
     }
-    for (std::string_view reserved : {detail::wire::kAttemptsHeader, detail::wire::kCallerHeader}) {
-      if (gather->options.headers.count(reserved) != 0) {
-        return refuse("header '" + std::string(reserved) +
-                      "' is written by servers only (docs/PROTOCOL.md)");
-      }
-    }
+    if (Status bad = reserved_headers(gather->options); !bad.ok()) return refuse(bad.message());
     const auto now = Clock::now();
     gather->deadline = now + std::min(gather->timeout, kMaxTimeout);
     if (gather->options.deadline && *gather->options.deadline < gather->deadline) {
@@ -227,6 +215,22 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     gather->options.method = method;
     gather->submitted = Clock::now();
     return gather;
+  }
+
+  // Headers a caller may not set: servers trust x-rpc-attempts and x-rpc-caller only in their
+  // own copies, by their user_id, which this client shares when it logs in as a server's user
+  // (it must not be the tool that forges them); the stream headers are Client::stream's.
+  static Status reserved_headers(const CallOptions& options) {
+    for (std::string_view reserved :
+         {detail::wire::kAttemptsHeader, detail::wire::kCallerHeader,
+          detail::wire::kStreamCreditHeader, detail::wire::kStreamControlHeader}) {
+      if (options.headers.count(reserved) != 0) {
+        return {StatusCode::invalid_argument,
+                "header '" + std::string(reserved) +
+                    "' is written by servers or by Client::stream only (docs/PROTOCOL.md)"};
+      }
+    }
+    return {};
   }
 
   void request_cancel(const std::string& correlation_id) override {
@@ -264,6 +268,7 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     auto state =
         std::make_shared<detail::StreamState>(std::string(), o.stream_window, controls_out_);
     if (on_item) state->use_callbacks(std::move(on_item), std::move(on_done));
+    call->options.cancel = state->stop_token(options.cancel);
     call->stream = state;
     call->done = [state, logger = options_.logger](Reply last) {
       // The end of the stream; or a method that answered with one plain reply: a stream of
@@ -384,6 +389,7 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     controls_out_->take(control_batch_);
     for (auto& control : control_batch_) stream_control(channel, control);
     control_batch_.clear();
+    if (channel != nullptr) pay_credit(*channel);
     gathers_out_.take(gather_batch_);
     for (auto& gather : gather_batch_) start_gather(channel, can_send, std::move(gather));
     gather_batch_.clear();
@@ -404,11 +410,10 @@ class Client::Impl final : public detail::IoLoop::Hooks,
 
   void on_delivery(amqp::Channel& channel, amqp::Delivery&& d) override {
     loop_.io_thread.assert_held();
-    if (!open_streams_.empty()) {
-      auto kind = d.props.headers.find(detail::wire::kStreamHeader);
-      if (kind != d.props.headers.end() && kind->second == "item") {
-        return stream_item(channel, std::move(d));
-      }
+    // An item of a stream, also one that ended here (its server is told to stop).
+    if (auto kind = d.props.headers.find(detail::wire::kStreamHeader);
+        kind != d.props.headers.end() && kind->second == "item") {
+      return stream_item(channel, std::move(d));
     }
     auto call = table_.take_answered(d.props.correlation_id);
     if (!call && !gathers_.empty()) {
@@ -481,7 +486,7 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     }
     // Probes go out from on_wake, and only when publishing is possible: a due one must not
     // spin the loop while it is not.
-    if (watching() && loop_.can_publish()) {
+    if (watching() && loop_.can_publish() && link_.replies_lost.ok()) {
       if (auto probe = watch_.next_due(); probe && (!next || *probe < *next)) next = probe;
     }
     if (auto gather = gathers_.next_deadline(); gather && (!next || *gather < *next)) {
@@ -500,7 +505,6 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     ProbeOwner owner = std::move(probe_owners_.front());
     probe_owners_.pop_front();
     if (owner.kind == ProbeOwner::Kind::gather) return gather_probed(channel, owner.id, result);
-    if (owner.kind == ProbeOwner::Kind::stream) return stream_probed(owner.id, result);
     const bool can_send = link_.replies_lost.ok() && loop_.can_publish();
     for (const std::string& id : watch_.answer(result, Clock::now())) {
       PendingCall* call = table_.find(id);
@@ -545,6 +549,9 @@ class Client::Impl final : public detail::IoLoop::Hooks,
                                             "' (queue deleted?); no replies can arrive"};
     detail::log(options_.logger, LogLevel::error, link_.replies_lost.message());
     fail_all(StatusCode::unavailable, link_.replies_lost.message());
+    for (auto& gather : gathers_.take_all()) {
+      finish_gather(std::move(gather), link_.replies_lost);
+    }
     // A new connection brings a new reply queue.
     if (options_.reconnect.enabled) loop_.drop(link_.replies_lost);
   }
@@ -603,8 +610,9 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     }
   }
 
-  void on_closing(amqp::Channel&) override {
+  void on_closing(amqp::Channel& channel) override {
     loop_.io_thread.assert_held();
+    cancel_open_streams(channel);
     fail_all(StatusCode::cancelled, "the client was closed before the reply came");
     for (auto& gather : gathers_.take_all()) {
       finish_gather(std::move(gather), {StatusCode::cancelled,
@@ -823,72 +831,71 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     table_.take(call.correlation_id)->complete(Reply{std::move(why), {}, {}, {}}, options_.logger);
   }
 
-  // Sends a stream's server more credit, or a cancel, to the queue its items named.
-  void tell_stream(amqp::Channel& channel, const PendingCall& call, bool cancel,
+  // Sends a stream's server credit (0: only to learn that its queue still exists), or a
+  // cancel, to the queue its items named. False when it cannot be sent now.
+  bool tell_stream(amqp::Channel& channel, const PendingCall& call, bool cancel,
                    std::uint32_t credit) REQUIRES(loop_.io_thread) {
-    if (call.stream_to.empty() || !loop_.can_publish()) return;
+    if (call.stream_to.empty() || !loop_.can_publish()) return false;
     amqp::Properties props;
     props.correlation_id = call.correlation_id;
     props.headers.emplace(detail::wire::kStreamControlHeader, cancel ? "cancel" : "credit");
     if (!cancel) props.headers.emplace(detail::wire::kStreamCreditHeader, std::to_string(credit));
     if (options_.send_user_id) props.user_id = loop_.user();
     // Mandatory: a queue that is gone comes back (on_return), and so does the news.
-    channel.publish("", call.stream_to, /*mandatory=*/true, props, "");
+    return channel.publish("", call.stream_to, /*mandatory=*/true, props, "").ok();
   }
 
-  // What a reader asked: more credit for its server, or the end of its stream.
+  // A reader made room for more items: its server hears of it now, or, while nothing can be
+  // published (blocked, a quiet connection), as soon as something can: credit is never lost.
   void stream_control(amqp::Channel* channel, const detail::StreamControl& control)
       REQUIRES(loop_.io_thread) {
     PendingCall* call = table_.find(control.correlation_id);
     if (call == nullptr || !call->stream) return;  // ended already
-    if (!control.cancel) {
-      if (channel != nullptr) tell_stream(*channel, *call, /*cancel=*/false, control.credit);
+    call->unsent_credit += control.credit;
+    if (channel == nullptr ||
+        !tell_stream(*channel, *call, /*cancel=*/false, call->unsent_credit)) {
+      credit_owed_.push_back(call->correlation_id);
       return;
     }
-    if (channel != nullptr) return finish_stream(*channel, *call, cancelled_by_reader());
-    // Disconnected: its server lost the request with its connection, or will be told by the
-    // first item that comes late.
-    cancelled_.fetch_add(1, std::memory_order_relaxed);
-    table_.take(control.correlation_id)
-        ->complete(Reply{cancelled_by_reader(), {}, {}, {}}, options_.logger);
+    call->unsent_credit = 0;
   }
 
   // Each second while streams are open: is each stream's server still there? A server that
-  // dies takes its exclusive queue with it, and its stream would otherwise wait for its
-  // deadline.
+  // dies takes its exclusive control queue with it: a mandatory message carrying no credit
+  // comes back then (on_return), and the stream ends at once instead of at its deadline.
+  // Credit owed is sent on the way.
   void check_streams(amqp::Channel& channel, Clock::time_point now) REQUIRES(loop_.io_thread) {
     next_stream_check_.reset();
-    std::vector<std::string> queues;
     std::erase_if(open_streams_, [&](const std::string& id) {
       loop_.io_thread.assert_held();  // called right here, on this thread
       PendingCall* call = table_.find(id);
       if (call == nullptr || !call->stream) return true;
-      if (!call->stream_to.empty() &&
-          std::find(queues.begin(), queues.end(), call->stream_to) == queues.end()) {
-        queues.push_back(call->stream_to);
+      if (tell_stream(channel, *call, /*cancel=*/false, call->unsent_credit)) {
+        call->unsent_credit = 0;
       }
       return false;
     });
-    if (open_streams_.empty()) return;
-    next_stream_check_ = now + kStreamCheckInterval;
-    if (!loop_.can_publish()) return;
-    for (std::string& queue : queues) {
-      if (!channel.probe({amqp::Probe::Kind::queue, queue}).ok()) return;
-      probe_owners_.push_back({ProbeOwner::Kind::stream, std::move(queue)});
-    }
+    if (!open_streams_.empty()) next_stream_check_ = now + kStreamCheckInterval;
   }
 
-  void stream_probed(const std::string& queue, const amqp::ProbeResult& result)
-      REQUIRES(loop_.io_thread) {
-    if (result.status.code() != StatusCode::not_found) return;  // there (or cannot tell)
+  // Credit that could not be sent when its reader returned it, sent once it can be.
+  void pay_credit(amqp::Channel& channel) REQUIRES(loop_.io_thread) {
+    if (credit_owed_.empty() || !loop_.can_publish()) return;
+    for (const std::string& id : credit_owed_) {
+      PendingCall* call = table_.find(id);
+      if (call == nullptr || call->unsent_credit == 0) continue;
+      if (tell_stream(channel, *call, /*cancel=*/false, call->unsent_credit)) {
+        call->unsent_credit = 0;
+      }
+    }
+    credit_owed_.clear();
+  }
+
+  // The client closes: the servers of its open streams stop producing.
+  void cancel_open_streams(amqp::Channel& channel) REQUIRES(loop_.io_thread) {
     for (const std::string& id : open_streams_) {
       PendingCall* call = table_.find(id);
-      if (call == nullptr || call->stream_to != queue) continue;
-      table_.take(id)->complete(
-          Reply::error(StatusCode::unavailable,
-                       "the stream broke: the server instance producing it is gone (its queue '" +
-                           queue + "' no longer exists)"),
-          options_.logger);
+      if (call != nullptr && call->stream) tell_stream(channel, *call, /*cancel=*/true, 0);
     }
   }
 
@@ -1019,8 +1026,8 @@ class Client::Impl final : public detail::IoLoop::Hooks,
   // Who asked each question on the side channel, oldest first (answers come in that order):
   // empty for the watch, a gather's correlation id for a gather.
   struct ProbeOwner {
-    enum class Kind { watch, gather, stream } kind = Kind::watch;
-    std::string id;  // a gather's correlation id; a stream's instance queue
+    enum class Kind { watch, gather } kind = Kind::watch;
+    std::string id;  // a gather's correlation id
   };
   std::deque<ProbeOwner> probe_owners_ GUARDED_BY(loop_.io_thread);
   // Streaming calls that may be open (ids; ended ones are dropped when next looked at), and
@@ -1029,7 +1036,8 @@ class Client::Impl final : public detail::IoLoop::Hooks,
   std::optional<Clock::time_point> next_stream_check_ GUARDED_BY(loop_.io_thread);
   static constexpr std::chrono::seconds kStreamCheckInterval{1};
   std::vector<detail::StreamControl> control_batch_ GUARDED_BY(loop_.io_thread);
-  std::deque<std::string> told_ GUARDED_BY(loop_.io_thread);  // ended streams' servers told
+  std::deque<std::string> told_ GUARDED_BY(loop_.io_thread);          // ended streams' servers told
+  std::vector<std::string> credit_owed_ GUARDED_BY(loop_.io_thread);  // streams owed credit
   detail::GatherTable gathers_ GUARDED_BY(loop_.io_thread);
   std::vector<std::unique_ptr<detail::GatherCall>> gather_batch_ GUARDED_BY(loop_.io_thread);
   detail::InstanceMemory instances_ GUARDED_BY(loop_.io_thread);

@@ -79,6 +79,8 @@ void InstanceMemory::remember(const std::string& queue, GatherResult& result) {
       }
     }
   }
+  // Never more names than instances missing.
+  if (result.silent.size() > result.missing()) result.silent.resize(result.missing());
   // Who answered now, and who is still missing by name, is who the next gather expects to
   // hear from; an empty answer (nobody took part, or nothing came) teaches nothing.
   if (answered.empty()) return;

@@ -24,7 +24,9 @@ void StreamState::deliver(Reply item, const Logger& logger) {
     }
     waiting = std::exchange(waiting_, nullptr);
   }
-  waiting(std::move(item));
+  if (auto threw = thrown_by([&] { waiting(std::move(item)); }, "a stream's async_next threw")) {
+    log(logger, LogLevel::error, *threw);
+  }
   consumed(1);
 }
 
@@ -39,7 +41,11 @@ void StreamState::end(Status status, const Logger& logger) {
     if (items_.empty()) waiting = std::exchange(waiting_, nullptr);
     ready_.notify_all();
   }
-  if (waiting) waiting(std::nullopt);
+  if (waiting) {
+    if (auto threw = thrown_by([&] { waiting(std::nullopt); }, "a stream's async_next threw")) {
+      log(logger, LogLevel::error, *threw);
+    }
+  }
   if (on_done_) {
     if (auto threw = thrown_by([&] { on_done_(std::move(status)); },
                                "a stream's completion callback threw")) {
@@ -85,13 +91,7 @@ void StreamState::async_next(std::function<void(std::optional<Reply>)> on_item) 
 }
 
 void StreamState::cancel() {
-  {
-    std::lock_guard lock(mutex_);
-    if (final_ || cancel_sent_) return;
-    cancel_sent_ = true;
-  }
-  StreamControl c{correlation_id_, 0, true};
-  control_->push(c);
+  stop_.request_stop();  // the call's cancellation: ends it, and tells its server
 }
 
 Status StreamState::status() const {
@@ -113,7 +113,7 @@ void StreamState::consumed(std::size_t n) {
     if (unreported_ < std::max<std::uint32_t>(1, window_ / 2)) return;
     grant = std::exchange(unreported_, 0);
   }
-  StreamControl c{correlation_id_, grant, false};
+  StreamControl c{correlation_id_, grant};
   control_->push(c);
 }
 

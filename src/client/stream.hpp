@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stop_token>
 #include <string>
 
 #include "amqprpc/message.hpp"
@@ -22,11 +23,11 @@
 
 namespace amqprpc::detail {
 
-// What a reader asks of the I/O thread for its stream.
+// What a reader asks of the I/O thread for its stream: room for more items. (A cancel goes as
+// the call's own cancellation, through its stop token: see stop_token().)
 struct StreamControl {
   std::string correlation_id;
   std::uint32_t credit = 0;  // more items the server may send
-  bool cancel = false;       // or: stop the stream
 };
 using ControlOutbox = Outbox<StreamControl>;
 
@@ -58,6 +59,15 @@ class StreamState {
   Status status() const;
   bool done() const;
 
+  // The token the streaming call is cancelled by: the reader's cancel() and, linked to it, the
+  // caller's own CallOptions::cancel. Being the call's, it works before the call is sent too.
+  std::stop_token stop_token(const std::stop_token& callers) {
+    if (callers.stop_possible()) {
+      callers_cancel_.emplace(callers, std::function<void()>([this] { stop_.request_stop(); }));
+    }
+    return stop_.get_token();
+  }
+
   // The call's id, once the client gave it one (before the reader can see the stream).
   void bind(std::string correlation_id) { correlation_id_ = std::move(correlation_id); }
   const std::string& correlation_id() const { return correlation_id_; }
@@ -79,7 +89,8 @@ class StreamState {
   std::optional<Status> final_;
   std::function<void(std::optional<Reply>)> waiting_;  // an async_next waiting for an item
   std::uint32_t unreported_ = 0;                       // read, credit not yet returned
-  bool cancel_sent_ = false;
+  std::stop_source stop_;
+  std::optional<std::stop_callback<std::function<void()>>> callers_cancel_;
 };
 
 }  // namespace amqprpc::detail

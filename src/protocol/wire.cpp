@@ -108,6 +108,10 @@ std::string instance_queue_for(std::string_view queue, std::string_view id) {
   return derived_name(queue, ".instance." + std::string(id));
 }
 
+std::string control_queue_for(std::string_view queue, std::string_view id) {
+  return derived_name(queue, ".control." + std::string(id));
+}
+
 bool is_oneway(const Headers& headers) {
   auto it = headers.find(kOnewayHeader);
   return it != headers.end() && (it->second == "1" || it->second == "true");

@@ -123,6 +123,9 @@ std::string roster_queue_for(std::string_view queue);
 // Named by the server, not the broker: a user whose permissions cover the service's names
 // ("^rpc_queue.*") may declare it, where a broker-named amq.gen-... queue would be refused.
 std::string instance_queue_for(std::string_view queue, std::string_view id);
+// Where the clients of one server's streams on the service on `queue` send credit and cancels
+// (x-rpc-stream-to): derived_name(queue, ".control." + id), `id` random per connection.
+std::string control_queue_for(std::string_view queue, std::string_view id);
 
 // ---- requests ----
 

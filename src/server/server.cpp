@@ -478,11 +478,15 @@ void Core::run_stream(const std::shared_ptr<detail::ServerCall>& call, const Str
   struct Unregister {
     Core& core;
     const std::string& id;
+    const detail::ServerStream* mine;
     ~Unregister() {
+      // Only its own entry: a copy of the request delivered again (after a lost connection)
+      // may have registered its stream under the same id meanwhile.
       detail::MutexLock lock(core.streams_mutex);
-      core.streams.erase(id);
+      auto it = core.streams.find(id);
+      if (it != core.streams.end() && it->second.lock().get() == mine) core.streams.erase(it);
     }
-  } unregister{*this, request.correlation_id};
+  } unregister{*this, request.correlation_id, stream.get()};
   StreamWriter writer(stream);
   Status end = handler(request, writer);
   const auto& deadline = call->context_->deadline;
@@ -724,18 +728,17 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       if (!tag) return tag.status();
       link_.route_of_tag[*tag] = Consumer{i, Role::service};
     }
-    if ((options_.gather || streams_) && !cancel_requested_.load(std::memory_order_acquire)) {
+    if (options_.gather && !cancel_requested_.load(std::memory_order_acquire)) {
       // RabbitMQ applies a (non-global) prefetch to the consumers started after it: the
       // instance queues get a budget of their own.
       if (Status st = channel.qos(options_.gather_prefetch); !st.ok()) return st;
       for (std::size_t i = 0; i < core_->services.size(); ++i) {
-        // Without gathers, a service with streaming methods still needs its instance queue:
-        // its streams' clients send credit there.
-        Status st = options_.gather                ? join_gather(channel, i)
-                    : core_->services[i].streams() ? consume_instance_queue(channel, i)
-                                                   : Status{};
-        if (!st.ok()) return st;
+        if (Status st = join_gather(channel, i); !st.ok()) return st;
       }
+    }
+    for (std::size_t i = 0; i < core_->services.size(); ++i) {
+      if (!core_->services[i].streams()) continue;
+      if (Status st = consume_control_queue(channel, i); !st.ok()) return st;
     }
     if (options_.max_attempts > 0) {
       // Declared now, so a dead-letter queue the broker refuses (declared differently, no
@@ -861,6 +864,12 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   void on_consumer_cancelled(amqp::Channel& channel, const std::string& tag) override {
     loop_.io_thread.assert_held();
     auto route = link_.route_of_tag.find(tag);
+    if (route != link_.route_of_tag.end() && route->second.role == Role::control) {
+      // Its streams' clients can no longer reach this server: a new connection starts afresh
+      // (its streams end, their requests are delivered again).
+      loop_.drop({StatusCode::unavailable, "the broker cancelled a stream control consumer"});
+      return;
+    }
     if (route != link_.route_of_tag.end() && route->second.role != Role::service) {
       gather_consumer_cancelled(channel, tag, route->second);
       return;
@@ -919,7 +928,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
  private:
   // What a consumer of this server's consumes: a service's queue, the instance queue of a
   // service (gathers), or a service's roster (only there to be counted).
-  enum class Role { service, instance, roster };
+  enum class Role { service, instance, roster, control };
   struct Consumer {
     std::size_t service = 0;
     Role role = Role::service;
@@ -1163,12 +1172,10 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     // Not auto-delete: a client publishes to it once it has counted instances, and an exchange
     // gone by then (its last server left) would close the client's channel (404). Declaring it
     // again is harmless; non-durable, like the service's queue by default.
-    if (options_.gather) {
-      if (Status st = channel.declare_exchange(exchange, "fanout", /*durable=*/false,
-                                               /*auto_delete=*/false);
-          !st.ok()) {
-        return st;
-      }
+    if (Status st = channel.declare_exchange(exchange, "fanout", /*durable=*/false,
+                                             /*auto_delete=*/false);
+        !st.ok()) {
+      return st;
     }
     // Exclusive, auto-delete: it reaches this instance alone, and goes with this connection
     // (nothing in it could be served by anyone else). A new name on each connection: the queue
@@ -1180,16 +1187,33 @@ class Server::Impl final : public detail::IoLoop::Hooks {
                         true,
                         {}});
     if (!queue) return queue.status();
-    if (options_.gather) {
-      if (Status st = channel.bind_queue(*queue, exchange, ""); !st.ok()) return st;
-    }
+    if (Status st = channel.bind_queue(*queue, exchange, ""); !st.ok()) return st;
     auto tag = channel.consume(*queue, /*no_ack=*/false, /*exclusive=*/true);
     if (!tag) return tag.status();
     link_.route_of_tag[*tag] = Consumer{i, Role::instance};
-    core_->set_instance_queue(i, *queue);
     detail::log(options_.logger, LogLevel::debug,
                 "instance " + options_.instance + " of '" + service_queue +
                     "' takes gathers on its queue '" + *queue + "'");
+    return {};
+  }
+
+  // The queue a streaming service's clients send credit and cancels to (x-rpc-stream-to):
+  // exclusive, auto-delete, named anew on each connection, consumed without acks, so that no
+  // prefetch limit, and no request waiting for a worker, ever holds a credit back: the stream
+  // it would unblock may be what that worker is running.
+  Status consume_control_queue(amqp::Channel& channel, std::size_t i) REQUIRES(loop_.io_thread) {
+    const std::string& service_queue = core_->services[i].queue();
+    auto queue = channel.declare_queue(
+        amqp::QueueSpec{detail::wire::control_queue_for(service_queue, queue_ids_.span_id()),
+                        false,
+                        true,
+                        true,
+                        {}});
+    if (!queue) return queue.status();
+    auto tag = channel.consume(*queue, /*no_ack=*/true, /*exclusive=*/true);
+    if (!tag) return tag.status();
+    link_.route_of_tag[*tag] = Consumer{i, Role::control};
+    core_->set_instance_queue(i, *queue);
     return {};
   }
 
@@ -1217,10 +1241,10 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   void on_instance_delivery(amqp::Channel& channel, amqp::Delivery&& d, Consumer consumer)
       REQUIRES(loop_.io_thread) {
     if (consumer.role == Role::roster) return;  // meant for no one (and not acked: no_ack)
-    if (auto control = d.props.headers.find(detail::wire::kStreamControlHeader);
-        control != d.props.headers.end()) {
-      channel.ack(d.delivery_tag);
-      return stream_control(d, control->second);
+    if (consumer.role == Role::control) {       // no_ack too
+      auto control = d.props.headers.find(detail::wire::kStreamControlHeader);
+      if (control != d.props.headers.end()) stream_control(d, control->second);
+      return;
     }
     received_.fetch_add(1, std::memory_order_relaxed);
     gathers_.fetch_add(1, std::memory_order_relaxed);

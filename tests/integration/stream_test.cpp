@@ -275,3 +275,49 @@ TEST(StreamsNeedWorkers, AServerWithStreamingMethodsAndNoWorkersIsRefused) {
   EXPECT_EQ(s.status().code(), StatusCode::invalid_argument);
   EXPECT_NE(s.status().message().find("worker"), std::string::npos) << s.status().message();
 }
+
+TEST_F(Streams, CancellingAtOnceLeavesNoProducerRunning) {
+  auto client = testbroker::connect();
+  for (int i = 0; i < 20; ++i) {
+    // Cancelled before, while or after it is sent: either way it ends, and so does its producer.
+    auto stream = client->stream(queue, "Forever", "", window(4));
+    stream->cancel();
+    while (stream->next()) {
+    }
+    EXPECT_EQ(stream->status().code(), StatusCode::cancelled) << stream->status().to_string();
+  }
+  EXPECT_TRUE(eventually([&] { return server->stats().in_hand == 0; }, 30s))
+      << "a producer went on after its stream was cancelled";
+}
+
+TEST(StreamsAndGathers, CreditReachesABusyServerPastTheGathersWaitingForItsWorker) {
+  // One worker, busy with a stream; gathers (acked, prefetch-bound) queue up for that worker.
+  // The stream's credit must still reach the server, or neither would ever finish.
+  const std::string queue = testbroker::unique("stream-busy");
+  Service service(queue);
+  service.stream_method("Count", [](const Request& r, StreamWriter& w) {
+    for (long i = 0; i < std::stol(r.body); ++i) {
+      if (!w.write(std::to_string(i))) break;
+    }
+    return Status{};
+  });
+  service.method("Ping", [](const Request&) { return Reply::ok("pong"); });
+  auto o = testbroker::server_options(1);
+  o.gather_prefetch = 1;
+  auto server = testbroker::serve(std::move(service), o);
+  auto client = testbroker::connect();
+  auto stream = client->stream(queue, "Count", "200", window(2, 60s));
+  ASSERT_TRUE(stream->next().has_value());  // the worker is the stream's now
+  std::vector<std::future<GatherResult>> gathers;
+  for (int i = 0; i < 3; ++i) gathers.push_back(client->async_gather(queue, "Ping", "", {}));
+  long items = 1;
+  while (stream->next()) ++items;
+  EXPECT_TRUE(stream->status().ok()) << stream->status().to_string();
+  EXPECT_EQ(items, 200);
+  for (auto& g : gathers) {
+    GatherResult r = g.get();
+    EXPECT_TRUE(r.status.ok()) << r.status.to_string();
+  }
+  server.reset();
+  testbroker::Raw().remove(queue);
+}
