@@ -8,10 +8,10 @@
 # Where the time goes, and how it is kept short on a 2-core machine:
 #   - the private nodes (the test broker, the fault node, the three-node cluster) boot in the
 #     background while the normal tree builds, and are awaited (bounded) before the tests;
-#   - the normal tree's tests run while the sanitizer and fuzzing trees build (the builds run
-#     under `nice`, so the tests keep their CPU);
+#   - the normal tree's tests run while the sanitizer trees build (the builds run under
+#     `nice`, so the tests keep their CPU);
 #   - then three lanes: the sanitizer tree's fault scenarios; its other tests, then the
-#     ThreadSanitizer tree's; and the fuzzers, one at a time.
+#     ThreadSanitizer tree's; and the fuzzing tree's build, then its fuzzers, one at a time.
 # Two lanes never share a node: the fault scenarios of both trees run in one lane, one tree
 # after the other, and the TLS node's security test never runs twice at once. Each phase's
 # time is printed at the end.
@@ -169,12 +169,6 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DAMQPRPC_SANITIZE=ON -DAMQPRP
 nice -n 10 cmake --build build-asan -j "$JOBS" || builds_ok=0
 PHASES+=("$(printf '%-44s %4d s' "  build: sanitizer" "$((SECONDS - b))")")
 b=$SECONDS
-step "build (libFuzzer targets, clang) in build-fuzz/"
-cmake -S . -B build-fuzz -DCMAKE_CXX_COMPILER=clang++ -DAMQPRPC_FUZZ=ON -DAMQPRPC_WERROR=ON \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAMQPRPC_FUZZ_SECONDS="${AMQPRPC_FUZZ_SECONDS:-15}" >/dev/null
-nice -n 10 cmake --build build-fuzz -j "$JOBS" || builds_ok=0
-PHASES+=("$(printf '%-44s %4d s' "  build: fuzzing" "$((SECONDS - b))")")
-b=$SECONDS
 step "build (ThreadSanitizer: unit and integration tests) in build-tsan/"
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAMQPRPC_TSAN=ON -DAMQPRPC_WERROR=ON \
   -DAMQPRPC_BUILD_BENCH=OFF >/dev/null
@@ -209,8 +203,17 @@ rest() {
 lane tests-asan-rest-and-tsan rest
 REST=$LANE_PID
 BG_PIDS+=("$REST")
-# The fuzzers, one at a time (a core), beside the two lanes above, which mostly wait on brokers.
-lane fuzzing ctest --test-dir build-fuzz --output-on-failure --timeout 600 -j 1
+# The fuzzing tree is built here, then its fuzzers run one at a time (a core), beside the two
+# lanes above, which mostly wait on brokers: built earlier, it would lengthen the phase before.
+# shellcheck disable=SC2317 # run through `lane`
+fuzzing() {
+  cmake -S . -B build-fuzz -DCMAKE_CXX_COMPILER=clang++ -DAMQPRPC_FUZZ=ON -DAMQPRPC_WERROR=ON \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAMQPRPC_FUZZ_SECONDS="${AMQPRPC_FUZZ_SECONDS:-15}" \
+    >/dev/null || return 1
+  cmake --build build-fuzz -j "$JOBS" || return 1
+  ctest --test-dir build-fuzz --output-on-failure --timeout 600 -j 1
+}
+lane fuzzing fuzzing
 FUZZ=$LANE_PID
 BG_PIDS+=("$FUZZ")
 finish_lane "$REST" tests-asan-rest-and-tsan

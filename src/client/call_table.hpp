@@ -62,7 +62,8 @@ struct PendingCall : ClientCall {
   // Registered with options.cancel; unregistered when the call is destroyed.
   std::optional<std::stop_callback<CancelRequest>> on_cancel;
   std::size_t heap_index = DeadlineHeap<PendingCall>::npos;
-  bool sent = false;  // on the wire on the current connection
+  bool sent = false;    // on the wire on the current connection
+  bool resend = false;  // sent on an earlier connection, held to be sent again
   LatencyRecorder* latency = nullptr;
   ErrorCounter* errors = nullptr;
   // The client's interceptors, their state for this call, and how many of them ran their

@@ -568,6 +568,8 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     auto failed = table_.take_unless([this](PendingCall& call) {
       loop_.io_thread.assert_held();  // called right here, on this thread
       if (!may_wait_for_reconnect(call)) return false;
+      // Sent once already: its server was there; after the drop it may come back after us.
+      if (call.sent) call.resend = true;
       table_.hold(call);
       return true;
     });
@@ -674,10 +676,13 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     const auto now = Clock::now();
     const Verdict verdict = watch_.check(call.queue, now);
     if (verdict == Verdict::send) return send(channel, call);
-    if (verdict == Verdict::no_server && call.options.wait_for_ready) {
+    // An idempotent call sent again after a drop was made while a server served: it waits for
+    // the servers to come back, as a wait_for_ready call does (within its deadline).
+    const bool waits = call.options.wait_for_ready || call.resend;
+    if (verdict == Verdict::no_server && waits) {
       return send(channel, call);  // the queue keeps it for the server it waits for
     }
-    if (verdict == Verdict::no_queue && call.options.wait_for_ready) {
+    if (verdict == Verdict::no_queue && waits) {
       return watch_.wait(call.queue, call.correlation_id, Wait::appear, now);
     }
     if (verdict == Verdict::unknown || !confirmed) {

@@ -2,8 +2,9 @@
 # Users and packagers build with the standard CMake build types and whichever compiler they
 # have: each must build without a single warning (AMQPRPC_WERROR turns warnings into errors
 # here). The library, the demo and the tools are built in a scratch tree per combination; the
-# suite's own trees already cover GCC Debug (sanitizers), GCC RelWithDebInfo and clang
-# RelWithDebInfo (fuzzing). COMPILER:TYPE builds everything but tests, benchmark and the protoc
+# suite's own trees already cover GCC Debug (sanitizers), GCC RelWithDebInfo (-O2 with NDEBUG,
+# the library, demo and tools) and clang RelWithDebInfo (fuzzing); the suite builds the
+# library alone in Release with both compilers. COMPILER:TYPE builds everything but tests, benchmark and the protoc
 # plugin (its generated code is compiled by g++ in those trees and by clang in
 # codegen.clang_compiles_generated_code); COMPILER:TYPE:lib only the library (quicker).
 #   run_build_types.sh SOURCE_DIR SCRATCH_DIR COMPILER:TYPE[:lib]...
