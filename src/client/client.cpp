@@ -951,10 +951,7 @@ class Client::Impl final : public detail::IoLoop::Hooks,
                                                  "': " + result.status.message()};
       return finish_gather(gathers_.take(id), std::move(why));
     }
-    if (exchange) {
-      g->exchange_known = true;
-      return;
-    }
+    if (exchange) return;  // it exists: the roster's answer comes next
     g->result.expected = result.consumers;
     if (result.consumers == 0) {
       return finish_gather(gathers_.take(id),

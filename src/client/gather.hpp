@@ -41,8 +41,7 @@ struct GatherCall {
   std::optional<std::stop_callback<std::function<void()>>> on_cancel;
 
   // Where it stands: the two questions asked before sending (does the exchange exist, how many
-  // instances take part), then the replies.
-  bool exchange_known = false;
+  // instances take part; answered in that order, a missing exchange ends it), then the replies.
   bool published = false;
   GatherResult result;
 

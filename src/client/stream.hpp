@@ -70,8 +70,6 @@ class StreamState {
 
   // The call's id, once the client gave it one (before the reader can see the stream).
   void bind(std::string correlation_id) { correlation_id_ = std::move(correlation_id); }
-  const std::string& correlation_id() const { return correlation_id_; }
-  std::uint32_t window() const { return window_; }
 
  private:
   // The reader took `n` items: credit goes back once half a window has been read.

@@ -154,16 +154,16 @@ struct Core : std::enable_shared_from_this<Core> {
       }
     }
   }
-  // Where the clients of service `route`'s streams send credit: its instance queue on the
+  // Where the clients of service `route`'s streams send credit: its control queue on the
   // current connection ("" while there is none).
-  void set_instance_queue(std::size_t route, std::string queue) {
-    detail::MutexLock lock(instance_queues_mutex);
-    if (instance_queues.size() <= route) instance_queues.resize(services.size());
-    instance_queues[route] = std::move(queue);
+  void set_control_queue(std::size_t route, std::string queue) {
+    detail::MutexLock lock(control_queues_mutex);
+    if (control_queues.size() <= route) control_queues.resize(services.size());
+    control_queues[route] = std::move(queue);
   }
-  std::string instance_queue(std::size_t route) {
-    detail::MutexLock lock(instance_queues_mutex);
-    return route < instance_queues.size() ? instance_queues[route] : std::string();
+  std::string control_queue(std::size_t route) {
+    detail::MutexLock lock(control_queues_mutex);
+    return route < control_queues.size() ? control_queues[route] : std::string();
   }
 
   // The error reply to a gather that this instance will not serve because it is stopping.
@@ -229,8 +229,8 @@ struct Core : std::enable_shared_from_this<Core> {
   detail::Mutex streams_mutex;
   std::unordered_map<std::string, std::weak_ptr<detail::ServerStream>> streams
       GUARDED_BY(streams_mutex);  // by correlation id
-  detail::Mutex instance_queues_mutex;
-  std::vector<std::string> instance_queues GUARDED_BY(instance_queues_mutex);  // by route
+  detail::Mutex control_queues_mutex;
+  std::vector<std::string> control_queues GUARDED_BY(control_queues_mutex);  // by route
   std::atomic<std::uint64_t> stream_items{0};
 };
 
@@ -445,7 +445,7 @@ void Core::run_stream(const std::shared_ptr<detail::ServerCall>& call, const Str
                                   "carries no x-rpc-stream-credit)"));
     return;
   }
-  std::string stream_to = instance_queue(route);
+  std::string stream_to = control_queue(route);
   if (stream_to.empty()) {
     call->answer(Reply::error(StatusCode::unavailable,
                               "this server has no queue to take the stream's credit on now"));
@@ -453,8 +453,8 @@ void Core::run_stream(const std::shared_ptr<detail::ServerCall>& call, const Str
   }
   const auto max_credit = detail::wire::kMaxStreamCredit;
   auto stream = std::make_shared<detail::ServerStream>(
-      request.correlation_id, request.caller,
-      static_cast<std::uint32_t>(std::min<std::int64_t>(*credit, max_credit)), max_credit);
+      request.caller, static_cast<std::uint32_t>(std::min<std::int64_t>(*credit, max_credit)),
+      max_credit);
   stream->stop_token = call->context_->stop.get_token();
   // An item: a reply to the caller, numbered, naming the queue its credit goes to. It is not
   // acked (the request is, with the end of the stream).
@@ -884,7 +884,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
 
   void on_lost(const Status& why) override {
     loop_.io_thread.assert_held();
-    for (std::size_t i = 0; i < core_->services.size(); ++i) core_->set_instance_queue(i, {});
+    for (std::size_t i = 0; i < core_->services.size(); ++i) core_->set_control_queue(i, {});
     core_->stop_streams();
     // Nothing more arrives on this connection; the next one does not consume once stopping.
     if (cancel_sent_) consumers_are_cancelled();
@@ -1213,7 +1213,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     auto tag = channel.consume(*queue, /*no_ack=*/true, /*exclusive=*/true);
     if (!tag) return tag.status();
     link_.route_of_tag[*tag] = Consumer{i, Role::control};
-    core_->set_instance_queue(i, *queue);
+    core_->set_control_queue(i, *queue);
     return {};
   }
 

@@ -1,7 +1,7 @@
 // A streaming method's stream on the server: the credit its client granted (items it may send
 // before hearing from the client again), the items sent, and whether it must stop. The writer
 // (a worker thread) waits for credit here; the I/O thread adds credit or stops the stream when
-// the client says so (its messages reach this server's instance queue), or when the
+// the client says so (its messages reach this server's control queue), or when the
 // connection goes; the request's context stops it at its deadline and when the server stops.
 //
 // Thread safety: all of it from any thread.
@@ -23,12 +23,8 @@ namespace amqprpc::detail {
 
 class ServerStream {
  public:
-  ServerStream(std::string correlation_id, std::string caller, std::uint32_t credit,
-               std::uint32_t max_credit)
-      : correlation_id_(std::move(correlation_id)),
-        caller_(std::move(caller)),
-        credit_(credit),
-        max_credit_(max_credit) {}
+  ServerStream(std::string caller, std::uint32_t credit, std::uint32_t max_credit)
+      : caller_(std::move(caller)), credit_(credit), max_credit_(max_credit) {}
 
   // The writer: waits for credit (or the stop), takes one and numbers the item. nullopt: stop.
   std::optional<std::uint64_t> take(const std::stop_token& context) {
@@ -78,7 +74,6 @@ class ServerStream {
     std::lock_guard lock(mutex_);
     return written_;
   }
-  const std::string& correlation_id() const { return correlation_id_; }
   // The verified caller of the request: only it may grant credit or cancel (empty: anyone who
   // knows the correlation id, a random UUID).
   const std::string& caller() const { return caller_; }
@@ -89,7 +84,6 @@ class ServerStream {
   std::stop_token stop_token;
 
  private:
-  const std::string correlation_id_;
   const std::string caller_;
   mutable std::mutex mutex_;
   std::condition_variable changed_;
