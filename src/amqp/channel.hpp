@@ -15,6 +15,7 @@
 
 #include "amqp/frames.hpp"
 #include "amqp/message.hpp"
+#include "amqp/transport.hpp"
 #include "amqprpc/options.hpp"
 #include "amqprpc/status.hpp"
 
@@ -44,7 +45,8 @@ class Channel {
   };
 
   // Holds back partial TCP segments for a scope, so a batch of publishes leaves in few packets
-  // (less work for the kernel and the broker).
+  // (less work for the kernel and the broker). For TLS, where rabbitmq-c writes each frame
+  // itself; on plain TCP a turn's frames already leave with one send (flush()).
   class Cork {
    public:
     Cork(Channel& c, bool enable) : channel_(enable ? &c : nullptr) {
@@ -75,6 +77,12 @@ class Channel {
   std::uint64_t frames_read() const { return frames_read_; }
   // Frames already read from the socket and not yet handed out: poll() would not see them.
   bool has_buffered() const;
+  // Frames encoded and not yet written (plain TCP: publishes, acks and other methods wait for
+  // flush(), so that a turn of the I/O loop writes them with one send).
+  bool wants_write() const { return transport_ && transport_->wants_write(); }
+  // Writes what waits, as much as the socket takes without blocking; the rest waits until
+  // poll() says the socket is writable. Non-ok: the connection is unusable.
+  Status flush();
   // How often to look at the connection when idle so heartbeats flow both ways.
   std::optional<std::chrono::milliseconds> heartbeat_tick() const;
 
@@ -126,6 +134,14 @@ class Channel {
  private:
   Channel() = default;
   void cork(bool on);
+  // Before a synchronous call: rabbitmq-c takes the socket over (see Transport::hand_back).
+  Status hand_back();
+  // Whether rabbitmq-c's reader has frames or bytes of its own, or is within a frame: it reads
+  // until it has none, then the transport reads.
+  bool rabbitmq_c_reads() const;
+  // An asynchronous method (no answer awaited): encoded for the next flush, or sent by
+  // rabbitmq-c on TLS.
+  Status send_method(std::uint16_t channel, std::uint32_t method_id, void* decoded);
   Status check_rpc(std::string_view what);
   Status dispatch(const struct amqp_frame_t_& frame, Events& events);
   Status dispatch_side(const struct amqp_frame_t_& frame, Events& events);
@@ -140,8 +156,9 @@ class Channel {
   std::size_t max_message_size_ = 0;
   std::string channel_error_;  // why the broker closed our channel, once it has
   FrameAssembler assembler_;
-  bool side_open_ = false;    // channel.open sent on the side channel (answered or not)
-  std::deque<Probe> probes_;  // sent on the side channel, answers awaited, in order
+  std::unique_ptr<Transport> transport_;  // plain TCP; null on TLS (rabbitmq-c's own I/O)
+  bool side_open_ = false;                // channel.open sent on the side channel (answered or not)
+  std::deque<Probe> probes_;              // sent on the side channel, answers awaited, in order
 };
 
 }  // namespace amqprpc::detail::amqp

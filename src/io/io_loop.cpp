@@ -245,6 +245,10 @@ void IoLoop::run(std::promise<Status>& started) {
   }
   while (!stop_requested_.load(std::memory_order_acquire)) {
     serve_turn();
+    // What the turn published and acked leaves now, in one write.
+    if (link_.channel) {
+      if (Status st = link_.channel->flush(); !st.ok()) lose(st);
+    }
     if (self_woken_) {
       self_woken_ = false;
       continue;
@@ -311,7 +315,9 @@ void IoLoop::poll_once() {
   fds[0] = {wake_fd_, POLLIN, 0};
   int nfds = 1;
   if (link_.channel) {
-    fds[1] = {link_.channel->fd(), POLLIN, 0};
+    // Writable too, when the socket did not take all of the last turn's frames.
+    const short events = link_.channel->wants_write() ? POLLIN | POLLOUT : POLLIN;
+    fds[1] = {link_.channel->fd(), events, 0};
     nfds = 2;
   }
   const auto waiting_since = Clock::now();
@@ -338,6 +344,7 @@ void IoLoop::close_politely() {
     // E.g. publisher confirms of the last replies: read them before closing, for a while.
     const auto until = Clock::now() + std::chrono::seconds(2);
     while (link_.channel && hooks_.closing_needs_more() && Clock::now() < until) {
+      if (!link_.channel->flush().ok()) break;
       pollfd fd{link_.channel->fd(), POLLIN, 0};
       ::poll(&fd, 1, 50);
       if (!link_.channel->read(*this).ok()) break;

@@ -16,6 +16,7 @@
 #include <set>
 #include <system_error>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "amqprpc/interceptor.hpp"
@@ -850,8 +851,9 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     }
   }
 
-  void on_read_batch(amqp::Channel&) override {
+  void on_read_batch(amqp::Channel& channel) override {
     loop_.io_thread.assert_held();
+    if (!link_.rejoin.empty()) rejoin_gathers(channel);
     if (link_.incoming.empty()) return;
     if (!pool_->submit_all(link_.incoming)) {
       // Stopping: these were never started, so they go back to the broker at once.
@@ -861,7 +863,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     link_.incoming.clear();
   }
 
-  void on_consumer_cancelled(amqp::Channel& channel, const std::string& tag) override {
+  void on_consumer_cancelled(amqp::Channel&, const std::string& tag) override {
     loop_.io_thread.assert_held();
     auto route = link_.route_of_tag.find(tag);
     if (route != link_.route_of_tag.end() && route->second.role == Role::control) {
@@ -871,7 +873,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       return;
     }
     if (route != link_.route_of_tag.end() && route->second.role != Role::service) {
-      gather_consumer_cancelled(channel, tag, route->second);
+      gather_consumer_cancelled(tag, route->second);
       return;
     }
     std::string queue =
@@ -940,6 +942,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     detail::ConfirmTracker<std::uint64_t> unconfirmed;  // reply's publish number -> request tag
     std::vector<Job> incoming;                          // read in this batch, for the worker pool
     std::set<std::string> cancels_pending;  // consumers cancelled, the broker's answer awaited
+    // Gather consumers the broker cancelled, joined again after the read (see rejoin_gathers).
+    std::vector<Consumer> rejoin;
   };
 
   amqp::QueueSpec queue_spec(const std::string& name) const {
@@ -1313,7 +1317,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   // again at once: without its roster consumer clients would no longer count this instance;
   // without its instance queue they would count an instance no gather reaches, and wait for it
   // until their deadline. What fails here drops the connection: the next one joins afresh.
-  void gather_consumer_cancelled(amqp::Channel& channel, const std::string& tag, Consumer consumer)
+  void gather_consumer_cancelled(const std::string& tag, Consumer consumer)
       REQUIRES(loop_.io_thread) {
     link_.route_of_tag.erase(tag);
     if (cancel_requested_.load(std::memory_order_acquire)) {
@@ -1328,16 +1332,27 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     detail::log(options_.logger, LogLevel::warning,
                 "the broker cancelled the " + std::string(roster ? "roster" : "instance queue") +
                     " consumer of '" + queue + "' (queue deleted?); joining gathers again");
-    Status st;
-    if (roster) {
-      st = consume_roster(channel, consumer.service);
-    } else {
-      st = channel.qos(options_.gather_prefetch);
-      if (st.ok()) st = consume_instance_queue(channel, consumer.service);
-    }
-    if (!st.ok()) {
-      loop_.drop(Status{StatusCode::unavailable,
-                        "cannot join gathers of '" + queue + "' again: " + st.message()});
+    // Joining takes synchronous calls, which wait for the broker's answers on the socket: not
+    // in the middle of the batch being read, whose other frames come first.
+    link_.rejoin.push_back(consumer);
+  }
+
+  void rejoin_gathers(amqp::Channel& channel) REQUIRES(loop_.io_thread) {
+    for (const Consumer& consumer : std::exchange(link_.rejoin, {})) {
+      if (cancel_requested_.load(std::memory_order_acquire)) return;
+      const std::string& queue = core_->services[consumer.service].queue();
+      Status st;
+      if (consumer.role == Role::roster) {
+        st = consume_roster(channel, consumer.service);
+      } else {
+        st = channel.qos(options_.gather_prefetch);
+        if (st.ok()) st = consume_instance_queue(channel, consumer.service);
+      }
+      if (!st.ok()) {
+        loop_.drop(Status{StatusCode::unavailable,
+                          "cannot join gathers of '" + queue + "' again: " + st.message()});
+        return;
+      }
     }
   }
 

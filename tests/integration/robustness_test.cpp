@@ -363,6 +363,23 @@ TEST_P(GracefulStops, AreNotCrashesAndDeadLetterNothing) {
 
 INSTANTIATE_TEST_SUITE_P(WithAndWithoutConfirms, GracefulStops, testing::Bool());
 
+TEST_F(Robustness, AnIdleClientAndServerKeepTheirConnectionsByHeartbeats) {
+  // Heartbeat 1 s: the broker closes a connection that sends nothing for about two intervals,
+  // and each side drops one that hears nothing for two. Idle for four, both must still be up:
+  // each sends its heartbeats while it has nothing else to write.
+  ConnectionOptions beating = testbroker::options();
+  beating.heartbeat = 1s;
+  ServerOptions so = server_options(queue);
+  so.connection = beating;
+  auto server = Server::start(so, [](const Request& r) { return Reply::ok(r.body); }).value();
+  auto client = connect_client(beating);
+  ASSERT_EQ(client->call(queue, "before"), "before");
+  std::this_thread::sleep_for(4s);
+  EXPECT_EQ(client->call(queue, "after"), "after");
+  EXPECT_EQ(client->stats().reconnects, 0u);
+  EXPECT_EQ(server->stats().reconnects, 0u);
+}
+
 TEST_F(Robustness, ABusyHealthyConnectionIsNotDeclaredDead) {
   // 400,000 calls at once to a queue that does not exist, heartbeat 1 s: the client publishes
   // flat out while the broker sends a return for each. Nothing here is silence.

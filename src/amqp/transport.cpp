@@ -1,0 +1,248 @@
+#include "amqp/transport.hpp"
+
+#include <amqp.h>
+#include <amqp_framing.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+namespace amqprpc::detail::amqp {
+namespace {
+
+constexpr std::size_t kHeaderSize = 7;  // type, channel, payload size
+constexpr std::size_t kFooterSize = 1;  // AMQP_FRAME_END
+constexpr std::size_t kFrameOverhead = kHeaderSize + kFooterSize;
+// What waits to be written past this is written at once rather than at the end of the turn,
+// and past the second the writer waits for the socket (like rabbitmq-c, which always waits):
+// a large body never sits in memory twice for long.
+constexpr std::size_t kFlushEarly = std::size_t{1} << 20;
+constexpr std::size_t kWaitAbove = std::size_t{16} << 20;
+
+void put16(char* p, std::uint16_t v) {
+  p[0] = static_cast<char>(v >> 8);
+  p[1] = static_cast<char>(v);
+}
+void put32(char* p, std::uint32_t v) {
+  put16(p, static_cast<std::uint16_t>(v >> 16));
+  put16(p + 2, static_cast<std::uint16_t>(v));
+}
+void put64(char* p, std::uint64_t v) {
+  put32(p, static_cast<std::uint32_t>(v >> 32));
+  put32(p + 4, static_cast<std::uint32_t>(v));
+}
+std::uint32_t get32(const char* p) {
+  const auto* u = reinterpret_cast<const unsigned char*>(p);
+  return static_cast<std::uint32_t>(u[0]) << 24 | static_cast<std::uint32_t>(u[1]) << 16 |
+         static_cast<std::uint32_t>(u[2]) << 8 | static_cast<std::uint32_t>(u[3]);
+}
+
+Status lost(const std::string& why) {
+  return {StatusCode::unavailable, "connection lost: " + why};
+}
+
+}  // namespace
+
+Transport::Transport(amqp_connection_state_t conn)
+    : conn_(conn),
+      fd_(amqp_get_sockfd(conn)),
+      frame_max_(static_cast<std::size_t>(amqp_get_frame_max(conn))),
+      last_write_(std::chrono::steady_clock::now()),
+      // Room for a frame that has not fully arrived and as much again to complete it.
+      in_(std::max<std::size_t>(std::size_t{256} << 10, 2 * frame_max_)) {}
+
+char* Transport::reserve_frame() {
+  if (out_.size() < out_len_ + frame_max_)
+    out_.resize(std::max(out_len_ + frame_max_, 2 * out_.size()));
+  return out_.data() + out_len_;
+}
+
+std::size_t Transport::commit_frame(char* frame, std::uint8_t type, std::uint16_t channel,
+                                    std::size_t payload) {
+  frame[0] = static_cast<char>(type);
+  put16(frame + 1, channel);
+  put32(frame + 3, static_cast<std::uint32_t>(payload));
+  frame[kHeaderSize + payload] = static_cast<char>(AMQP_FRAME_END);
+  out_len_ += payload + kFrameOverhead;
+  return payload + kFrameOverhead;
+}
+
+Status Transport::method(std::uint16_t channel, std::uint32_t method_id, void* decoded) {
+  if (written_ == out_len_) written_ = out_len_ = 0;
+  char* frame = reserve_frame();
+  put32(frame + kHeaderSize, method_id);
+  amqp_bytes_t room{frame_max_ - kFrameOverhead - 4, frame + kHeaderSize + 4};
+  const int n = amqp_encode_method(method_id, decoded, room);
+  if (n < 0) {
+    return {StatusCode::invalid_argument,
+            std::string("cannot encode an AMQP method: ") + amqp_error_string2(n)};
+  }
+  commit_frame(frame, AMQP_FRAME_METHOD, channel, static_cast<std::size_t>(n) + 4);
+  return {};
+}
+
+Status Transport::publish(std::uint16_t channel, void* publish_method,
+                          const amqp_basic_properties_t& properties, std::string_view body) {
+  if (written_ == out_len_) written_ = out_len_ = 0;
+  const std::size_t mark = out_len_;
+  if (Status st = method(channel, AMQP_BASIC_PUBLISH_METHOD, publish_method); !st.ok()) return st;
+  char* frame = reserve_frame();
+  put16(frame + kHeaderSize, AMQP_BASIC_CLASS);
+  put16(frame + kHeaderSize + 2, 0);  // weight
+  put64(frame + kHeaderSize + 4, body.size());
+  amqp_bytes_t room{frame_max_ - kFrameOverhead - 12, frame + kHeaderSize + 12};
+  // rabbitmq-c's encoder takes a non-const pointer but only reads through it.
+  const int n = amqp_encode_properties(AMQP_BASIC_CLASS,
+                                       const_cast<amqp_basic_properties_t*>(&properties), room);
+  if (n < 0) {
+    out_len_ = mark;
+    return {StatusCode::invalid_argument,
+            "the message's properties and headers do not fit in one frame of " +
+                std::to_string(frame_max_) + " bytes (" + amqp_error_string2(n) + ")"};
+  }
+  commit_frame(frame, AMQP_FRAME_HEADER, channel, static_cast<std::size_t>(n) + 12);
+  const std::size_t chunk = frame_max_ - kFrameOverhead;
+  for (std::size_t at = 0; at < body.size(); at += chunk) {
+    const std::size_t len = std::min(chunk, body.size() - at);
+    frame = reserve_frame();
+    std::memcpy(frame + kHeaderSize, body.data() + at, len);
+    commit_frame(frame, AMQP_FRAME_BODY, channel, len);
+    if (out_len_ - written_ >= kFlushEarly) {
+      if (Status st = flush(); !st.ok()) return st;
+      if (out_len_ - written_ >= kWaitAbove) {
+        if (Status st = flush_all(std::chrono::milliseconds::max()); !st.ok()) return st;
+      }
+    }
+  }
+  return {};
+}
+
+void Transport::heartbeat() {
+  if (written_ == out_len_) written_ = out_len_ = 0;
+  commit_frame(reserve_frame(), AMQP_FRAME_HEARTBEAT, 0, 0);
+}
+
+Status Transport::write_error(int error) {
+  if (error == EPIPE || error == ECONNRESET) {
+    return lost(amqp_error_string2(AMQP_STATUS_CONNECTION_CLOSED));
+  }
+  return lost(std::strerror(error));
+}
+
+Status Transport::flush() {
+  while (written_ < out_len_) {
+    const ssize_t n = ::send(fd_, out_.data() + written_, out_len_ - written_, MSG_NOSIGNAL);
+    if (n > 0) {
+      written_ += static_cast<std::size_t>(n);
+      last_write_ = std::chrono::steady_clock::now();
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    return write_error(n < 0 ? errno : EPIPE);
+  }
+  if (written_ == out_len_) {
+    written_ = out_len_ = 0;
+  } else if (written_ >= out_len_ / 2) {
+    // Most of it went: keep the buffer from creeping forward.
+    std::memmove(out_.data(), out_.data() + written_, out_len_ - written_);
+    out_len_ -= written_;
+    written_ = 0;
+  }
+  return {};
+}
+
+Status Transport::flush_all(std::chrono::milliseconds bound) {
+  const bool forever = bound == std::chrono::milliseconds::max();
+  const auto until = forever ? std::chrono::steady_clock::time_point::max()
+                             : std::chrono::steady_clock::now() + bound;
+  for (;;) {
+    if (Status st = flush(); !st.ok()) return st;
+    if (!wants_write()) return {};
+    int timeout = -1;
+    if (!forever) {
+      auto left =
+          std::chrono::ceil<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+      if (left.count() <= 0) {
+        return lost("the broker took nothing written for " + std::to_string(bound.count()) + " ms");
+      }
+      timeout = static_cast<int>(std::min<std::int64_t>(left.count(), 1 << 30));
+    }
+    pollfd p{fd_, POLLOUT, 0};
+    if (::poll(&p, 1, timeout) < 0 && errno != EINTR) return lost(std::strerror(errno));
+  }
+}
+
+Result<bool> Transport::next(amqp_frame_t& frame) {
+  for (;;) {
+    const std::size_t avail = in_end_ - in_begin_;
+    if (avail >= kHeaderSize) {
+      const char* start = in_.data() + in_begin_;
+      const std::size_t whole = std::size_t{get32(start + 3)} + kFrameOverhead;
+      if (whole > frame_max_) {
+        return lost("the broker sent a frame of " + std::to_string(whole) +
+                    " bytes, over the frame_max of " + std::to_string(frame_max_));
+      }
+      if (avail >= whole) {
+        const int n =
+            amqp_handle_input(conn_, amqp_bytes_t{whole, const_cast<char*>(start)}, &frame);
+        if (n < 0) return lost(amqp_error_string2(n));
+        in_begin_ += whole;
+        if (frame.frame_type == 0) continue;  // a frame type rabbitmq-c ignores
+        return true;
+      }
+    }
+    if (drained_) return false;
+    // Only the start of a frame is left: move it to the front, read after it.
+    if (in_begin_ > 0) {
+      std::memmove(in_.data(), in_.data() + in_begin_, avail);
+      in_begin_ = 0;
+      in_end_ = avail;
+    }
+    const std::size_t room = in_.size() - in_end_;
+    const ssize_t n = ::recv(fd_, in_.data() + in_end_, room, 0);
+    if (n > 0) {
+      in_end_ += static_cast<std::size_t>(n);
+      // A short read took all there was: asking again would only fail. A full one may have
+      // left more: the loop comes back without polling (may_have_more).
+      more_ = static_cast<std::size_t>(n) == room;
+      drained_ = true;
+      continue;
+    }
+    if (n == 0) return lost(amqp_error_string2(AMQP_STATUS_CONNECTION_CLOSED));
+    if (errno == EINTR) continue;
+    drained_ = true;
+    more_ = false;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
+    return lost(std::strerror(errno));
+  }
+}
+
+Status Transport::hand_back(std::chrono::milliseconds bound) {
+  if (Status st = flush_all(bound); !st.ok()) return st;
+  const std::size_t avail = in_end_ - in_begin_;
+  if (avail >= kHeaderSize && avail >= std::size_t{get32(in_.data() + in_begin_ + 3)} + 8) {
+    return {StatusCode::internal,
+            "a synchronous AMQP call was made while frames were still being handled"};
+  }
+  // rabbitmq-c's heartbeat clocks saw nothing of what went through here: restart them, or its
+  // first wait would take the quiet for a dead broker (tuning again with the same values does
+  // just that; it needs rabbitmq-c's reader idle, which it is between whole frames).
+  if (amqp_release_buffers_ok(conn_)) {
+    amqp_tune_connection(conn_, amqp_get_channel_max(conn_), static_cast<int>(frame_max_),
+                         amqp_get_heartbeat(conn_));
+  }
+  if (avail > 0) {
+    amqp_frame_t ignored;
+    const int n = amqp_handle_input(conn_, amqp_bytes_t{avail, in_.data() + in_begin_}, &ignored);
+    if (n < 0) return lost(amqp_error_string2(n));
+  }
+  in_begin_ = in_end_ = 0;
+  more_ = false;
+  return {};
+}
+
+}  // namespace amqprpc::detail::amqp
