@@ -256,6 +256,14 @@ Status Channel::send_method(std::uint16_t channel, std::uint32_t method_id, void
 
 Status Channel::flush() {
   if (!transport_ || dead_) return {};
+  // rabbitmq-c sends heartbeats only from its own waits: with the transport, they are sent here
+  // after half an interval without writing (the I/O loop flushes at least four times an
+  // interval).
+  const int hb = amqp_get_heartbeat(conn_);
+  if (hb > 0 &&
+      std::chrono::steady_clock::now() - transport_->last_write() >= std::chrono::seconds(hb) / 2) {
+    transport_->heartbeat();
+  }
   Status st = transport_->flush();
   if (!st.ok()) dead_ = true;
   return st;
@@ -497,23 +505,14 @@ Status Channel::dispatch_side(const amqp_frame_t& frame, Events& events) {
   }
 }
 
-Status Channel::read(Events& events) {
+Status Channel::read(Events& events, bool socket_ready) {
   if (dead_) return {StatusCode::unavailable, "connection is closed"};
   if (!open_) {
     // Closed by the broker during a synchronous call (e.g. a declaration it refused): without
     // its one channel the session is of no use; the owner drops it (and reconnects).
     return {StatusCode::unavailable, "the broker closed the channel: " + channel_error_};
   }
-  if (transport_) {
-    transport_->begin_turn();
-    // rabbitmq-c sends heartbeats only from its own waits: with the transport, they are sent
-    // here after half an interval without writing (the loop looks four times an interval).
-    const int hb = amqp_get_heartbeat(conn_);
-    if (hb > 0 && std::chrono::steady_clock::now() - transport_->last_write() >=
-                      std::chrono::seconds(hb) / 2) {
-      transport_->heartbeat();
-    }
-  }
+  if (transport_) transport_->begin_turn(socket_ready);
   timeval zero{};
   for (;;) {
     amqp_frame_t frame;

@@ -81,7 +81,8 @@ class Channel {
   // flush(), so that a turn of the I/O loop writes them with one send).
   bool wants_write() const { return transport_ && transport_->wants_write(); }
   // Writes what waits, as much as the socket takes without blocking; the rest waits until
-  // poll() says the socket is writable. Non-ok: the connection is unusable.
+  // poll() says the socket is writable. Also sends a heartbeat when one is due. Non-ok: the
+  // connection is unusable.
   Status flush();
   // How often to look at the connection when idle so heartbeats flow both ways.
   std::optional<std::chrono::milliseconds> heartbeat_tick() const;
@@ -122,9 +123,10 @@ class Channel {
   // Probes sent and not answered yet.
   std::size_t probes_pending() const { return probes_.size(); }
 
-  // Reads what is available without blocking (also sends a heartbeat when one is due) and hands
-  // each complete message and notification to `events`. Non-ok: the connection is unusable.
-  Status read(Events& events);
+  // Reads what is available without blocking and hands each complete message and notification
+  // to `events`. `socket_ready`: whether the socket may have data (false: only frames already
+  // read are handed out). Non-ok: the connection is unusable.
+  Status read(Events& events, bool socket_ready = true);
 
   // Closes channel and connection politely, waiting at most kCloseTimeout for the broker's
   // answer; the destructor does it too.

@@ -54,8 +54,8 @@ class Transport {
   // arrived (the socket had nothing more, or a read() turn's budget is spent). The frame's
   // decoded parts live in rabbitmq-c's pools until its buffers are released.
   Result<bool> next(amqp_frame_t_& frame);
-  // A new read() turn: the socket may be read again (see next()).
-  void begin_turn() { drained_ = false; }
+  // A new read() turn: the socket may be read again (see next()), if it may have data.
+  void begin_turn(bool socket_ready) { drained_ = !socket_ready; }
   // Whether the socket may have more than was read this turn (the buffer filled up).
   bool may_have_more() const { return more_; }
   // Before rabbitmq-c uses the socket itself (a synchronous call, close): writes what waits and

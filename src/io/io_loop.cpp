@@ -60,7 +60,8 @@ void IoLoop::wake() {
     self_woken_ = true;
     return;
   }
-  signal_eventfd(wake_fd_);
+  wakes_.fetch_add(1, std::memory_order_seq_cst);
+  if (sleeping_.load(std::memory_order_seq_cst)) signal_eventfd(wake_fd_);
 }
 
 void IoLoop::stop() {
@@ -249,6 +250,7 @@ void IoLoop::run(std::promise<Status>& started) {
     if (link_.channel) {
       if (Status st = link_.channel->flush(); !st.ok()) lose(st);
     }
+    maybe_readable_ = true;  // unless poll() says otherwise below
     if (self_woken_) {
       self_woken_ = false;
       continue;
@@ -269,10 +271,11 @@ void IoLoop::serve_turn() {
       begin_connect();
     }
   }
+  wakes_seen_ = wakes_.load(std::memory_order_seq_cst);  // before the outboxes are taken
   hooks_.on_wake(link_.channel.get());
   if (link_.channel) {
     auto frames = link_.channel->frames_read();
-    if (Status st = link_.channel->read(*this); !st.ok()) lose(st);
+    if (Status st = link_.channel->read(*this, maybe_readable_); !st.ok()) lose(st);
     if (link_.channel && link_.channel->frames_read() != frames) heard();
     if (link_.channel) hooks_.on_read_batch(*link_.channel);
   }
@@ -320,12 +323,21 @@ void IoLoop::poll_once() {
     fds[1] = {link_.channel->fd(), events, 0};
     nfds = 2;
   }
+  // A wake-up since the turn began (its work may have missed the outboxes' take): another turn
+  // instead of sleeping. From here on a waker sees sleeping_ and signals.
+  sleeping_.store(true, std::memory_order_seq_cst);
+  if (wakes_.load(std::memory_order_seq_cst) != wakes_seen_) {
+    sleeping_.store(false, std::memory_order_relaxed);
+    return;
+  }
   const auto waiting_since = Clock::now();
   int rc = ::poll(fds, nfds, timeout_ms);
+  sleeping_.store(false, std::memory_order_relaxed);
   if (rc < 0 && errno != EINTR) {
     lose(Status{StatusCode::internal, std::string("poll failed: ") + std::strerror(errno)});
   }
-  if (rc > 0 && nfds == 2 && (fds[1].revents & (POLLIN | POLLHUP | POLLERR))) {
+  maybe_readable_ = rc > 0 && nfds == 2 && (fds[1].revents & (POLLIN | POLLHUP | POLLERR));
+  if (maybe_readable_) {
     heard();
   } else if (link_.channel) {
     link_.listened += Clock::now() - waiting_since;

@@ -84,8 +84,8 @@ class IoLoop final : private amqp::Channel::Events {
   // ran, or why that failed.
   Status start();
   // Makes the loop take a turn soon. Any thread. Callers that batch work in an outbox need only
-  // wake when the outbox goes from empty to non-empty: the loop reads the wake-up before it
-  // takes the outbox.
+  // wake when the outbox goes from empty to non-empty: the loop notes the wake-ups before it
+  // takes the outbox. Only a loop that sleeps (or is about to) costs the waker a syscall.
   void wake();
   // Closes politely (on_closing, then channel and connection) and joins. Idempotent; not from
   // the I/O thread itself.
@@ -157,6 +157,11 @@ class IoLoop final : private amqp::Channel::Events {
   Hooks& hooks_;
   Logger logger_;
   int wake_fd_ = -1;
+  // Wake-ups from other threads, counted; the loop compares the count with the one it saw
+  // before its last turn just before it sleeps, and sleeping_ tells a waker whether to signal
+  // wake_fd_ (both sequentially consistent: a waker that misses sleeping_ is seen by the loop).
+  std::atomic<std::uint64_t> wakes_{0};
+  std::atomic<bool> sleeping_{false};
   std::thread thread_;
   std::atomic<std::thread::id> io_thread_id_{};
   std::atomic<bool> stop_requested_{false};
@@ -167,6 +172,10 @@ class IoLoop final : private amqp::Channel::Events {
   // I/O thread only.
   Link link_ GUARDED_BY(io_thread);
   bool self_woken_ GUARDED_BY(io_thread) = false;
+  std::uint64_t wakes_seen_ GUARDED_BY(io_thread) = 0;
+  // Whether the socket may have data: poll() said so, or the loop took a turn without polling.
+  // A turn that knows it has none reads nothing (poll is level-triggered: nothing is missed).
+  bool maybe_readable_ GUARDED_BY(io_thread) = true;
   std::optional<Status> pending_drop_ GUARDED_BY(io_thread);
   // Reconnecting.
   std::size_t next_endpoint_ GUARDED_BY(io_thread) = 0;
