@@ -1,5 +1,7 @@
 #include "client/call_table.hpp"
 
+#include <algorithm>
+
 #include "log.hpp"
 
 namespace amqprpc::detail {
@@ -73,7 +75,8 @@ CallTable::Ptr CallTable::take_answered(const std::string& correlation_id) {
 }
 
 bool CallTable::answered_recently(const std::string& correlation_id) const {
-  return recent_.count(std::hash<std::string>{}(correlation_id)) != 0;
+  const std::size_t h = std::hash<std::string>{}(correlation_id);
+  return std::find(recent_ring_.begin(), recent_ring_.end(), h) != recent_ring_.end();
 }
 
 void CallTable::hold(PendingCall& call) {
@@ -132,13 +135,11 @@ std::vector<CallTable::Ptr> CallTable::take_unless(const std::function<bool(Pend
 
 void CallTable::remember(const std::string& id) {
   const std::size_t h = std::hash<std::string>{}(id);
-  if (!recent_.insert(h).second) return;
   if (recent_ring_.size() < kRecent) {
-    if (recent_ring_.empty()) recent_.reserve(kRecent + 1);
+    if (recent_ring_.empty()) recent_ring_.reserve(kRecent);
     recent_ring_.push_back(h);
     return;
   }
-  recent_.erase(recent_ring_[recent_next_]);
   recent_ring_[recent_next_] = h;
   recent_next_ = (recent_next_ + 1) % kRecent;
 }

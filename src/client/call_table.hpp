@@ -15,7 +15,6 @@
 #include <stop_token>
 #include <string>
 #include <unordered_map>
-#include <unordered_set>
 #include <variant>
 #include <vector>
 
@@ -126,8 +125,8 @@ class CallTable {
   DeadlineHeap<PendingCall> deadlines_;
   std::vector<std::string> held_;
   // Hashes of the ids (a 64-bit collision would only miscount a duplicate as late), in a ring:
-  // no string is copied or freed per reply.
-  std::unordered_set<std::size_t> recent_;
+  // no string is copied or freed per reply, and remembering is one store. Only a reply that
+  // matches no call looks here (a scan of 32 KiB), which is rare.
   std::vector<std::size_t> recent_ring_;  // up to kRecent, oldest at recent_next_ once full
   std::size_t recent_next_ = 0;
 };
