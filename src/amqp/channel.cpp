@@ -540,6 +540,7 @@ Status Channel::read(Events& events, bool socket_ready) {
     ++frames_read_;
     if (Status st = dispatch(frame, events); !st.ok()) return st;
   }
+  if (transport_) transport_->release();
   if (!amqp_frames_enqueued(conn_)) amqp_maybe_release_buffers(conn_);
   return {};
 }

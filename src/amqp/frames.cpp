@@ -2,11 +2,15 @@
 
 #include <amqp.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "amqp/table.hpp"
 
 namespace amqprpc::detail::amqp {
+namespace {
+constexpr std::uint64_t kReserveAtMost = std::uint64_t{1} << 20;
+}  // namespace
 
 Properties properties_from(const amqp_basic_properties_t& p, bool keep_wire_headers) {
   Properties out;
@@ -36,12 +40,19 @@ std::optional<Incoming> FrameAssembler::add(const amqp_frame_t& frame) {
   auto [props, body] = std::visit(
       [](auto& m) { return std::pair<Properties*, std::string*>(&m.props, &m.body); }, *partial_);
   if (frame.frame_type == AMQP_FRAME_HEADER) {
+    if (frame.payload.properties.class_id != AMQP_BASIC_CLASS) {
+      // Not basic content (decoded as another class's properties): no message of ours.
+      partial_.reset();
+      return std::nullopt;
+    }
     have_header_ = true;
     body_size_ = frame.payload.properties.body_size;
     *props = properties_from(
         *static_cast<const amqp_basic_properties_t*>(frame.payload.properties.decoded),
         keep_wire_headers_);
-    body->reserve(body_size_);
+    // The size is the peer's word: reserve no more than a frame-sized start on it (a body that
+    // really is large grows as its frames arrive).
+    body->reserve(static_cast<std::size_t>(std::min<std::uint64_t>(body_size_, kReserveAtMost)));
   } else if (frame.frame_type == AMQP_FRAME_BODY && have_header_) {
     body->append(static_cast<const char*>(frame.payload.body_fragment.bytes),
                  frame.payload.body_fragment.len);

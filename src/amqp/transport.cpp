@@ -34,10 +34,18 @@ void put64(char* p, std::uint64_t v) {
   put32(p, static_cast<std::uint32_t>(v >> 32));
   put32(p + 4, static_cast<std::uint32_t>(v));
 }
-std::uint32_t get32(const char* p) {
+std::uint16_t get16(const char* p) {
   const auto* u = reinterpret_cast<const unsigned char*>(p);
-  return static_cast<std::uint32_t>(u[0]) << 24 | static_cast<std::uint32_t>(u[1]) << 16 |
-         static_cast<std::uint32_t>(u[2]) << 8 | static_cast<std::uint32_t>(u[3]);
+  return static_cast<std::uint16_t>(u[0] << 8 | u[1]);
+}
+std::uint32_t get32(const char* p) {
+  return static_cast<std::uint32_t>(get16(p)) << 16 | get16(p + 2);
+}
+std::uint64_t get64(const char* p) {
+  return static_cast<std::uint64_t>(get32(p)) << 32 | get32(p + 4);
+}
+amqp_bytes_t bytes_of(const char* p, std::size_t n) {
+  return amqp_bytes_t{n, const_cast<char*>(p)};
 }
 
 Status lost(const std::string& why) {
@@ -47,12 +55,27 @@ Status lost(const std::string& why) {
 }  // namespace
 
 Transport::Transport(amqp_connection_state_t conn)
-    : conn_(conn),
-      fd_(amqp_get_sockfd(conn)),
-      frame_max_(static_cast<std::size_t>(amqp_get_frame_max(conn))),
+    : Transport(amqp_get_sockfd(conn), static_cast<std::size_t>(amqp_get_frame_max(conn))) {
+  conn_ = conn;
+}
+
+Transport::Transport(int fd, std::size_t frame_max)
+    : fd_(fd),
+      frame_max_(frame_max),
       last_write_(std::chrono::steady_clock::now()),
       // Room for a frame that has not fully arrived and as much again to complete it.
-      in_(std::max<std::size_t>(std::size_t{256} << 10, 2 * frame_max_)) {}
+      in_(std::max<std::size_t>(std::size_t{256} << 10, 2 * frame_max_)),
+      pool_(std::make_unique<amqp_pool_t>()) {
+  init_amqp_pool(pool_.get(), 4096);
+}
+
+Transport::~Transport() {
+  empty_amqp_pool(pool_.get());
+}
+
+void Transport::release() {
+  recycle_amqp_pool(pool_.get());
+}
 
 char* Transport::reserve_frame() {
   if (out_.size() < out_len_ + frame_max_)
@@ -187,11 +210,12 @@ Result<bool> Transport::next(amqp_frame_t& frame) {
                     " bytes, over the frame_max of " + std::to_string(frame_max_));
       }
       if (avail >= whole) {
-        const int n =
-            amqp_handle_input(conn_, amqp_bytes_t{whole, const_cast<char*>(start)}, &frame);
-        if (n < 0) return lost(amqp_error_string2(n));
         in_begin_ += whole;
-        if (frame.frame_type == 0) continue;  // a frame type rabbitmq-c ignores
+        if (static_cast<unsigned char>(start[whole - 1]) != AMQP_FRAME_END) {
+          return lost("the broker sent a frame without its end marker (not AMQP?)");
+        }
+        if (Status st = decode(start, whole, frame); !st.ok()) return st;
+        if (frame.frame_type == 0) continue;  // a frame type AMQP 0-9-1 does not know: ignored
         return true;
       }
     }
@@ -221,6 +245,43 @@ Result<bool> Transport::next(amqp_frame_t& frame) {
   }
 }
 
+Status Transport::decode(const char* start, std::size_t whole, amqp_frame_t& frame) {
+  const char* payload = start + kHeaderSize;
+  const std::size_t size = whole - kFrameOverhead;
+  frame.frame_type = static_cast<std::uint8_t>(start[0]);
+  frame.channel = get16(start + 1);
+  switch (frame.frame_type) {
+    case AMQP_FRAME_METHOD: {
+      if (size < 4) return lost("the broker sent a method frame too short for its id");
+      frame.payload.method.id = get32(payload);
+      const int rc =
+          amqp_decode_method(frame.payload.method.id, pool_.get(), bytes_of(payload + 4, size - 4),
+                             &frame.payload.method.decoded);
+      if (rc < 0) return lost(std::string("undecodable method: ") + amqp_error_string2(rc));
+      return {};
+    }
+    case AMQP_FRAME_HEADER: {
+      if (size < 12) return lost("the broker sent a header frame too short for its sizes");
+      frame.payload.properties.class_id = get16(payload);
+      frame.payload.properties.body_size = get64(payload + 4);
+      frame.payload.properties.raw = bytes_of(payload + 12, size - 12);
+      const int rc =
+          amqp_decode_properties(frame.payload.properties.class_id, pool_.get(),
+                                 frame.payload.properties.raw, &frame.payload.properties.decoded);
+      if (rc < 0) return lost(std::string("undecodable properties: ") + amqp_error_string2(rc));
+      return {};
+    }
+    case AMQP_FRAME_BODY:
+      frame.payload.body_fragment = bytes_of(payload, size);
+      return {};
+    case AMQP_FRAME_HEARTBEAT:
+      return {};
+    default:
+      frame.frame_type = 0;
+      return {};
+  }
+}
+
 Status Transport::hand_back(std::chrono::milliseconds bound) {
   if (Status st = flush_all(bound); !st.ok()) return st;
   const std::size_t avail = in_end_ - in_begin_;
@@ -228,6 +289,7 @@ Status Transport::hand_back(std::chrono::milliseconds bound) {
     return {StatusCode::internal,
             "a synchronous AMQP call was made while frames were still being handled"};
   }
+  if (conn_ == nullptr) return {StatusCode::internal, "no rabbitmq-c connection to hand back to"};
   // rabbitmq-c's heartbeat clocks saw nothing of what went through here: restart them, or its
   // first wait would take the quiet for a dead broker (tuning again with the same values does
   // just that; it needs rabbitmq-c's reader idle, which it is between whole frames).

@@ -2,14 +2,15 @@
 // frame with a send() of its own (three for a publish: method, header, body) and reads through
 // a zero-timeout wait that ends every turn with a failed recv() and a poll(). Here frames are
 // encoded (amqp_encode_method, amqp_encode_properties) into one buffer that the I/O loop writes
-// with one send() per turn, and read with large recv()s whose complete frames rabbitmq-c decodes
-// (amqp_handle_input) one at a time. rabbitmq-c still connects, logs in, runs the synchronous
-// calls (declarations, qos, consume, close) and, on TLS, all of the I/O.
+// with one send() per turn, and read with large recv()s; rabbitmq-c's decoders
+// (amqp_decode_method, amqp_decode_properties) decode each whole frame where it lies in the read
+// buffer, into a pool of this transport's that is recycled after each batch. rabbitmq-c still
+// connects, logs in, runs the synchronous calls (declarations, qos, consume, close) and, on TLS,
+// all of the I/O.
 //
-// Frames are handed to amqp_handle_input whole, so between frames rabbitmq-c's reader is idle:
-// its buffers can be released after each batch, and a synchronous call can take over the socket
-// (hand_back) once what waits to be written is written and the start of a frame that has not
-// fully arrived is given to rabbitmq-c.
+// rabbitmq-c's own reader sees none of this and stays idle between its synchronous calls, which
+// take the socket over (hand_back) once what waits to be written is written and the start of a
+// frame that has not fully arrived is given to it (amqp_handle_input).
 //
 // Thread safety: none; it belongs to its Channel's thread.
 #pragma once
@@ -17,6 +18,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string_view>
 #include <vector>
 
@@ -25,12 +27,17 @@
 struct amqp_connection_state_t_;  // rabbitmq-c types, kept out of this header
 struct amqp_frame_t_;
 struct amqp_basic_properties_t_;
+struct amqp_pool_t_;
 
 namespace amqprpc::detail::amqp {
 
 class Transport {
  public:
+  // The socket and frame size of `conn`, which synchronous calls use between turns.
   explicit Transport(amqp_connection_state_t_* conn);
+  // A socket alone (no rabbitmq-c connection: nothing to hand back to), e.g. for fuzzing.
+  Transport(int fd, std::size_t frame_max);
+  ~Transport();
   Transport(const Transport&) = delete;
   Transport& operator=(const Transport&) = delete;
 
@@ -51,9 +58,12 @@ class Transport {
 
   // ---- reading ----
   // The next frame read from the socket (heartbeats included). false: nothing complete has
-  // arrived (the socket had nothing more, or a read() turn's budget is spent). The frame's
-  // decoded parts live in rabbitmq-c's pools until its buffers are released.
+  // arrived (the socket had nothing more now, or may_have_more). A frame's decoded parts and
+  // body point into this transport's buffers: valid until the next call of next() or release().
+  // Non-ok: the socket failed, or the broker sent what is not AMQP.
   Result<bool> next(amqp_frame_t_& frame);
+  // After a batch of frames has been handled: their decoded parts are freed.
+  void release();
   // A new read() turn: the socket may be read again (see next()), if it may have data.
   void begin_turn(bool socket_ready) { drained_ = !socket_ready; }
   // Whether the socket may have more than was read this turn (the buffer filled up).
@@ -70,8 +80,10 @@ class Transport {
   std::size_t commit_frame(char* frame, std::uint8_t type, std::uint16_t channel,
                            std::size_t payload);
   Status write_error(int error);
+  // One whole frame (header, payload, end marker) at `start`, decoded into `frame`.
+  Status decode(const char* start, std::size_t whole, amqp_frame_t_& frame);
 
-  amqp_connection_state_t_* conn_;
+  amqp_connection_state_t_* conn_ = nullptr;
   int fd_;
   std::size_t frame_max_;
   std::vector<char> out_;
@@ -82,6 +94,7 @@ class Transport {
   std::size_t in_begin_ = 0, in_end_ = 0;  // received bytes not yet decoded
   bool drained_ = false;                   // the socket had no more this turn
   bool more_ = false;                      // the last recv() filled the buffer
+  std::unique_ptr<amqp_pool_t_> pool_;     // decoded methods and properties of this batch
 };
 
 }  // namespace amqprpc::detail::amqp

@@ -11,6 +11,7 @@ amqp_frame_t header_frame(amqp_basic_properties_t& props, std::uint64_t body_siz
   amqp_frame_t f{};
   f.frame_type = AMQP_FRAME_HEADER;
   f.channel = 1;
+  f.payload.properties.class_id = AMQP_BASIC_CLASS;
   f.payload.properties.body_size = body_size;
   f.payload.properties.decoded = &props;
   return f;
@@ -68,6 +69,25 @@ TEST(FrameAssembler, ABodyBeforeItsHeaderIsIgnored) {
   auto done = a.add(body_frame("abc"));
   ASSERT_TRUE(done.has_value());
   EXPECT_EQ(std::get<Delivery>(*done).body, "abc");
+}
+
+TEST(FrameAssembler, AHeaderOfAnotherClassEndsTheMessage) {
+  // Decoded as another class's properties, it cannot be read as basic ones.
+  FrameAssembler a;
+  a.begin(Delivery{});
+  amqp_basic_properties_t props{};
+  amqp_frame_t exchange_header = header_frame(props, 0);
+  exchange_header.payload.properties.class_id = 40;
+  EXPECT_FALSE(a.add(exchange_header).has_value());
+  EXPECT_FALSE(a.add(header_frame(props, 0)).has_value()) << "nothing begun any more";
+}
+
+TEST(FrameAssembler, AHugeAnnouncedBodySizeIsNotAllocatedUpFront) {
+  FrameAssembler a;
+  a.begin(Delivery{});
+  amqp_basic_properties_t props{};
+  EXPECT_FALSE(a.add(header_frame(props, std::uint64_t{1} << 62)).has_value());
+  EXPECT_FALSE(a.add(body_frame("only this came")).has_value()) << "incomplete, and no crash";
 }
 
 TEST(FrameAssembler, PropertiesAndHeadersBecomeOurValues) {
