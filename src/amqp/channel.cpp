@@ -176,7 +176,12 @@ Result<std::unique_ptr<Channel>> Channel::open(const ConnectionOptions& o) {
   s->open_ = true;
   // TLS keeps rabbitmq-c's own I/O: its frames go through OpenSSL, which batching would not
   // spare the encryption, and the connections that need the speed are on loopback or a LAN.
-  if (!o.tls.enabled) s->transport_ = std::make_unique<Transport>(s->conn_);
+  s->heartbeat_ = amqp_get_heartbeat(s->conn_);
+  s->rpc_timeout_ = o.connect_timeout;
+  if (!o.tls.enabled) {
+    s->transport_ = std::make_unique<Transport>(s->conn_);
+    s->quiet_rabbitmq_c_heartbeats();
+  }
   return s;
 }
 
@@ -187,7 +192,7 @@ Channel::~Channel() {
 
 void Channel::close() {
   if (conn_ == nullptr || dead_) return;
-  if (!hand_back().ok()) {
+  if (!hand_back(/*closing=*/true).ok()) {
     dead_ = true;
     return;
   }
@@ -214,7 +219,13 @@ int Channel::frame_max() const {
 }
 
 std::chrono::seconds Channel::heartbeat() const {
-  return std::chrono::seconds(amqp_get_heartbeat(conn_));
+  return std::chrono::seconds(heartbeat_);
+}
+
+void Channel::quiet_rabbitmq_c_heartbeats() {
+  if (rabbitmq_c_quiet_ || !amqp_release_buffers_ok(conn_)) return;  // tuning needs it idle
+  amqp_tune_connection(conn_, amqp_get_channel_max(conn_), amqp_get_frame_max(conn_), 0);
+  rabbitmq_c_quiet_ = true;
 }
 
 void Channel::cork(bool on) {
@@ -234,14 +245,19 @@ bool Channel::rabbitmq_c_reads() const {
          !amqp_release_buffers_ok(conn_);
 }
 
-Status Channel::hand_back() {
+Status Channel::hand_back(bool closing) {
   if (!transport_) return {};
-  Status st = transport_->hand_back(kCloseTimeout);
+  quiet_rabbitmq_c_heartbeats();
+  // A synchronous call waits for what is written before it as long as for its answer; a close
+  // no longer than kCloseTimeout, and drops what was read and will never be handled.
+  Status st = closing ? transport_->hand_back(kCloseTimeout, /*discard_input=*/true)
+                      : transport_->hand_back(rpc_timeout_, /*discard_input=*/false);
   if (!st.ok()) dead_ = true;
   return st;
 }
 
 Status Channel::send_method(std::uint16_t channel, std::uint32_t method_id, void* decoded) {
+  if (dead_) return {StatusCode::unavailable, "connection is closed"};
   if (transport_) {
     Status st = transport_->method(channel, method_id, decoded);
     if (!st.ok() && st.code() == StatusCode::unavailable) dead_ = true;
@@ -259,9 +275,10 @@ Status Channel::flush() {
   // rabbitmq-c sends heartbeats only from its own waits: with the transport, they are sent here
   // after half an interval without writing (the I/O loop flushes at least four times an
   // interval).
-  const int hb = amqp_get_heartbeat(conn_);
-  if (hb > 0 &&
-      std::chrono::steady_clock::now() - transport_->last_write() >= std::chrono::seconds(hb) / 2) {
+  // Only into an empty buffer: while the socket takes nothing, one would not leave earlier.
+  if (heartbeat_ > 0 && !transport_->wants_write() &&
+      std::chrono::steady_clock::now() - transport_->last_write() >=
+          std::chrono::milliseconds(heartbeat_ * 500)) {
     transport_->heartbeat();
   }
   Status st = transport_->flush();
@@ -270,7 +287,7 @@ Status Channel::flush() {
 }
 
 std::optional<std::chrono::milliseconds> Channel::heartbeat_tick() const {
-  int hb = amqp_get_heartbeat(conn_);
+  int hb = heartbeat_;
   if (hb <= 0) return std::nullopt;
   // rabbitmq-c sends a heartbeat when half the interval passed without sending; look twice as
   // often so one is never late.
@@ -316,6 +333,7 @@ Result<std::uint64_t> Channel::publish(std::string_view exchange, std::string_vi
     props._flags |= AMQP_BASIC_HEADERS_FLAG;
     props.headers = headers.table();
   }
+  if (dead_) return Status{StatusCode::unavailable, "connection is closed"};
   if (transport_) {
     amqp_basic_publish_t m{};
     m.exchange = as_bytes(exchange);
@@ -517,6 +535,7 @@ Status Channel::read(Events& events, bool socket_ready) {
   for (;;) {
     amqp_frame_t frame;
     if (transport_ && !rabbitmq_c_reads()) {
+      if (!rabbitmq_c_quiet_) quiet_rabbitmq_c_heartbeats();
       auto got = transport_->next(frame);
       if (!got) {
         dead_ = true;
@@ -617,7 +636,9 @@ Status Channel::dispatch(const amqp_frame_t& frame, Events& events) {
       case AMQP_CONNECTION_CLOSE_METHOD: {
         auto* c = static_cast<amqp_connection_close_t*>(m.decoded);
         amqp_connection_close_ok_t ok{};
-        if (send_method(0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok).ok()) flush();
+        if (send_method(0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok).ok() && transport_) {
+          transport_->flush_all(kCloseTimeout);  // the broker closes the socket after it
+        }
         dead_ = true;
         return {code_for_reply_code(c->reply_code) == StatusCode::internal
                     ? StatusCode::unavailable

@@ -136,8 +136,13 @@ class Channel {
  private:
   Channel() = default;
   void cork(bool on);
-  // Before a synchronous call: rabbitmq-c takes the socket over (see Transport::hand_back).
-  Status hand_back();
+  // Before a synchronous call (or close, `closing`): rabbitmq-c takes the socket over (see
+  // Transport::hand_back).
+  Status hand_back(bool closing = false);
+  // With the transport, rabbitmq-c must neither send heartbeats (its writes would land inside
+  // the transport's) nor judge the broker's silence by timers the transport's traffic never
+  // moves: its heartbeat is set to 0 once it is idle; the negotiated one is heartbeat_.
+  void quiet_rabbitmq_c_heartbeats();
   // Whether rabbitmq-c's reader has frames or bytes of its own, or is within a frame: it reads
   // until it has none, then the transport reads.
   bool rabbitmq_c_reads() const;
@@ -158,9 +163,12 @@ class Channel {
   std::size_t max_message_size_ = 0;
   std::string channel_error_;  // why the broker closed our channel, once it has
   FrameAssembler assembler_;
-  std::unique_ptr<Transport> transport_;  // plain TCP; null on TLS (rabbitmq-c's own I/O)
-  bool side_open_ = false;                // channel.open sent on the side channel (answered or not)
-  std::deque<Probe> probes_;              // sent on the side channel, answers awaited, in order
+  std::unique_ptr<Transport> transport_;      // plain TCP; null on TLS (rabbitmq-c's own I/O)
+  int heartbeat_ = 0;                         // negotiated, in seconds
+  bool rabbitmq_c_quiet_ = false;             // rabbitmq-c's own heartbeat set to 0
+  std::chrono::milliseconds rpc_timeout_{0};  // how long a synchronous call may take
+  bool side_open_ = false;    // channel.open sent on the side channel (answered or not)
+  std::deque<Probe> probes_;  // sent on the side channel, answers awaited, in order
 };
 
 }  // namespace amqprpc::detail::amqp

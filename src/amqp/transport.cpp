@@ -21,6 +21,11 @@ constexpr std::size_t kFrameOverhead = kHeaderSize + kFooterSize;
 // a large body never sits in memory twice for long.
 constexpr std::size_t kFlushEarly = std::size_t{1} << 20;
 constexpr std::size_t kWaitAbove = std::size_t{16} << 20;
+// The room a method or a header is first encoded into; frame_max only if that is too small
+// (frame_max may be large: no buffer grows to it for nothing).
+constexpr std::size_t kFirstRoom = std::size_t{64} << 10;
+// The read buffer's first size; it grows to hold a larger frame when one comes.
+constexpr std::size_t kFirstInput = std::size_t{256} << 10;
 
 void put16(char* p, std::uint16_t v) {
   p[0] = static_cast<char>(v >> 8);
@@ -63,8 +68,7 @@ Transport::Transport(int fd, std::size_t frame_max)
     : fd_(fd),
       frame_max_(frame_max),
       last_write_(std::chrono::steady_clock::now()),
-      // Room for a frame that has not fully arrived and as much again to complete it.
-      in_(std::max<std::size_t>(std::size_t{256} << 10, 2 * frame_max_)),
+      in_(kFirstInput),
       pool_(std::make_unique<amqp_pool_t>()) {
   init_amqp_pool(pool_.get(), 4096);
 }
@@ -77,10 +81,20 @@ void Transport::release() {
   recycle_amqp_pool(pool_.get());
 }
 
-char* Transport::reserve_frame() {
-  if (out_.size() < out_len_ + frame_max_)
-    out_.resize(std::max(out_len_ + frame_max_, 2 * out_.size()));
+char* Transport::reserve_frame(std::size_t size) {
+  if (out_.size() < out_len_ + size) out_.resize(std::max(out_len_ + size, 2 * out_.size()));
   return out_.data() + out_len_;
+}
+
+std::size_t Transport::first_room() const {
+  return std::min(frame_max_, kFirstRoom);
+}
+
+Status Transport::bound_output() {
+  if (out_len_ - written_ < kFlushEarly) return {};
+  if (Status st = flush(); !st.ok()) return st;
+  if (out_len_ - written_ < kWaitAbove) return {};
+  return flush_all(std::chrono::milliseconds::max());
 }
 
 std::size_t Transport::commit_frame(char* frame, std::uint8_t type, std::uint16_t channel,
@@ -95,31 +109,48 @@ std::size_t Transport::commit_frame(char* frame, std::uint8_t type, std::uint16_
 
 Status Transport::method(std::uint16_t channel, std::uint32_t method_id, void* decoded) {
   if (written_ == out_len_) written_ = out_len_ = 0;
-  char* frame = reserve_frame();
-  put32(frame + kHeaderSize, method_id);
-  amqp_bytes_t room{frame_max_ - kFrameOverhead - 4, frame + kHeaderSize + 4};
-  const int n = amqp_encode_method(method_id, decoded, room);
-  if (n < 0) {
-    return {StatusCode::invalid_argument,
-            std::string("cannot encode an AMQP method: ") + amqp_error_string2(n)};
+  if (Status st = encode_method(channel, method_id, decoded); !st.ok()) return st;
+  return bound_output();
+}
+
+Status Transport::encode_method(std::uint16_t channel, std::uint32_t method_id, void* decoded) {
+  // Most methods are small: a large room is taken only when the first does not do.
+  for (std::size_t size = first_room();; size = frame_max_) {
+    char* frame = reserve_frame(size);
+    put32(frame + kHeaderSize, method_id);
+    amqp_bytes_t room{size - kFrameOverhead - 4, frame + kHeaderSize + 4};
+    const int n = amqp_encode_method(method_id, decoded, room);
+    if (n >= 0) {
+      commit_frame(frame, AMQP_FRAME_METHOD, channel, static_cast<std::size_t>(n) + 4);
+      return {};
+    }
+    if (size == frame_max_) {
+      return {StatusCode::invalid_argument,
+              std::string("cannot encode an AMQP method: ") + amqp_error_string2(n)};
+    }
   }
-  commit_frame(frame, AMQP_FRAME_METHOD, channel, static_cast<std::size_t>(n) + 4);
-  return {};
 }
 
 Status Transport::publish(std::uint16_t channel, void* publish_method,
                           const amqp_basic_properties_t& properties, std::string_view body) {
   if (written_ == out_len_) written_ = out_len_ = 0;
   const std::size_t mark = out_len_;
-  if (Status st = method(channel, AMQP_BASIC_PUBLISH_METHOD, publish_method); !st.ok()) return st;
-  char* frame = reserve_frame();
-  put16(frame + kHeaderSize, AMQP_BASIC_CLASS);
-  put16(frame + kHeaderSize + 2, 0);  // weight
-  put64(frame + kHeaderSize + 4, body.size());
-  amqp_bytes_t room{frame_max_ - kFrameOverhead - 12, frame + kHeaderSize + 12};
-  // rabbitmq-c's encoder takes a non-const pointer but only reads through it.
-  const int n = amqp_encode_properties(AMQP_BASIC_CLASS,
-                                       const_cast<amqp_basic_properties_t*>(&properties), room);
+  if (Status st = encode_method(channel, AMQP_BASIC_PUBLISH_METHOD, publish_method); !st.ok()) {
+    return st;
+  }
+  char* frame = nullptr;
+  int n = -1;
+  for (std::size_t size = first_room();; size = frame_max_) {
+    frame = reserve_frame(size);
+    put16(frame + kHeaderSize, AMQP_BASIC_CLASS);
+    put16(frame + kHeaderSize + 2, 0);  // weight
+    put64(frame + kHeaderSize + 4, body.size());
+    amqp_bytes_t room{size - kFrameOverhead - 12, frame + kHeaderSize + 12};
+    // rabbitmq-c's encoder takes a non-const pointer but only reads through it.
+    n = amqp_encode_properties(AMQP_BASIC_CLASS, const_cast<amqp_basic_properties_t*>(&properties),
+                               room);
+    if (n >= 0 || size == frame_max_) break;
+  }
   if (n < 0) {
     out_len_ = mark;
     return {StatusCode::invalid_argument,
@@ -130,22 +161,17 @@ Status Transport::publish(std::uint16_t channel, void* publish_method,
   const std::size_t chunk = frame_max_ - kFrameOverhead;
   for (std::size_t at = 0; at < body.size(); at += chunk) {
     const std::size_t len = std::min(chunk, body.size() - at);
-    frame = reserve_frame();
+    frame = reserve_frame(len + kFrameOverhead);
     std::memcpy(frame + kHeaderSize, body.data() + at, len);
     commit_frame(frame, AMQP_FRAME_BODY, channel, len);
-    if (out_len_ - written_ >= kFlushEarly) {
-      if (Status st = flush(); !st.ok()) return st;
-      if (out_len_ - written_ >= kWaitAbove) {
-        if (Status st = flush_all(std::chrono::milliseconds::max()); !st.ok()) return st;
-      }
-    }
+    if (Status st = bound_output(); !st.ok()) return st;
   }
-  return {};
+  return bound_output();
 }
 
 void Transport::heartbeat() {
   if (written_ == out_len_) written_ = out_len_ = 0;
-  commit_frame(reserve_frame(), AMQP_FRAME_HEARTBEAT, 0, 0);
+  commit_frame(reserve_frame(kFrameOverhead), AMQP_FRAME_HEARTBEAT, 0, 0);
 }
 
 Status Transport::write_error(int error) {
@@ -226,6 +252,11 @@ Result<bool> Transport::next(amqp_frame_t& frame) {
       in_begin_ = 0;
       in_end_ = avail;
     }
+    if (avail >= kHeaderSize) {
+      // A frame larger than the buffer (up to frame_max, checked above): room for all of it.
+      const std::size_t whole = std::size_t{get32(in_.data() + 3)} + kFrameOverhead;
+      if (whole > in_.size()) in_.resize(whole);
+    }
     const std::size_t room = in_.size() - in_end_;
     const ssize_t n = ::recv(fd_, in_.data() + in_end_, room, 0);
     if (n > 0) {
@@ -282,22 +313,24 @@ Status Transport::decode(const char* start, std::size_t whole, amqp_frame_t& fra
   }
 }
 
-Status Transport::hand_back(std::chrono::milliseconds bound) {
+Status Transport::hand_back(std::chrono::milliseconds bound, bool discard_input) {
   if (Status st = flush_all(bound); !st.ok()) return st;
-  const std::size_t avail = in_end_ - in_begin_;
-  if (avail >= kHeaderSize && avail >= std::size_t{get32(in_.data() + in_begin_ + 3)} + 8) {
-    return {StatusCode::internal,
-            "a synchronous AMQP call was made while frames were still being handled"};
+  // Whole frames not handed out yet: a synchronous call cannot take over in the middle of a
+  // batch (their order would be lost); a close can, dropping them (nothing handles them now).
+  for (;;) {
+    const std::size_t avail = in_end_ - in_begin_;
+    if (avail < kHeaderSize) break;
+    const std::size_t whole = std::size_t{get32(in_.data() + in_begin_ + 3)} + kFrameOverhead;
+    if (avail < whole) break;
+    if (!discard_input) {
+      return {StatusCode::internal,
+              "a synchronous AMQP call was made while frames were still being handled"};
+    }
+    in_begin_ += whole;
   }
   if (conn_ == nullptr) return {StatusCode::internal, "no rabbitmq-c connection to hand back to"};
-  // rabbitmq-c's heartbeat clocks saw nothing of what went through here: restart them, or its
-  // first wait would take the quiet for a dead broker (tuning again with the same values does
-  // just that; it needs rabbitmq-c's reader idle, which it is between whole frames).
-  if (amqp_release_buffers_ok(conn_)) {
-    amqp_tune_connection(conn_, amqp_get_channel_max(conn_), static_cast<int>(frame_max_),
-                         amqp_get_heartbeat(conn_));
-  }
-  if (avail > 0) {
+  // The start of a frame whose rest is still in the socket: rabbitmq-c reads on from there.
+  if (const std::size_t avail = in_end_ - in_begin_; avail > 0) {
     amqp_frame_t ignored;
     const int n = amqp_handle_input(conn_, amqp_bytes_t{avail, in_.data() + in_begin_}, &ignored);
     if (n < 0) return lost(amqp_error_string2(n));

@@ -68,15 +68,20 @@ class Transport {
   void begin_turn(bool socket_ready) { drained_ = !socket_ready; }
   // Whether the socket may have more than was read this turn (the buffer filled up).
   bool may_have_more() const { return more_; }
-  // Before rabbitmq-c uses the socket itself (a synchronous call, close): writes what waits and
-  // gives rabbitmq-c the start of a frame that has not fully arrived. Non-ok when that cannot
-  // be done (the socket failed, or complete frames are still unread: a synchronous call made
-  // in the middle of handling a batch).
-  Status hand_back(std::chrono::milliseconds bound);
+  // Before rabbitmq-c uses the socket itself (a synchronous call, close): writes what waits
+  // (within `bound`) and gives rabbitmq-c the start of a frame that has not fully arrived.
+  // Whole frames still unread are dropped with `discard_input` (closing), else they make it
+  // fail (a synchronous call in the middle of handling a batch). Non-ok also when the socket
+  // failed.
+  Status hand_back(std::chrono::milliseconds bound, bool discard_input);
 
  private:
-  // Room for one more frame of up to frame_max bytes at the end of the output.
-  char* reserve_frame();
+  // Room for a frame of `size` bytes at the end of the output.
+  char* reserve_frame(std::size_t size);
+  std::size_t first_room() const;
+  Status encode_method(std::uint16_t channel, std::uint32_t method_id, void* decoded);
+  // Writes early when much waits, and waits for the socket when very much does.
+  Status bound_output();
   std::size_t commit_frame(char* frame, std::uint8_t type, std::uint16_t channel,
                            std::size_t payload);
   Status write_error(int error);

@@ -244,7 +244,11 @@ void IoLoop::run(std::promise<Status>& started) {
     started.set_value(st);
     if (!st.ok()) return;
   }
-  while (!stop_requested_.load(std::memory_order_acquire)) {
+  for (;;) {
+    // Noted before the stop flag and the outboxes are looked at: a wake-up after this (stop()'s
+    // too) makes poll_once take another turn rather than sleep.
+    wakes_seen_ = wakes_.load(std::memory_order_seq_cst);
+    if (stop_requested_.load(std::memory_order_seq_cst)) break;
     serve_turn();
     // What the turn published and acked leaves now, in one write.
     if (link_.channel) {
@@ -271,7 +275,6 @@ void IoLoop::serve_turn() {
       begin_connect();
     }
   }
-  wakes_seen_ = wakes_.load(std::memory_order_seq_cst);  // before the outboxes are taken
   hooks_.on_wake(link_.channel.get());
   if (link_.channel) {
     auto frames = link_.channel->frames_read();
