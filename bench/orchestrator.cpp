@@ -7,6 +7,7 @@
 #include <array>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -508,6 +509,8 @@ class Orchestrator {
     std::cerr << "bench: the seed's pika client and server, " << o_.pika_calls
               << " sequential calls ... " << std::flush;
     json pika;
+    // The seed's programs take the broker from $AMQP_URL only.
+    setenv("AMQP_URL", o_.url.c_str(), 1);
     try {
       Child seed_server =
           spawn({kPython, o_.seed_dir + "/seed_rpc_server.py"}, false, /*quiet=*/true);

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <optional>
 #include <sstream>
@@ -202,6 +203,7 @@ json measure(const std::string& label, const std::vector<std::string>& args, con
     return r;
   }
   const double calls = r.value("calls", 0.0);
+  if (calls <= 0 && !r.contains("error")) r["error"] = what + ": no call completed in its window";
   const double us_per_tick = 1e6 / static_cast<double>(ticks_per_second());
   auto per_call = [&](const char* key, const std::optional<double>& ticks) {
     if (ticks && calls > 0) r[key] = *ticks * us_per_tick / calls;
@@ -224,6 +226,13 @@ json measure(const std::string& label, const std::vector<std::string>& args, con
     r["other_cpu"] = other;
     r["steal"] = steal;
     r["disturbed"] = filter.enabled && (other > filter.max_other || steal > filter.max_steal);
+  }
+  // The marks were read late (this process was not scheduled, or the client's output was held
+  // up): the counters do not cover the client's window, whatever the filter says.
+  const double client_s = r.value("seconds", 0.0);
+  if (std::abs(window_s - client_s) > std::max(0.1 * client_s, 0.05)) {
+    r["window_mismatch"] = true;
+    r["disturbed"] = true;
   }
   return r;
 }

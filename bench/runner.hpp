@@ -47,9 +47,10 @@ struct Watched {
 
 // Runs one measured client (`label` names it in errors). Its result, plus: "client_cpu_us",
 // "server_cpu_us", "broker_cpu_us" (per call, in the window; absent when a pid is unknown),
-// "other_cpu" and "steal" (shares of the machine in the window), "disturbed" (by `filter`).
-// {"error": ...} when the client failed, hung past `timeout_s` (then it is killed) or printed no
-// marks.
+// "other_cpu" and "steal" (shares of the machine in the window), "disturbed" (by `filter`, or
+// because the marks were read too late to bracket the client's window: "window_mismatch").
+// {"error": ...} when the client failed, hung past `timeout_s` (then it is killed), printed no
+// marks or completed no call in its window.
 nlohmann::json measure(const std::string& label, const std::vector<std::string>& args,
                        const Watched& watched, const Filter& filter, double timeout_s);
 
