@@ -532,6 +532,10 @@ int main(int argc, char** argv) {
   app.add_option("--retries", o.retries, "re-runs of a disturbed run, at most")
       ->capture_default_str()
       ->check(CLI::Range(0, 20));
+  app.add_option("--rerun-budget", o.rerun_budget,
+                 "re-runs in the whole run, at most, as a share of the runs planned")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 10.0));
   app.add_option("--long-calls", o.long_calls, "calls in the memory run (0 skips it)")
       ->capture_default_str();
   app.add_option("--pika-calls", o.pika_calls,

@@ -125,6 +125,9 @@ class Orchestrator {
     filter_.max_steal = o_.max_steal;
     filter_.enabled = broker_pid_ > 0;
     define();
+    std::size_t planned = 0;
+    for (const Cell& cell : cells_) planned += rows_in(cell).size() * o_.repeat;
+    rerun_budget_ = static_cast<int>(o_.rerun_budget * static_cast<double>(planned) + 0.5);
     if (!start_servers()) return 1;
     measure_cells();
     json pika = seed_run();
@@ -406,7 +409,9 @@ class Orchestrator {
 
   double elapsed() const { return std::chrono::duration<double>(Clock::now() - started_).count(); }
 
-  // One run of a row in a cell, run again (at most o_.retries times) while disturbed.
+  // One run of a row in a cell, run again while disturbed: at most o_.retries times, and while
+  // the whole run's re-runs stay within their budget (a machine busy throughout would otherwise
+  // take o_.retries + 1 times as long).
   json run_once(const Row& row, const Cell& cell) {
     const Server& server = servers_.at(row.server_key);
     const auto args = row.client_args(server.queue, cell.concurrency, cell.size);
@@ -417,7 +422,7 @@ class Orchestrator {
       json r = measure(row.key, args, Watched{server.child.pid, broker_pid_}, filter_, timeout);
       r["attempts"] = attempt;
       if (r.contains("error") || !r.value("disturbed", false)) return r;
-      if (attempt > o_.retries) {
+      if (attempt > o_.retries || reruns_ >= rerun_budget_) {
         ++still_disturbed_;
         return r;
       }
@@ -440,16 +445,22 @@ class Orchestrator {
     }
   }
 
+  // The rows measured in a cell.
+  std::vector<const Row*> rows_in(const Cell& cell) const {
+    std::vector<const Row*> rows;
+    for (const Row& r : rows_) {
+      if (!((r.peers && cell.peers) || (r.forms && cell.forms))) continue;
+      if (r.sequential && cell.concurrency != 1) continue;
+      rows.push_back(&r);
+    }
+    return rows;
+  }
+
   void measure_cells() {
     std::size_t cell_number = 0;
     for (const Cell& cell : cells_) {
       ++cell_number;
-      std::vector<const Row*> rows;
-      for (const Row& r : rows_) {
-        if (!((r.peers && cell.peers) || (r.forms && cell.forms))) continue;
-        if (r.sequential && cell.concurrency != 1) continue;
-        rows.push_back(&r);
-      }
+      const std::vector<const Row*> rows = rows_in(cell);
       progress(cell_number, cell, "");
       // Runs alternate between implementations, `repeat` times; each implementation's median
       // run (by calls/s) stands for it, so drift and noise on a shared machine hit all alike.
@@ -474,6 +485,11 @@ class Orchestrator {
           if (run.contains("error"))
             findings_.push_back(rows[i]->key + ": " + run["error"].get<std::string>());
         }
+        // The median of the undisturbed runs, if any.
+        std::vector<json> clean;
+        for (const auto& run : v)
+          if (!run.value("disturbed", false)) clean.push_back(run);
+        if (!clean.empty()) v = clean;
         std::sort(v.begin(), v.end(), [](const json& a, const json& b) {
           return a.value("calls_per_s", 0.0) < b.value("calls_per_s", 0.0);
         });
@@ -731,11 +747,13 @@ class Orchestrator {
              << " cores; /proc/stat's user+nice+system less the client's, the server's, the "
                 "broker's and the orchestrator's own) or steal took more than "
              << fmt(100 * filter_.max_steal) << "% was run again, at most " << o_.retries
-             << " times: " << runs_repeated_ << " of " << runs_ << " runs were repeated ("
-             << reruns_ << " re-runs in all)";
+             << " times (and " << rerun_budget_ << " re-runs in all, " << fmt(100 * o_.rerun_budget)
+             << "% of the runs planned): " << runs_repeated_ << " of " << runs_
+             << " runs were repeated (" << reruns_ << " re-runs in all)";
       if (still_disturbed_ > 0) {
         report << "; " << still_disturbed_
-               << " were still disturbed at their last try and are kept, marked †";
+               << " were still disturbed at their last try and are kept, left out of the median "
+                  "when another run of theirs was not, marked † when shown";
       }
       report << ".\n\n";
     } else {
@@ -793,7 +811,7 @@ class Orchestrator {
   std::vector<Cell> cells_;
   json cells_json_ = json::array();
   std::vector<std::string> unavailable_, findings_;
-  int runs_ = 0, runs_repeated_ = 0, reruns_ = 0, still_disturbed_ = 0;
+  int runs_ = 0, runs_repeated_ = 0, reruns_ = 0, still_disturbed_ = 0, rerun_budget_ = 0;
 };
 
 }  // namespace

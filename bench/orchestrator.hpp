@@ -40,7 +40,8 @@ struct Options {
   pid_t broker_pid = -1;  // the broker's Erlang VM; unknown: no broker CPU, no filter
   double max_other_cpu = 0.10;
   double max_steal = 0.05;
-  int retries = 3;  // re-runs of a disturbed run, at most
+  int retries = 3;            // re-runs of a disturbed run, at most
+  double rerun_budget = 0.5;  // re-runs in all, at most, as a share of the runs planned
 };
 
 // Runs the benchmark; prints the report on stdout (and to out_file). Exit status: 0, or 1 when
