@@ -422,7 +422,10 @@ class Orchestrator {
       json r = measure(row.key, args, Watched{server.child.pid, broker_pid_}, filter_, timeout);
       r["attempts"] = attempt;
       if (r.contains("error") || !r.value("disturbed", false)) return r;
-      if (attempt > o_.retries || reruns_ >= rerun_budget_) {
+      // The budget is spent as the run goes: up to its share of the runs made so far (and a
+      // few more), so that a busy start does not leave the cells after it none.
+      const double allowed = o_.rerun_budget * static_cast<double>(runs_) + 3;
+      if (attempt > o_.retries || reruns_ >= rerun_budget_ || reruns_ >= allowed) {
         ++still_disturbed_;
         return r;
       }
@@ -748,8 +751,8 @@ class Orchestrator {
                 "broker's and the orchestrator's own) or steal took more than "
              << fmt(100 * filter_.max_steal) << "% was run again, at most " << o_.retries
              << " times (and " << rerun_budget_ << " re-runs in all, " << fmt(100 * o_.rerun_budget)
-             << "% of the runs planned): " << runs_repeated_ << " of " << runs_
-             << " runs were repeated (" << reruns_ << " re-runs in all)";
+             << "% of the runs planned, spent as the run goes): " << runs_repeated_ << " of "
+             << runs_ << " runs were repeated (" << reruns_ << " re-runs in all)";
       if (still_disturbed_ > 0) {
         report << "; " << still_disturbed_
                << " were still disturbed at their last try and are kept, left out of the median "
