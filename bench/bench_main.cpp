@@ -498,6 +498,10 @@ int main(int argc, char** argv) {
   bool no_forms = false;
   app.add_option("--seconds", o.seconds, "measured seconds per run")->capture_default_str();
   app.add_option("--warmup", o.warmup, "unmeasured seconds before each run")->capture_default_str();
+  app.add_option("--jit-warmup", o.jit_warmup,
+                 "unmeasured seconds before each run of the Java and Node clients, at least "
+                 "(their JIT compiles the hot paths first)")
+      ->capture_default_str();
   app.add_option("--concurrency", o.concurrency, "calls in flight (the peers' table)")
       ->capture_default_str();
   app.add_option("--sizes", o.sizes, "body sizes in bytes (the peers' table)")

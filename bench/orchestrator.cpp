@@ -103,6 +103,7 @@ struct Row {
   bool peers = false;       // a row of the peers' table
   bool forms = false;       // a row of the forms' table
   bool sequential = false;  // 1 call in flight only
+  double warmup = 0;        // seconds before the measured window
   std::function<std::vector<std::string>(const std::string& queue, int concurrency,
                                          std::size_t size)>
       client_args;
@@ -192,11 +193,11 @@ class Orchestrator {
 
   // A peer program's client: its command, then the options they all take.
   std::vector<std::string> peer_client(std::vector<std::string> command, const std::string& queue,
-                                       int c, std::size_t size) const {
+                                       int c, std::size_t size, double warmup) const {
     for (const std::string& a :
          {std::string("--url"), o_.url, std::string("--queue"), queue, std::string("--concurrency"),
           std::to_string(c), std::string("--seconds"), fmt(o_.seconds, 3), std::string("--warmup"),
-          fmt(o_.warmup, 3), std::string("--size"), std::to_string(size)})
+          fmt(warmup, 3), std::string("--size"), std::to_string(size)})
       command.push_back(a);
     return command;
   }
@@ -320,9 +321,14 @@ class Orchestrator {
         r.server_key = server_key;
         r.peers = true;
         r.sequential = peer == "pika";
-        r.client_args = [this, command = commands->client](const std::string& q, int c,
-                                                           std::size_t size) {
-          return peer_client(command, q, c, size);
+        // A JIT (the JVM's, V8's) compiles the hot paths in the first seconds of a fresh
+        // process: these clients warm up longer, so that what is measured is their steady state
+        // (their servers run all along).
+        r.warmup =
+            peer == "java" || peer == "node" ? std::max(o_.warmup, o_.jit_warmup) : o_.warmup;
+        r.client_args = [this, command = commands->client, warmup = r.warmup](
+                            const std::string& q, int c, std::size_t size) {
+          return peer_client(command, q, c, size, warmup);
         };
         rows_.push_back(r);
       }
@@ -415,7 +421,7 @@ class Orchestrator {
   json run_once(const Row& row, const Cell& cell) {
     const Server& server = servers_.at(row.server_key);
     const auto args = row.client_args(server.queue, cell.concurrency, cell.size);
-    const double timeout = o_.warmup + o_.seconds + 60;
+    const double timeout = std::max(row.warmup, o_.warmup) + o_.seconds + 60;
     ++runs_;
     bool repeated = false;
     for (int attempt = 1;; ++attempt) {
@@ -740,8 +746,10 @@ class Orchestrator {
 
   std::string render(const json& pika, const json& long_result) const {
     std::ostringstream report;
-    report << "Measured: " << o_.seconds << " s per run after " << o_.warmup << " s of warm-up, "
-           << o_.repeat << " runs per implementation and cell (the median by calls/s is shown); "
+    report << "Measured: " << o_.seconds << " s per run after " << o_.warmup << " s of warm-up ("
+           << std::max(o_.warmup, o_.jit_warmup)
+           << " s for the JIT-compiled clients, Java's and Node's), " << o_.repeat
+           << " runs per implementation and cell (the median by calls/s is shown); "
            << "the whole run took " << duration(elapsed()) << ".\n\n";
     if (filter_.enabled) {
       report << "Broker: " << broker_about_

@@ -24,6 +24,7 @@ struct Options {
   std::string url;
   double seconds = 1.5;
   double warmup = 0.5;
+  double jit_warmup = 2;  // the Java and Node clients' warm-up, at least
   std::vector<int> concurrency{1, 16, 256};
   std::vector<std::size_t> sizes{16, 4096};
   bool forms = true;
@@ -40,8 +41,8 @@ struct Options {
   pid_t broker_pid = -1;  // the broker's Erlang VM; unknown: no broker CPU, no filter
   double max_other_cpu = 0.10;
   double max_steal = 0.05;
-  int retries = 3;            // re-runs of a disturbed run, at most
-  double rerun_budget = 0.5;  // re-runs in all, at most, as a share of the runs planned
+  int retries = 3;             // re-runs of a disturbed run, at most
+  double rerun_budget = 0.25;  // re-runs in all, at most, as a share of the runs planned
 };
 
 // Runs the benchmark; prints the report on stdout (and to out_file). Exit status: 0, or 1 when

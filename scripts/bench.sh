@@ -136,7 +136,7 @@ version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo "not installe
   echo "  (2 attempts, 1 s delay) that never trigger (every first attempt succeeds), calling the"
   echo "  1-worker server: what carrying a call through the retry engine costs a call that needs none."
   echo "- seed: tutorial 6's pika client and server (\`tests/interop/\`), sequential, without the sleep."
-  echo "- To keep the default run near 10 minutes, the forms run at 16 B with 1 and 256 in flight"
+  echo "- To keep the default run near 12 minutes, the forms run at 16 B with 1 and 256 in flight"
   echo "  (\`--forms-sizes\`, \`--forms-concurrency\`) and the memory run makes 200,000 calls"
   echo "  (\`--long-calls\`); the peers' table has every cell."
   echo
