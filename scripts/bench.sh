@@ -98,7 +98,7 @@ version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo "not installe
   echo "  utime+stime from /proc/<pid>/stat of the client, its server and the broker (the Erlang"
   echo "  VM) at both marks: CPU per call covers the window alone, not start-up, warm-up (JIT"
   echo "  compilation that goes on inside the window is counted) or teardown. The counters tick"
-  echo "  every 10 ms: at 1 in flight that is about ±2 µs per call per process."
+  echo "  every 10 ms: over a 1.5 s window, ±1.3 µs per call at 5,000 calls/s, ±7 µs at 1,000."
   echo "- Latency is per call, from submit to completion; peak RSS is the client process's."
   echo "- raw rabbitmq-c: an echo server and a pipelined client written directly on the C API (one"
   echo "  thread each, direct reply-to), the broker's practical ceiling here."
