@@ -1,22 +1,23 @@
 // amqp-rpc's benchmark: in one run, against one broker, measures
 //   1. raw: an echo server and a pipelined client written directly on rabbitmq-c (the ceiling);
 //   2. amqp-rpc: Server + Client (async, pipelined), same bodies and concurrency;
-//   3. the seed: its pika client and server (sequential), as the tutorial has them, no sleep;
-//   4. amqp-rpc with methods: the same echo as a raw-bytes method (x-rpc-method dispatch), and as
+//   3. the peers a user would pick instead (bench/peers/: the official Java client's RpcClient
+//      and RpcServer, Node's rabbitmq-client, pika as the seed has it, aio-pika), each client
+//      against its own server and against the raw server;
+//   4. the seed: its pika client and server (sequential), as the tutorial has them, no sleep;
+//   5. amqp-rpc with methods: the same echo as a raw-bytes method (x-rpc-method dispatch), and as
 //      typed JSON and protobuf methods called through typed_async_call (dispatch and codecs);
-//   5. the other forms against the same servers: a coroutine client (amqprpc::async_call with
+//   6. the other forms against the same servers: a coroutine client (amqprpc::async_call with
 //      asio::use_awaitable), a future client, a server whose handler is a coroutine, and
 //      tracing on (spans made and exported on client and server), and the fail-fast check
 //      off (calls sent blind, as tutorial 6 does: what knowing that a server is there costs);
-//   6. idempotent calls under a retry policy and under a hedging policy that never trigger (every
+//   7. idempotent calls under a retry policy and under a hedging policy that never trigger (every
 //      first attempt succeeds in time): what a policy costs a call that needs none;
-// and a long run showing the client's memory stays flat. Prints a Markdown table.
-// Each measurement runs in a process of its own so CPU time and peak RSS are the client's alone.
-#include <fcntl.h>
-#include <signal.h>
-#include <spawn.h>
+// and a long run showing the client's memory stays flat. Prints a Markdown report.
+// This file: the command line and the child modes (echo servers, measured clients, the memory
+// run); orchestrator.cpp runs them, each measurement in a process of its own, and reads the
+// CPU counters of client, server and broker around each measured window (runner.cpp).
 #include <sys/resource.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -47,9 +48,8 @@
 #include "bench.pb.h"
 #include "common/cli.hpp"
 #include "common/common.hpp"
+#include "orchestrator.hpp"
 #include "raw_baseline.hpp"
-
-extern char** environ;
 
 namespace bench_types {
 // The typed JSON echo: the body as a string field.
@@ -84,6 +84,13 @@ double percentile(std::vector<double>& v, double p) {
   std::size_t k = static_cast<std::size_t>(p / 100.0 * static_cast<double>(v.size() - 1) + 0.5);
   std::nth_element(v.begin(), v.begin() + static_cast<long>(k), v.end());
   return v[k];
+}
+
+// Tells the orchestrator that the measured window opens ("measure") or has closed ("end"): it
+// reads the CPU counters of client, server, broker and machine at these lines.
+void mark(const char* what) {
+  std::printf("@%s\n", what);
+  std::fflush(stdout);
 }
 
 double cpu_seconds() {
@@ -253,6 +260,7 @@ struct AsyncRun {
   int in_flight = 0;
   std::function<void(std::uint64_t)> on_progress;
   bool record_latencies = true;  // off in the memory run: the samples would be what grows
+  std::atomic<bool> measure_marked{false}, end_marked{false};
 
   void start_one() {
     auto t0 = Clock::now();
@@ -295,6 +303,8 @@ struct AsyncRun {
   bool record(Clock::time_point t0, const amqprpc::Status& status) {
     auto now = Clock::now();
     ++total;
+    if (record_latencies && now >= measure_from && !measure_marked.exchange(true)) mark("measure");
+    if (record_latencies && now >= end && !end_marked.exchange(true)) mark("end");
     if (!status.ok() && result.error.empty()) result.error = status.to_string();
     if (record_latencies && now >= measure_from && now < end) {
       if (result.latencies_us.empty()) first_measured = now;
@@ -400,7 +410,7 @@ int client(const std::string& impl, const std::string& url, const std::string& q
   auto broker = broker_from(url);
   double cpu0 = cpu_seconds();
   if (impl == "raw") {
-    auto r = bench::raw_client(broker, queue, concurrency, size, warmup, seconds);
+    auto r = bench::raw_client(broker, queue, concurrency, size, warmup, seconds, mark);
     // The raw client counts only measured calls; warm-up calls are about warmup/seconds more.
     std::uint64_t total =
         static_cast<std::uint64_t>(static_cast<double>(r.calls) * (warmup + seconds) / seconds);
@@ -467,133 +477,82 @@ int long_run(const std::string& url, const std::string& queue, std::uint64_t cal
   return run.result.error.empty() ? 0 : 1;
 }
 
-// ---- the orchestrator ----
-
-struct Child {
-  pid_t pid = -1;
-  int out = -1;
-};
-
-Child spawn(const std::vector<std::string>& args, bool capture, bool quiet = false) {
-  std::vector<char*> argv;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  int pipefd[2] = {-1, -1};
-  if (capture) {
-    if (pipe(pipefd) != 0) throw std::runtime_error("pipe");
-    posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
-    posix_spawn_file_actions_addclose(&fa, pipefd[0]);
-  } else if (quiet) {
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-  }
-  Child c;
-  if (posix_spawn(&c.pid, argv[0], &fa, nullptr, argv.data(), environ) != 0) {
-    throw std::runtime_error("cannot start " + args[0]);
-  }
-  posix_spawn_file_actions_destroy(&fa);
-  if (capture) {
-    close(pipefd[1]);
-    c.out = pipefd[0];
-  }
-  return c;
-}
-
-json run_json(const std::vector<std::string>& args) {
-  Child c = spawn(args, true);
-  std::string out;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(c.out, buf, sizeof buf)) > 0) out.append(buf, static_cast<std::size_t>(n));
-  close(c.out);
-  int status = 0;
-  waitpid(c.pid, &status, 0);
-  // The result is the last line of the child's output.
-  while (!out.empty() && out.back() == '\n') out.pop_back();
-  auto nl = out.find_last_of('\n');
-  std::string last = nl == std::string::npos ? out : out.substr(nl + 1);
-  if (last.empty() || last[0] != '{') {
-    return json{{"error", "no result from " + args[0] + " " + (args.size() > 4 ? args[4] : "") +
-                              " (exit status " + std::to_string(status) + ")"}};
-  }
-  try {
-    return json::parse(last);
-  } catch (const std::exception& e) {
-    return json{{"error", std::string("bad output: ") + e.what()}};
-  }
-}
-
-void stop_child(Child& c) {
-  if (c.pid <= 0) return;
-  kill(c.pid, SIGTERM);
-  int status;
-  waitpid(c.pid, &status, 0);
-  c.pid = -1;
-}
-
-// Waits until a queue exists (its server has declared it), by calling through it.
-bool wait_for_queue(const std::string& url, const std::string& queue) {
-  amqprpc::ClientOptions o;
-  o.connection = broker_from(url);
-  auto c = amqprpc::Client::connect(o);
-  if (!c) return false;
-  for (int i = 0; i < 100; ++i) {
-    amqprpc::CallOptions co;
-    co.timeout = std::chrono::milliseconds(2000);
-    if ((*c)->try_call(queue, "ping", co).status.ok()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return false;
-}
-
-// The key of an implementation in the JSON report: the server mode, or for a method client, the
-// kind of call.
-std::string mode_key(const std::string& server, const std::string& client) {
-  return server.empty() ? client : server;
-}
-
-std::string fmt(double v, int decimals = 0) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
-  return buf;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"amqp-rpc benchmark: raw rabbitmq-c vs amqp-rpc vs the seed's pika client"};
+  CLI::App app{
+      "amqp-rpc benchmark: raw rabbitmq-c, amqp-rpc and the peers (the Java client's RpcClient "
+      "and RpcServer, Node's rabbitmq-client, pika, aio-pika) in one run"};
   app.require_subcommand(0, 1);
-  std::string url;
-  tools::add_url_option(app, url);
-
-  double seconds = 2, warmup = 0.5;
-  std::vector<int> concurrency{1, 16, 256};
-  std::vector<std::size_t> sizes{16, 4096};
-  std::uint64_t long_calls = 1'000'000;
-  int pika_calls = 2000;
-  int repeat = 3;
+  bench::Options o;
+  tools::add_url_option(app, o.url);
   // Installed: the seed's programs are in ../share/amqprpc/seed; in the build tree, the source's.
-  const std::string exe = tools::executable_path(argv[0]);
-  std::string seed_dir = AMQPRPC_SEED_DIR;
+  o.exe = tools::executable_path(argv[0]);
+  o.seed_dir = AMQPRPC_SEED_DIR;
   {
-    std::string dir = exe.substr(0, exe.find_last_of('/')) + "/../share/amqprpc/seed";
-    if (access((dir + "/seed_rpc_client.py").c_str(), R_OK) == 0) seed_dir = dir;
+    std::string dir = o.exe.substr(0, o.exe.find_last_of('/')) + "/../share/amqprpc/seed";
+    if (access((dir + "/seed_rpc_client.py").c_str(), R_OK) == 0) o.seed_dir = dir;
   }
-  std::string out_file;
-  app.add_option("--seconds", seconds, "measured seconds per cell")->capture_default_str();
-  app.add_option("--warmup", warmup, "unmeasured seconds before each cell")->capture_default_str();
-  app.add_option("--concurrency", concurrency, "calls in flight")->capture_default_str();
-  app.add_option("--sizes", sizes, "body sizes in bytes")->capture_default_str();
-  app.add_option("--repeat", repeat, "runs per cell and implementation; the median is shown")
+  o.peers_src = AMQPRPC_PEERS_SRC;
+  o.peers_build = AMQPRPC_PEERS_BUILD;
+  bool no_forms = false;
+  app.add_option("--seconds", o.seconds, "measured seconds per run")->capture_default_str();
+  app.add_option("--warmup", o.warmup, "unmeasured seconds before each run")->capture_default_str();
+  app.add_option("--jit-warmup", o.jit_warmup,
+                 "unmeasured seconds before each run of the Java and Node clients, at least "
+                 "(their JIT compiles the hot paths first)")
+      ->capture_default_str();
+  app.add_option("--concurrency", o.concurrency, "calls in flight (the peers' table)")
+      ->capture_default_str();
+  app.add_option("--sizes", o.sizes, "body sizes in bytes (the peers' table)")
+      ->capture_default_str();
+  app.add_option("--peers", o.peers,
+                 "peers to run beside amqp-rpc and raw rabbitmq-c: java, "
+                 "node, pika, aio-pika, or none")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--forms-concurrency", o.forms_concurrency,
+                 "calls in flight for amqp-rpc's other forms (methods, codecs, coroutines, "
+                 "gathers, streams, policies, tracing)")
+      ->capture_default_str();
+  app.add_option("--forms-sizes", o.forms_sizes, "body sizes for amqp-rpc's other forms")
+      ->capture_default_str();
+  app.add_flag("--no-forms", no_forms, "skip amqp-rpc's other forms");
+  app.add_option("--repeat", o.repeat, "runs per cell and implementation; the median is shown")
       ->capture_default_str()
       ->check(CLI::Range(1, 99));
-  app.add_option("--long-calls", long_calls, "calls in the memory run (0 skips it)")
+  app.add_option("--broker-pid", o.broker_pid,
+                 "the broker's (Erlang VM's) pid, for its CPU per call and the disturbance "
+                 "filter (scripts/broker.sh pid)");
+  app.add_option("--max-other-cpu", o.max_other_cpu,
+                 "a run is disturbed when other work took more than this share of the "
+                 "machine's CPU in its window")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--max-steal", o.max_steal,
+                 "a run is disturbed when steal took more than this share of the machine's CPU")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--retries", o.retries, "re-runs of a disturbed run, at most")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 20));
+  app.add_option("--rerun-budget", o.rerun_budget,
+                 "re-runs in the whole run, at most, as a share of the runs planned")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 10.0));
+  app.add_option("--long-calls", o.long_calls, "calls in the memory run (0 skips it)")
       ->capture_default_str();
-  app.add_option("--pika-calls", pika_calls, "sequential calls of the seed's pika client (0 skips)")
+  app.add_option("--pika-calls", o.pika_calls,
+                 "sequential calls of the seed's pika client (0 skips)")
       ->capture_default_str();
-  app.add_option("--seed-dir", seed_dir, "where seed_rpc_client.py and seed_rpc_server.py are");
-  app.add_option("--out", out_file, "also write the Markdown report to this file");
+  app.add_option("--seed-dir", o.seed_dir, "where seed_rpc_client.py and seed_rpc_server.py are");
+  app.add_option("--peers-src", o.peers_src, "the peers' programs (bench/peers)")
+      ->capture_default_str();
+  app.add_option("--peers-build", o.peers_build,
+                 "the peers' build: java/ (classes) and node/node_modules (scripts/bench.sh "
+                 "makes it)")
+      ->capture_default_str();
+  app.add_option("--out", o.out_file, "also write the Markdown report to this file");
 
   std::string impl, queue;
   int conc = 1;
@@ -610,272 +569,10 @@ int main(int argc, char** argv) {
   long_cmd->add_option("queue", queue)->required();
   long_cmd->add_option("concurrency", conc)->required();
   if (auto exit_code = tools::parse_command_line(app, argc, argv)) return *exit_code;
-  if (*serve_cmd) return serve(impl, url, queue);
-  if (*client_cmd) return client(impl, url, queue, conc, size, warmup, seconds);
-  if (*long_cmd) return long_run(url, queue, long_calls, conc);
-
-  // Orchestrate.
-  const std::string common_url = "--url=" + url;
-  struct Impl {
-    std::string name;    // in the table
-    std::string server;  // serve argument
-    std::string client;  // client argument
-    std::string queue;
-    Child child;
-  };
-  const std::string suffix = std::to_string(getpid());
-  // The typed ones, the coroutine client and the future client call the worker-thread server:
-  // compare them with its plain calls from the callback client.
-  const std::string worker_queue = "bench-amqprpc-" + suffix;
-  std::vector<Impl> impls = {
-      {"raw rabbitmq-c", "raw", "raw", "bench-raw-" + suffix, {}},
-      {"amqp-rpc (1 worker thread)", "amqprpc", "bytes", worker_queue, {}},
-      {"amqp-rpc (inline handler)", "amqprpc-inline", "bytes", "bench-inline-" + suffix, {}},
-      {"amqp-rpc coroutine handler", "amqprpc-coro", "bytes", "bench-coro-" + suffix, {}},
-      {"amqp-rpc raw-bytes method (1 worker)", "", "method", worker_queue, {}},
-      {"amqp-rpc typed JSON method (1 worker)", "", "json", worker_queue, {}},
-      {"amqp-rpc typed protobuf method (1 worker)", "", "proto", worker_queue, {}},
-      {"amqp-rpc coroutine client (1 worker server)", "", "coro", worker_queue, {}},
-      {"amqp-rpc future client (1 worker server)", "", "future", worker_queue, {}},
-      {"amqp-rpc, fail-fast check off (1 worker server)", "", "blind", worker_queue, {}},
-      {"amqp-rpc gather, 1 instance (1 worker server)", "", "gather", worker_queue, {}},
-      {"amqp-rpc stream items, window = in flight (1 worker server)",
-       "",
-       "stream",
-       worker_queue,
-       {}},
-      {"amqp-rpc idempotent, retry policy set, never retried (1 worker)",
-       "",
-       "retry",
-       worker_queue,
-       {}},
-      {"amqp-rpc idempotent, hedging policy set, never hedged (1 worker)",
-       "",
-       "hedge",
-       worker_queue,
-       {}},
-      {"amqp-rpc, tracing on (spans to JSON lines, 1 worker)",
-       "amqprpc-traced",
-       "traced",
-       "bench-traced-" + suffix,
-       {}},
-  };
-  bool up = true;
-  for (auto& impl : impls) {
-    if (!impl.server.empty())
-      impl.child = spawn({exe, common_url, "serve", impl.server, impl.queue}, false);
-  }
-  for (auto& impl : impls) up = up && wait_for_queue(url, impl.queue);
-  auto stop_servers = [&] {
-    for (auto& impl : impls) stop_child(impl.child);
-  };
-  if (!up) {
-    std::cerr << "bench: the echo servers did not come up\n";
-    stop_servers();
-    return 1;
-  }
-
-  std::ostringstream md;
-  md << "| implementation | body | in flight | calls/s | p50 µs | p99 µs | max µs | client CPU "
-        "µs/call | "
-        "client peak RSS MiB | calls/s vs raw | p50 vs raw |\n"
-     << "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-  json all = json::array();
-  double best_rpc = 0;
-  const bool live = isatty(STDERR_FILENO) != 0;
-  const std::size_t cells = sizes.size() * concurrency.size();
-  std::size_t cell_number = 0;
-  std::vector<std::string> findings;
-  for (std::size_t sz : sizes) {
-    for (int c : concurrency) {
-      // Runs alternate between implementations, `repeat` times; each implementation's median
-      // run (by calls/s) stands for it, so drift and noise on a shared machine hit all alike.
-      std::vector<std::vector<json>> runs(impls.size());
-      ++cell_number;
-      for (int r = 0; r < repeat; ++r) {
-        for (std::size_t i = 0; i < impls.size(); ++i) {
-          if (live) {  // a live progress line on a terminal
-            std::cerr << "\rbench: cell " << cell_number << "/" << cells << " (" << sz << " B, "
-                      << c << " in flight): " << mode_key(impls[i].server, impls[i].client)
-                      << " run " << (r + 1) << "/" << repeat << "          " << std::flush;
-          }
-          runs[i].push_back(run_json({exe, common_url, "--seconds=" + fmt(seconds, 3),
-                                      "--warmup=" + fmt(warmup, 3), "client", impls[i].client,
-                                      impls[i].queue, std::to_string(c), std::to_string(sz)}));
-        }
-      }
-      std::vector<json> median(impls.size());
-      for (std::size_t i = 0; i < impls.size(); ++i) {
-        auto& v = runs[i];
-        std::sort(v.begin(), v.end(), [](const json& a, const json& b) {
-          return a.value("calls_per_s", 0.0) < b.value("calls_per_s", 0.0);
-        });
-        median[i] = v[v.size() / 2];
-        for (const auto& run : v) {
-          if (run.contains("error"))
-            findings.push_back(impls[i].name + ": " + run["error"].get<std::string>());
-        }
-      }
-      const json& raw = median[0];
-      json cell{{"size", sz}, {"concurrency", c}};
-      std::cerr << (live ? "\r" : "") << "bench: body " << sz << " B, " << c << " in flight:";
-      for (std::size_t i = 0; i < impls.size(); ++i) {
-        const json& j = median[i];
-        double ratio = raw.value("calls_per_s", 0.0) > 0
-                           ? j.value("calls_per_s", 0.0) / raw.value("calls_per_s", 0.0)
-                           : 0;
-        double p50_ratio =
-            raw.value("p50_us", 0.0) > 0 ? j.value("p50_us", 0.0) / raw.value("p50_us", 0.0) : 0;
-        if (i > 0) best_rpc = std::max(best_rpc, j.value("calls_per_s", 0.0));
-        md << "| " << impls[i].name << " | " << sz << " B | " << c << " | "
-           << fmt(j.value("calls_per_s", 0.0)) << " | " << fmt(j.value("p50_us", 0.0)) << " | "
-           << fmt(j.value("p99_us", 0.0)) << " | " << fmt(j.value("max_us", 0.0)) << " | "
-           << fmt(j.value("cpu_us_per_call", 0.0), 1) << " | "
-           << fmt(j.value("peak_rss_kb", 0) / 1024.0, 1) << " | " << fmt(ratio, 2) << " | "
-           << fmt(p50_ratio, 2) << " |\n";
-        const std::string key = mode_key(impls[i].server, impls[i].client);
-        cell[key] = j;
-        cell[key + "_ratio_calls_per_s"] = ratio;
-        cell[key + "_ratio_p50"] = p50_ratio;
-        std::cerr << " " << key << " " << fmt(j.value("calls_per_s", 0.0)) << "/s";
-      }
-      std::cerr << "\n";
-      all.push_back(cell);
-    }
-  }
-
-  json pika;
-  if (pika_calls > 0) {
-    std::cerr << "bench: the seed's pika client and server, " << pika_calls
-              << " sequential calls ... " << std::flush;
-    Child seed_server = spawn({"/usr/bin/python3", seed_dir + "/seed_rpc_server.py"}, false, true);
-    std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // pika connects and declares
-    pika = run_json({"/usr/bin/python3", seed_dir + "/seed_rpc_client.py", "--bench",
-                     std::to_string(pika_calls), "--n", "10"});
-    stop_child(seed_server);
-    std::cerr << fmt(pika.value("calls_per_s", 0.0)) << " calls/s\n";
-    md << "| seed (pika 1.x, sequential) | 2 B | 1 | " << fmt(pika.value("calls_per_s", 0.0))
-       << " | " << fmt(pika.value("p50_us", 0.0)) << " | " << fmt(pika.value("p99_us", 0.0))
-       << " | " << fmt(pika.value("max_us", 0.0)) << " | | | | |\n";
-  }
-
-  json long_result;
-  if (long_calls > 0) {
-    std::cerr << "bench: memory run, " << long_calls << " calls at 256 in flight ... "
-              << std::flush;
-    long_result = run_json({exe, common_url, "--long-calls=" + std::to_string(long_calls), "long",
-                            impls[1].queue, "256"});
-    std::cerr << fmt(long_result.value("seconds", 0.0), 1) << " s\n";
-  }
-  stop_servers();
-
-  std::ostringstream report;
-  report << md.str() << "\n";
-  if (!pika.is_null() && pika.value("calls_per_s", 0.0) > 0) {
-    double best_raw = 0;
-    for (const auto& cell : all)
-      best_raw = std::max(best_raw, cell["raw"].value("calls_per_s", 0.0));
-    report
-        << "amqp-rpc's best calls/s is " << fmt(best_rpc / pika.value("calls_per_s", 1.0), 1)
-        << "x the seed's pika client (target: at least 20x); the raw rabbitmq-c baseline's best is "
-        << fmt(best_raw / pika.value("calls_per_s", 1.0), 1) << "x.\n";
-  }
-  for (const auto& cell : all) {
-    if (cell["size"] != 16) continue;
-    for (const char* mode : {"amqprpc", "amqprpc-inline"}) {
-      std::string name = std::string(mode) == "amqprpc" ? "1 worker thread" : "inline handler";
-      if (cell["concurrency"] == 256) {
-        report << "At 256 in flight (16 B), amqp-rpc (" << name << ") makes "
-               << fmt(100 * cell[std::string(mode) + "_ratio_calls_per_s"].get<double>())
-               << "% of the raw baseline's calls/s (target: at least 95%).\n";
-      }
-      if (cell["concurrency"] == 1) {
-        report << "At 1 in flight (16 B), amqp-rpc (" << name << ")'s p50 latency is "
-               << fmt(cell[std::string(mode) + "_ratio_p50"].get<double>(), 2)
-               << "x the raw baseline's (target: at most 1.10x).\n";
-      }
-    }
-  }
-  if (!long_result.is_null() && long_result.contains("samples")) {
-    report << "\nMemory run: " << long_result.value("calls", 0) << " calls at 256 in flight in "
-           << fmt(long_result.value("seconds", 0.0), 1) << " s; client RSS (MiB) after each tenth:";
-    for (const auto& s : long_result["samples"])
-      report << " " << fmt(s["rss_kb"].get<long>() / 1024.0, 1);
-    report << "\n";
-  }
-  // Rows against the same server's plain calls, same run: what each adds per call.
-  auto against_plain = [&](const std::string& what, std::initializer_list<const char*> keys) {
-    for (const auto& cell : all) {
-      if (cell["size"] != 16 || (cell["concurrency"] != 1 && cell["concurrency"] != 256)) continue;
-      const json& plain = cell["amqprpc"];
-      report << "\nAt " << cell["concurrency"].get<int>() << " in flight (16 B), " << what
-             << "against plain calls to the same server (1 worker):";
-      for (const char* key : keys) {
-        const json& t = cell[key];
-        auto ratio = [&](const char* field) {
-          double base = plain.value(field, 0.0);
-          return base > 0 ? t.value(field, 0.0) / base : 0.0;
-        };
-        const double extra_cpu =
-            t.value("cpu_us_per_call", 0.0) - plain.value("cpu_us_per_call", 0.0);
-        report << " " << key << " calls/s " << fmt(ratio("calls_per_s"), 2) << "x, p50 "
-               << fmt(ratio("p50_us"), 2) << "x, client CPU " << (extra_cpu >= 0 ? "+" : "")
-               << fmt(extra_cpu, 1) << " µs/call;";
-      }
-      report << "\n";
-    }
-  };
-  // Typed calls: what dispatch and codecs cost.
-  against_plain("", {"method", "json", "proto"});
-  // The coroutine and future clients, the coroutine handler and tracing, each against its
-  // counterpart in the same cell.
-  for (const auto& cell : all) {
-    if (cell["size"] != 16 || (cell["concurrency"] != 1 && cell["concurrency"] != 256)) continue;
-    auto ratios = [&](const char* key, const char* base_key) {
-      const json& t = cell[key];
-      const json& base = cell[base_key];
-      auto ratio = [&](const char* field) {
-        double b = base.value(field, 0.0);
-        return b > 0 ? t.value(field, 0.0) / b : 0.0;
-      };
-      return "calls/s " + fmt(ratio("calls_per_s"), 2) + "x, p50 " + fmt(ratio("p50_us"), 2) + "x";
-    };
-    auto cpu = [&](const char* key) {
-      return fmt(cell[key].value("cpu_us_per_call", 0.0), 1) + " µs/call";
-    };
-    const std::string at =
-        "At " + std::to_string(cell["concurrency"].get<int>()) + " in flight (16 B), ";
-    report << "\n"
-           << at << "the coroutine client against the callback client (same 1-worker server): "
-           << ratios("coro", "amqprpc")
-           << "; against the future client: " << ratios("coro", "future") << "; client CPU "
-           << cpu("coro") << " (callback " << cpu("amqprpc") << ", future " << cpu("future")
-           << ").\n";
-    report << "\n"
-           << at << "the coroutine handler against the inline handler: "
-           << ratios("amqprpc-coro", "amqprpc-inline")
-           << "; against the 1 worker thread: " << ratios("amqprpc-coro", "amqprpc") << ".\n";
-    report << "\n"
-           << at << "tracing on against off (1 worker): " << ratios("amqprpc-traced", "amqprpc")
-           << "; client CPU " << cpu("amqprpc-traced") << " on, " << cpu("amqprpc") << " off.\n";
-    report << "\n"
-           << at << "a gather (one instance: count, publish to its exchange, collect) against "
-           << "a call to the same server: " << ratios("gather", "amqprpc")
-           << "; a stream's items (window " << cell["concurrency"].get<int>()
-           << ") against calls: " << ratios("stream", "amqprpc") << ".\n";
-    report << "\n"
-           << at << "the fail-fast check (a server count per queue, refreshed in the background) "
-           << "on against off: " << ratios("amqprpc", "blind") << "; client CPU " << cpu("amqprpc")
-           << " on, " << cpu("blind") << " off.\n";
-  }
-  // Retry and hedging policies that never trigger: what carrying a call through them costs.
-  against_plain("idempotent calls under a policy that never triggers, ", {"retry", "hedge"});
-  for (const auto& f : findings) report << "\nerror during the run: " << f << "\n";
-  std::cout << report.str();
-  if (!out_file.empty()) {
-    std::ofstream(out_file) << report.str() << "\n<!-- raw data: "
-                            << json{{"cells", all}, {"pika", pika}, {"long", long_result}}.dump()
-                            << " -->\n";
-  }
-  return findings.empty() ? 0 : 1;
+  if (*serve_cmd) return serve(impl, o.url, queue);
+  if (*client_cmd) return client(impl, o.url, queue, conc, size, o.warmup, o.seconds);
+  if (*long_cmd) return long_run(o.url, queue, o.long_calls, conc);
+  o.forms = !no_forms;
+  if (o.peers.size() == 1 && o.peers[0] == "none") o.peers.clear();
+  return bench::orchestrate(o);
 }

@@ -82,7 +82,8 @@ std::string raw_serve(const amqprpc::ConnectionOptions& broker, const std::strin
 }
 
 RunResult raw_client(const amqprpc::ConnectionOptions& broker, const std::string& queue,
-                     int concurrency, std::size_t size, double warmup, double seconds) {
+                     int concurrency, std::size_t size, double warmup, double seconds,
+                     const std::function<void(const char*)>& mark) {
   RunResult result;
   amqp_connection_state_t conn = raw_connect(broker, result.error);
   if (conn == nullptr) return result;
@@ -137,6 +138,7 @@ RunResult raw_client(const amqprpc::ConnectionOptions& broker, const std::string
     if (!measuring && now >= measure_from) {
       measuring = true;
       measured_start = now;
+      mark("measure");
     }
     if (measuring && now < end) {
       result.latencies_us.push_back(
@@ -147,6 +149,7 @@ RunResult raw_client(const amqprpc::ConnectionOptions& broker, const std::string
       ++in_flight;
     } else if (measuring && result.seconds == 0) {
       result.seconds = std::chrono::duration<double>(now - measured_start).count();
+      mark("end");
     }
   }
   if (result.seconds == 0 && measuring) {

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -23,8 +24,10 @@ struct RunResult {
 };
 
 // Keeps `concurrency` echo calls of `size` bytes in flight for `seconds` (after `warmup`
-// seconds not counted), replies through direct reply-to.
+// seconds not counted), replies through direct reply-to. Calls mark("measure") with the first
+// reply of the measured window and mark("end") with the first reply after it.
 RunResult raw_client(const amqprpc::ConnectionOptions& broker, const std::string& queue,
-                     int concurrency, std::size_t size, double warmup, double seconds);
+                     int concurrency, std::size_t size, double warmup, double seconds,
+                     const std::function<void(const char*)>& mark);
 
 }  // namespace bench

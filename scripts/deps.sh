@@ -4,7 +4,7 @@
 #   scripts/deps.sh                 # install everything the project needs
 #   scripts/deps.sh PKG...          # install only these packages (if missing)
 #   source scripts/deps.sh          # defines amqprpc_deps_install / amqprpc_deps_missing
-#   amqprpc_deps_install [PKG...]
+#   amqprpc_deps_install [PKG...]    #   and amqprpc_bench_deps_install (the benchmark's peers)
 #
 # Runs `apt-get update` at most once per call, and only if something is missing.
 # Must run as root when something is missing. The rabbitmq-server package is never
@@ -68,6 +68,61 @@ amqprpc_deps_install() {
         return 1
     fi
     echo "deps.sh: done" >&2
+}
+
+# The benchmark's peers (scripts/bench.sh alone calls this; the test suite never does: it would
+# install a JDK and npm packages it has no use for). Installs, only for the peers named (default
+# all: java node pika aio-pika), what is missing:
+#   java      Debian's librabbitmq-client-java (the official client, with libslf4j-java) and a
+#             javac (default-jdk-headless) unless one is on $PATH;
+#   node      nodejs and npm from Debian unless node and npm are on $PATH, then the npm package
+#             rabbitmq-client at AMQPRPC_BENCH_NODE_CLIENT into BUILD_DIR/bench-peers/node;
+#   pika      Debian's python3-pika;  aio-pika: Debian's python3-aio-pika.
+#   amqprpc_bench_deps_install BUILD_DIR [PEER...]
+AMQPRPC_BENCH_NODE_CLIENT="rabbitmq-client@5.0.8"
+amqprpc_bench_deps_install() {
+    local build="$1" peer want_node=0
+    local -a pkgs=()
+    shift
+    if [ "$#" -eq 0 ]; then
+        set -- java node pika aio-pika
+    fi
+    for peer in "$@"; do
+        case "$peer" in
+            java)
+                pkgs+=(librabbitmq-client-java libslf4j-java)
+                command -v javac >/dev/null 2>&1 || pkgs+=(default-jdk-headless)
+                ;;
+            node)
+                want_node=1
+                command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
+                command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+                ;;
+            pika) pkgs+=(python3-pika) ;;
+            aio-pika) pkgs+=(python3-aio-pika) ;;
+            none) ;;
+            *)
+                echo "deps.sh: unknown peer '$peer' (java, node, pika, aio-pika)" >&2
+                return 2
+                ;;
+        esac
+    done
+    if [ "${#pkgs[@]}" -gt 0 ]; then
+        amqprpc_deps_install "${pkgs[@]}" || return
+    fi
+    if [ "$want_node" -eq 1 ]; then
+        local dir="$build/bench-peers/node" name="${AMQPRPC_BENCH_NODE_CLIENT%@*}"
+        local version="${AMQPRPC_BENCH_NODE_CLIENT##*@}"
+        if [ "$(node -p "require('$dir/node_modules/$name/package.json').version" 2>/dev/null)" != "$version" ]; then
+            echo "deps.sh: npm install $AMQPRPC_BENCH_NODE_CLIENT into $dir" >&2
+            mkdir -p "$dir"
+            if ! npm install --prefix "$dir" --no-audit --no-fund --no-save --loglevel=error \
+                "$AMQPRPC_BENCH_NODE_CLIENT" >&2; then
+                echo "deps.sh: npm install $AMQPRPC_BENCH_NODE_CLIENT failed" >&2
+                return 1
+            fi
+        fi
+    fi
 }
 
 # Run directly (not sourced): install.

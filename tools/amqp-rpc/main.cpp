@@ -5,7 +5,7 @@
 //   amqp-rpc health QUEUE           serving or not_serving (exit 0 only when serving)
 //   amqp-rpc gather QUEUE [BODY]    every server instance's reply, one per line (or --json)
 //   amqp-rpc serve --queue Q        serve with a built-in handler (fib, echo)
-//   amqp-rpc bench [OPTIONS]        the benchmark (raw rabbitmq-c vs amqp-rpc vs the seed)
+//   amqp-rpc bench [OPTIONS]        the benchmark (raw rabbitmq-c, amqp-rpc, the peers, the seed)
 // Exit codes: 0 ok, 1 error reply from the server, 2 usage, 3 timeout, 4 broker or server
 // unreachable (cannot connect, login refused, no route, connection lost).
 #include <unistd.h>
@@ -845,7 +845,10 @@ int main(int argc, char** argv) {
 
   std::vector<std::string> bench_args;
   auto* bench_cmd = app.add_subcommand(
-      "bench", "benchmark raw rabbitmq-c, amqp-rpc and the seed's pika client in one run");
+      "bench",
+      "benchmark raw rabbitmq-c, amqp-rpc and its peers (Java RpcClient/RpcServer, Node "
+      "rabbitmq-client, pika, aio-pika) in one run, with a progress line (scripts/bench.sh "
+      "installs the peers)");
   bench_cmd->prefix_command();  // everything after `bench` goes to amqp-rpc-bench (try --help)
   bench_cmd->allow_extras();
 
