@@ -16,6 +16,7 @@ AMQPRPC_DEPS_PACKAGES=(
     python3-pika clang libclang-rt-14-dev clang-format libcli11-dev
     nlohmann-json3-dev libprotobuf-dev protobuf-compiler libprotoc-dev libasio-dev
     libbenchmark-dev openssl procps iproute2 uuid-runtime pkg-config
+    lld  # a faster linker for the test suite's trees (scripts/test.sh)
 )
 
 # Print the packages among "$@" (default: all of the project's) not installed.
