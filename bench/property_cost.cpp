@@ -224,43 +224,10 @@ Measure measure(const Snapshot& a, const Snapshot& b) {
 
 // ---------------------------------------------------------------- raw connections
 
-struct Broker {
-  std::string host;
-  int port = 5672;
-  std::string vhost = "/";
-  std::string user = "guest";
-  std::string password = "guest";
-};
-
-amqp_connection_state_t raw_connect(const Broker& o, std::string& error) {
-  amqp_connection_state_t conn = amqp_new_connection();
-  amqp_socket_t* s = amqp_tcp_socket_new(conn);
-  if (amqp_socket_open(s, o.host.c_str(), o.port) != AMQP_STATUS_OK) {
-    error = "cannot connect";
-    amqp_destroy_connection(conn);
-    return nullptr;
-  }
-  amqp_rpc_reply_t r = amqp_login(conn, o.vhost.c_str(), 0, 131072, 0, AMQP_SASL_METHOD_PLAIN,
-                                  o.user.c_str(), o.password.c_str());
-  if (r.reply_type != AMQP_RESPONSE_NORMAL) {
-    error = "login failed";
-    amqp_destroy_connection(conn);
-    return nullptr;
-  }
-  amqp_channel_open(conn, 1);
-  if (amqp_get_rpc_reply(conn).reply_type != AMQP_RESPONSE_NORMAL) {
-    error = "channel.open failed";
-    amqp_destroy_connection(conn);
-    return nullptr;
-  }
-  return conn;
-}
-
-void raw_close(amqp_connection_state_t conn) {
-  amqp_channel_close(conn, 1, AMQP_REPLY_SUCCESS);
-  amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
-  amqp_destroy_connection(conn);
-}
+// The raw connections are raw_baseline's.
+using Broker = amqprpc::ConnectionOptions;
+using bench::raw_close;
+using bench::raw_connect;
 
 // A random W3C traceparent, "00-<32 hex>-<16 hex>-01" (55 bytes), as amqp-rpc writes one.
 void fill_traceparent(char (&out)[56], std::mt19937_64& rng) {
@@ -937,7 +904,7 @@ int main(int argc, char** argv) {
     std::cerr << parsed.status().to_string() << "\n";
     return 2;
   }
-  Broker broker{parsed->host, parsed->port, parsed->vhost, parsed->user, parsed->password};
+  const Broker& broker = *parsed;
   if (ctl.empty()) {
     std::erase_if(variants, [](const Variant& v) { return v.queue == "pc.ttl-policy"; });
   } else {

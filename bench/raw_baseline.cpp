@@ -12,6 +12,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+}  // namespace
+
 amqp_connection_state_t raw_connect(const amqprpc::ConnectionOptions& o, std::string& error) {
   amqp_connection_state_t conn = amqp_new_connection();
   amqp_socket_t* s = amqp_tcp_socket_new(conn);
@@ -41,8 +43,6 @@ void raw_close(amqp_connection_state_t conn) {
   amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
   amqp_destroy_connection(conn);
 }
-
-}  // namespace
 
 std::string raw_serve(const amqprpc::ConnectionOptions& broker, const std::string& queue,
                       int prefetch, const std::atomic<bool>& stop) {

@@ -10,7 +10,14 @@
 
 #include "amqprpc/options.hpp"
 
+struct amqp_connection_state_t_;  // rabbitmq-c's
+
 namespace bench {
+
+// A rabbitmq-c connection logged in with channel 1 open, or null with `error` set.
+amqp_connection_state_t_* raw_connect(const amqprpc::ConnectionOptions& broker, std::string& error);
+// Closes channel 1 and the connection, and frees it.
+void raw_close(amqp_connection_state_t_* conn);
 
 // Serves echo on `queue` until `stop` is set (checked every 100 ms). Returns an error or "".
 std::string raw_serve(const amqprpc::ConnectionOptions& broker, const std::string& queue,
