@@ -220,7 +220,7 @@ fi
 finish_lane "$NORMAL" tests-normal
 BG_PIDS=()
 if [[ -n $FUZZ ]]; then BG_PIDS+=("$FUZZ"); fi
-phase_done "normal tests | sanitizer builds, fuzzing begun" "$t"
+phase_done "normal tests | sanitizer builds, fuzzing" "$t"
 if [[ $builds_ok -ne 1 ]]; then
   step "A BUILD FAILED"
   exit 1
