@@ -39,6 +39,7 @@
 
 #include "amqprpc/client.hpp"
 #include "amqprpc/options.hpp"
+#include "procstat.hpp"
 #include "raw_baseline.hpp"
 
 namespace {
@@ -66,25 +67,8 @@ MachineCpu machine_cpu() {
   return m;
 }
 
-// utime + stime of a process, in clock ticks (/proc/PID/stat fields 14 and 15).
-std::uint64_t pid_ticks(int pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  auto paren = all.rfind(')');
-  if (paren == std::string::npos) return 0;
-  std::istringstream rest(all.substr(paren + 2));
-  std::string field;
-  std::uint64_t utime = 0, stime = 0;
-  // Fields from 3 (state) on; utime is field 14, stime 15.
-  for (int i = 3; i <= 15 && rest >> field; ++i) {
-    if (i == 14) utime = std::strtoull(field.c_str(), nullptr, 10);
-    if (i == 15) stime = std::strtoull(field.c_str(), nullptr, 10);
-  }
-  return utime + stime;
-}
-
 // The run time of a process's live threads, in ns (first field of each task's schedstat): the
-// same CPU time as pid_ticks at a far finer grain (threads that ended are not counted).
+// same CPU time as process_ticks at a far finer grain (threads that ended are not counted).
 std::uint64_t pid_sched_ns(int pid) {
   const std::string dir = "/proc/" + std::to_string(pid) + "/task";
   std::uint64_t sum = 0;
@@ -171,10 +155,10 @@ Snapshot snapshot(std::uint64_t calls) {
   Snapshot s;
   s.calls = calls;
   s.broker_ns = pid_sched_ns(g_broker_pid);
-  s.broker_ticks = pid_ticks(g_broker_pid);
+  s.broker_ticks = bench::process_ticks(g_broker_pid).value_or(0);
   std::tie(s.broker_reads, s.broker_writes) = pid_syscalls(g_broker_pid);
   s.broker_switches = pid_switches(g_broker_pid);
-  s.self_ticks = pid_ticks(static_cast<int>(getpid()));
+  s.self_ticks = bench::process_ticks(getpid()).value_or(0);
   s.process_ns = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
   s.servers_ns = servers_ns();
   s.machine = machine_cpu();
