@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <variant>
 
 #include "amqprpc/message.hpp"
@@ -74,6 +75,11 @@ struct QueueSpec {
   bool exclusive = false;
   bool auto_delete = false;
   Headers arguments;  // e.g. x-queue-type = quorum
+
+  // A queue of this connection alone: exclusive, deleted with it (empty name: the broker's).
+  static QueueSpec of_this_connection(std::string name) {
+    return QueueSpec{std::move(name), false, true, true, {}};
+  }
 };
 
 }  // namespace amqprpc::detail::amqp

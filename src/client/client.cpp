@@ -327,7 +327,7 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     if (options_.reply_mode == ReplyMode::direct_reply_to) {
       queue = std::string(detail::wire::kDirectReplyTo);
     } else {
-      auto declared = channel.declare_queue({"", false, true, true, {}});
+      auto declared = channel.declare_queue(amqp::QueueSpec::of_this_connection(""));
       if (!declared) return declared.status();
       queue = *declared;
     }

@@ -1184,12 +1184,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     // Exclusive, auto-delete: it reaches this instance alone, and goes with this connection
     // (nothing in it could be served by anyone else). A new name on each connection: the queue
     // of a connection lost a moment ago may linger until the broker notices.
-    auto queue = channel.declare_queue(
-        amqp::QueueSpec{detail::wire::instance_queue_for(service_queue, queue_ids_.span_id()),
-                        false,
-                        true,
-                        true,
-                        {}});
+    auto queue = channel.declare_queue(amqp::QueueSpec::of_this_connection(
+        detail::wire::instance_queue_for(service_queue, queue_ids_.span_id())));
     if (!queue) return queue.status();
     if (Status st = channel.bind_queue(*queue, exchange, ""); !st.ok()) return st;
     auto tag = channel.consume(*queue, /*no_ack=*/false, /*exclusive=*/true);
@@ -1207,12 +1203,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   // it would unblock may be what that worker is running.
   Status consume_control_queue(amqp::Channel& channel, std::size_t i) REQUIRES(loop_.io_thread) {
     const std::string& service_queue = core_->services[i].queue();
-    auto queue = channel.declare_queue(
-        amqp::QueueSpec{detail::wire::control_queue_for(service_queue, queue_ids_.span_id()),
-                        false,
-                        true,
-                        true,
-                        {}});
+    auto queue = channel.declare_queue(amqp::QueueSpec::of_this_connection(
+        detail::wire::control_queue_for(service_queue, queue_ids_.span_id())));
     if (!queue) return queue.status();
     auto tag = channel.consume(*queue, /*no_ack=*/true, /*exclusive=*/true);
     if (!tag) return tag.status();
