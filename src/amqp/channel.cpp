@@ -174,10 +174,10 @@ Result<std::unique_ptr<Channel>> Channel::open(const ConnectionOptions& o) {
   amqp_channel_open(s->conn_, kChannel);
   if (Status st = s->check_rpc("open channel"); !st.ok()) return st;
   s->open_ = true;
-  // TLS keeps rabbitmq-c's own I/O: its frames go through OpenSSL, which batching would not
-  // spare the encryption, and the connections that need the speed are on loopback or a LAN.
   s->heartbeat_ = amqp_get_heartbeat(s->conn_);
   s->rpc_timeout_ = o.connect_timeout;
+  // TLS keeps rabbitmq-c's own I/O: its frames go through OpenSSL, which batching would not
+  // spare the encryption, and the connections that need the speed are on loopback or a LAN.
   if (!o.tls.enabled) {
     s->transport_ = std::make_unique<Transport>(s->conn_);
     s->quiet_rabbitmq_c_heartbeats();
@@ -289,8 +289,8 @@ Status Channel::flush() {
 std::optional<std::chrono::milliseconds> Channel::heartbeat_tick() const {
   int hb = heartbeat_;
   if (hb <= 0) return std::nullopt;
-  // rabbitmq-c sends a heartbeat when half the interval passed without sending; look twice as
-  // often so one is never late.
+  // A heartbeat goes out when half the interval passed without sending (flush(), or rabbitmq-c
+  // on TLS); look twice as often so one is never late.
   return std::chrono::milliseconds(hb * 1000 / 4);
 }
 
@@ -535,7 +535,7 @@ Status Channel::read(Events& events, bool socket_ready) {
   for (;;) {
     amqp_frame_t frame;
     if (transport_ && !rabbitmq_c_reads()) {
-      if (!rabbitmq_c_quiet_) quiet_rabbitmq_c_heartbeats();
+      quiet_rabbitmq_c_heartbeats();  // once, at the first moment rabbitmq-c is idle
       auto got = transport_->next(frame);
       if (!got) {
         dead_ = true;

@@ -108,7 +108,6 @@ std::size_t Transport::commit_frame(char* frame, std::uint8_t type, std::uint16_
 }
 
 Status Transport::method(std::uint16_t channel, std::uint32_t method_id, void* decoded) {
-  if (written_ == out_len_) written_ = out_len_ = 0;
   if (Status st = encode_method(channel, method_id, decoded); !st.ok()) return st;
   return bound_output();
 }
@@ -133,7 +132,6 @@ Status Transport::encode_method(std::uint16_t channel, std::uint32_t method_id, 
 
 Status Transport::publish(std::uint16_t channel, void* publish_method,
                           const amqp_basic_properties_t& properties, std::string_view body) {
-  if (written_ == out_len_) written_ = out_len_ = 0;
   const std::size_t mark = out_len_;
   if (Status st = encode_method(channel, AMQP_BASIC_PUBLISH_METHOD, publish_method); !st.ok()) {
     return st;
@@ -170,7 +168,6 @@ Status Transport::publish(std::uint16_t channel, void* publish_method,
 }
 
 void Transport::heartbeat() {
-  if (written_ == out_len_) written_ = out_len_ = 0;
   commit_frame(reserve_frame(kFrameOverhead), AMQP_FRAME_HEARTBEAT, 0, 0);
 }
 
@@ -194,6 +191,8 @@ Status Transport::flush() {
     return write_error(n < 0 ? errno : EPIPE);
   }
   if (written_ == out_len_) {
+    // All written: the next frames start at the front (this is the only place that writes, so
+    // the output never holds written bytes past a flush).
     written_ = out_len_ = 0;
   } else if (written_ >= out_len_ / 2) {
     // Most of it went: keep the buffer from creeping forward.
