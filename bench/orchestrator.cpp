@@ -21,6 +21,7 @@
 #include "amqprpc/client.hpp"
 #include "common/cli.hpp"
 #include "common/common.hpp"
+#include "handoff.hpp"
 #include "procstat.hpp"
 #include "runner.hpp"
 
@@ -134,6 +135,9 @@ class Orchestrator {
     json pika = seed_run();
     json long_result = memory_run();
     stop_servers();
+    std::cerr << "bench: thread hand-off ... " << std::flush;
+    handoff_ = measure_handoff(20000);
+    std::cerr << fmt(handoff_.any_core_cpu_us, 1) << " µs CPU per round trip\n";
     const std::string report = render(pika, long_result);
     std::cout << report;
     if (!o_.out_file.empty()) {
@@ -141,6 +145,11 @@ class Orchestrator {
                                  << json{{"cells", cells_json_},
                                          {"pika", pika},
                                          {"long", long_result},
+                                         {"handoff",
+                                          {{"any_core_wall_us", handoff_.any_core_wall_us},
+                                           {"any_core_cpu_us", handoff_.any_core_cpu_us},
+                                           {"same_core_wall_us", handoff_.same_core_wall_us},
+                                           {"same_core_cpu_us", handoff_.same_core_cpu_us}}},
                                          {"filter",
                                           {{"max_other_cpu", filter_.max_other},
                                            {"max_steal", filter_.max_steal},
@@ -807,6 +816,13 @@ class Orchestrator {
         report << " " << fmt(s["rss_kb"].get<long>() / 1024.0, 1);
       report << "\n";
     }
+    report << "\nThread hand-off on this machine (what a server's worker pool pays per batch of "
+              "requests, I/O thread to worker and back, that an inline server does not; at 1 call "
+              "in flight a batch is one call): a round trip between two threads (a condition "
+              "variable there, an eventfd through poll() back) takes "
+           << fmt(handoff_.any_core_wall_us, 1) << " µs and " << fmt(handoff_.any_core_cpu_us, 1)
+           << " µs of CPU when the threads run on any core, " << fmt(handoff_.same_core_wall_us, 1)
+           << " µs and " << fmt(handoff_.same_core_cpu_us, 1) << " µs when both share one.\n";
     for (const auto& f : findings_) report << "\nerror during the run: " << f << "\n";
     return report.str();
   }
@@ -822,6 +838,7 @@ class Orchestrator {
   std::vector<Cell> cells_;
   json cells_json_ = json::array();
   std::vector<std::string> unavailable_, findings_;
+  HandoffCost handoff_;
   int runs_ = 0, runs_repeated_ = 0, reruns_ = 0, still_disturbed_ = 0, rerun_budget_ = 0;
 };
 
