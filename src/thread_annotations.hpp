@@ -20,6 +20,7 @@
 #define RELEASE(...) AMQPRPC_TSA(release_capability(__VA_ARGS__))
 #define ASSERT_CAPABILITY(x) AMQPRPC_TSA(assert_capability(x))
 #define EXCLUDES(...) AMQPRPC_TSA(locks_excluded(__VA_ARGS__))
+#define TRY_ACQUIRE(...) AMQPRPC_TSA(try_acquire_capability(__VA_ARGS__))
 
 namespace amqprpc::detail {
 
@@ -28,6 +29,7 @@ class CAPABILITY("mutex") Mutex {
  public:
   void lock() ACQUIRE() { m_.lock(); }
   void unlock() RELEASE() { m_.unlock(); }
+  bool try_lock() TRY_ACQUIRE(true) { return m_.try_lock(); }
 
  private:
   std::mutex m_;

@@ -80,6 +80,9 @@ class Channel {
   // Frames encoded and not yet written (plain TCP: publishes, acks and other methods wait for
   // flush(), so that a turn of the I/O loop writes them with one send).
   bool wants_write() const { return transport_ && transport_->wants_write(); }
+  // Whether writes are this library's own, never blocking (plain TCP); on TLS rabbitmq-c
+  // writes, and may block while the socket is full.
+  bool writes_without_blocking() const { return transport_ != nullptr; }
   // Writes what waits, as much as the socket takes without blocking; the rest waits until
   // poll() says the socket is writable. Also sends a heartbeat when one is due. Non-ok: the
   // connection is unusable.

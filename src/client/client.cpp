@@ -38,6 +38,12 @@ constexpr std::chrono::milliseconds kMaxTimeout = std::chrono::hours(24 * 30);
 class Client::Impl final : public detail::IoLoop::Hooks,
                            private detail::CancelSink,
                            private detail::AttemptHost {
+  // A call ended on a lent turn (send_lent), completed once the turn is over.
+  struct Completion {
+    std::unique_ptr<PendingCall> call;
+    Reply reply;
+  };
+
  public:
   explicit Impl(ClientOptions options)
       : options_(std::move(options)),
@@ -156,9 +162,21 @@ class Client::Impl final : public detail::IoLoop::Hooks,
       call->on_cancel.emplace(call->options.cancel,
                               detail::CancelRequest(*this, call->correlation_id));
     }
-    if (!calls_out_.push(call)) {
-      call->complete(Reply::error(StatusCode::cancelled, "the client was closed"), options_.logger);
+    using Pushed = detail::Outbox<std::unique_ptr<PendingCall>>::Pushed;
+    switch (calls_out_.push_quietly(call)) {
+      case Pushed::closed:
+        call->complete(Reply::error(StatusCode::cancelled, "the client was closed"),
+                       options_.logger);
+        return;
+      case Pushed::joined:
+        return;  // the first call's submitter sends it or wakes the loop
+      case Pushed::first:
+        break;
     }
+    std::vector<Completion> done;
+    if (!send_lent(done)) calls_out_.wake();
+    // Last: a callback may destroy the client.
+    for (auto& d : done) d.call->complete(std::move(d.reply), options_.logger);
   }
 
   void submit_gather(std::unique_ptr<detail::GatherCall> gather) {
@@ -342,11 +360,36 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     return {};
   }
 
-  void on_wake(amqp::Channel* channel) override {
-    loop_.io_thread.assert_held();
+  // Calls submitted while the I/O thread sleeps: sent right here, on the submitting thread, in
+  // the loop's lent turn, sparing the loop a wake-up. Calls that end at once (a one-way call
+  // sent, a publish that failed) are left in `done` for the caller to complete once the turn
+  // is over, as a callback may block or destroy the client. False: the loop sends them (it is
+  // awake or busy, or cannot send now).
+  bool send_lent(std::vector<Completion>& done) {
+    return loop_.lend([&](amqp::Channel& channel) {
+      loop_.io_thread.assert_held();  // lent: this thread holds the loop's turn
+      // Only with nothing else in flight: a lone caller's request leaves at once, while the
+      // loop batches the requests of busy clients (one send a turn) more cheaply.
+      if (!table_.empty() || !link_.replies_lost.ok() || !loop_.can_publish()) return false;
+      deferred_ = &done;
+      send_calls(&channel, true);
+      deferred_ = nullptr;
+      return true;
+    });
+  }
+
+  // Ends a call now, or on a lent turn once the turn is over (send_lent).
+  void end_call(std::unique_ptr<PendingCall> call, Reply reply) REQUIRES(loop_.io_thread) {
+    if (deferred_ != nullptr) {
+      deferred_->push_back({std::move(call), std::move(reply)});
+    } else {
+      call->complete(std::move(reply), options_.logger);
+    }
+  }
+
+  // The calls handed over (and those set aside, first), a slice per turn.
+  void send_calls(amqp::Channel* channel, bool can_send) REQUIRES(loop_.io_thread) {
     calls_out_.take(batch_);
-    cancels_out_.take(cancel_batch_);
-    const bool can_send = channel != nullptr && link_.replies_lost.ok() && loop_.can_publish();
     std::vector<PendingCall*> held;
     if (can_send) held = table_.take_held();
     // A burst is sent a slice per turn: between slices the loop reads what the broker sent
@@ -360,8 +403,8 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     for (; batch_pos_ < end; ++batch_pos_) {
       auto& call = batch_[batch_pos_];
       if (call->options.cancel.stop_requested()) {
-        call->complete(Reply::error(StatusCode::cancelled, "cancelled before it was sent"),
-                       options_.logger);
+        end_call(std::move(call),
+                 Reply::error(StatusCode::cancelled, "cancelled before it was sent"));
       } else if (can_send) {
         route(*channel, table_.accept(std::move(call)));
       } else if (Status refused = refuse_unsent(channel != nullptr, *call); !refused.ok()) {
@@ -377,6 +420,13 @@ class Client::Impl final : public detail::IoLoop::Hooks,
       loop_.wake();  // the rest on the next turn
     }
     cork.reset();
+  }
+
+  void on_wake(amqp::Channel* channel) override {
+    loop_.io_thread.assert_held();
+    cancels_out_.take(cancel_batch_);
+    const bool can_send = channel != nullptr && link_.replies_lost.ok() && loop_.can_publish();
+    send_calls(channel, can_send);
     if (can_send && watching()) {
       for (std::string& queue : watch_.due(Clock::now())) {
         if (!channel->probe({amqp::Probe::Kind::queue, std::move(queue)}).ok()) break;
@@ -698,8 +748,8 @@ class Client::Impl final : public detail::IoLoop::Hooks,
       why = "no route to queue '" + call.queue +
             "': the broker has no such queue; not sent. Is a server running?";
     }
-    table_.take(call.correlation_id)
-        ->complete(Reply::error(StatusCode::unavailable, std::move(why)), options_.logger);
+    end_call(table_.take(call.correlation_id),
+             Reply::error(StatusCode::unavailable, std::move(why)));
   }
 
   // Publishes an accepted call; a call that cannot be published completes here, or waits for
@@ -709,7 +759,7 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     if (st.ok()) {
       // Without confirms a one-way call is done once it is on its way.
       if (call.oneway && !options_.confirm_requests) {
-        table_.take(call.correlation_id)->complete(Reply{}, options_.logger);
+        end_call(table_.take(call.correlation_id), Reply{});
       }
       return;
     }
@@ -719,8 +769,7 @@ class Client::Impl final : public detail::IoLoop::Hooks,
       table_.hold(call);
       return;
     }
-    auto owned = table_.take(call.correlation_id);
-    owned->complete(Reply{st, {}, {}, {}}, options_.logger);
+    end_call(table_.take(call.correlation_id), Reply{st, {}, {}, {}});
   }
 
   Status publish(amqp::Channel& channel, PendingCall& call) REQUIRES(loop_.io_thread) {
@@ -1022,6 +1071,7 @@ class Client::Impl final : public detail::IoLoop::Hooks,
   detail::CallTable table_ GUARDED_BY(loop_.io_thread);
   std::vector<std::unique_ptr<PendingCall>> batch_ GUARDED_BY(loop_.io_thread);
   std::size_t batch_pos_ GUARDED_BY(loop_.io_thread) = 0;  // batch_[0, pos) are taken care of
+  std::vector<Completion>* deferred_ GUARDED_BY(loop_.io_thread) = nullptr;  // on a lent turn
   static constexpr std::size_t kSendsPerTurn = 1024;
   std::vector<std::string> cancel_batch_ GUARDED_BY(loop_.io_thread);
   detail::ServerWatch watch_ GUARDED_BY(loop_.io_thread);

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <system_error>
+#include <utility>
 
 #include "io/backoff.hpp"
 #include "log.hpp"
@@ -237,6 +238,7 @@ Status IoLoop::open_first() {
 }
 
 void IoLoop::run(std::promise<Status>& started) {
+  MutexLock turn(turn_);  // let go only while poll_once sleeps
   io_thread.assert_held();
   io_thread_id_.store(std::this_thread::get_id());
   {
@@ -275,6 +277,7 @@ void IoLoop::serve_turn() {
       begin_connect();
     }
   }
+  drop_pending();  // a write on a lent turn failed
   hooks_.on_wake(link_.channel.get());
   if (link_.channel) {
     auto frames = link_.channel->frames_read();
@@ -282,11 +285,7 @@ void IoLoop::serve_turn() {
     if (link_.channel && link_.channel->frames_read() != frames) heard();
     if (link_.channel) hooks_.on_read_batch(*link_.channel);
   }
-  if (pending_drop_) {
-    Status why = std::move(*pending_drop_);
-    pending_drop_.reset();
-    lose(why);
-  }
+  drop_pending();
   if (link_.channel && link_.heartbeat.count() > 0 &&
       Clock::now() - link_.last_rx > 2 * link_.heartbeat && link_.listened >= link_.heartbeat) {
     // rabbitmq-c notices missed heartbeats only inside a blocking wait, which this loop never
@@ -317,6 +316,8 @@ void IoLoop::poll_once() {
   } else if (next_attempt_ && !connecting_.valid()) {
     consider(*next_attempt_ - now);
   }
+  sleep_until_ =
+      timeout_ms < 0 ? Clock::time_point::max() : now + std::chrono::milliseconds(timeout_ms);
   pollfd fds[2];
   fds[0] = {wake_fd_, POLLIN, 0};
   int nfds = 1;
@@ -334,8 +335,11 @@ void IoLoop::poll_once() {
     return;
   }
   const auto waiting_since = Clock::now();
+  // Asleep, the loop lends its turn (lend()): other threads may write to the connection.
+  turn_.unlock();
   int rc = ::poll(fds, nfds, timeout_ms);
   sleeping_.store(false, std::memory_order_relaxed);
+  turn_.lock();
   if (rc < 0 && errno != EINTR) {
     lose(Status{StatusCode::internal, std::string("poll failed: ") + std::strerror(errno)});
   }
@@ -350,6 +354,33 @@ void IoLoop::poll_once() {
     std::uint64_t counter;
     [[maybe_unused]] ssize_t n = ::read(wake_fd_, &counter, sizeof counter);
   }
+}
+
+void IoLoop::after_lent_turn() {
+  // A wake() on the lent turn (a callback's work for the loop) only marked another turn.
+  bool wake_loop = std::exchange(self_woken_, false);
+  if (link_.channel) {
+    Status st = link_.channel->flush();
+    if (!st.ok()) {
+      if (!pending_drop_) pending_drop_ = std::move(st);
+      wake_loop = true;  // to give up the connection
+    } else if (link_.channel->wants_write()) {
+      wake_loop = true;  // to poll for writability
+    }
+  }
+  if (auto deadline = hooks_.next_deadline(); deadline && *deadline < sleep_until_) {
+    wake_loop = true;  // to sleep less
+  }
+  if (!wake_loop) return;
+  wakes_.fetch_add(1, std::memory_order_seq_cst);
+  if (sleeping_.load(std::memory_order_seq_cst)) signal_eventfd(wake_fd_);
+}
+
+void IoLoop::drop_pending() {
+  if (!pending_drop_) return;
+  Status why = std::move(*pending_drop_);
+  pending_drop_.reset();
+  lose(why);
 }
 
 void IoLoop::close_politely() {

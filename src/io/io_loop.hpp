@@ -109,6 +109,34 @@ class IoLoop final : private amqp::Channel::Events {
   // From a hook: give up this connection (and reconnect, if enabled) once the hook returns.
   void drop(Status why) REQUIRES(io_thread) { pending_drop_ = std::move(why); }
 
+  // ---- any thread but the loop's ----
+  // While the loop sleeps, runs `fn(channel)` on the calling thread in the loop's place (its
+  // turn is the loop's to lend: the thread holds it, and is the I/O thread meanwhile), then
+  // writes what `fn` queued, so that work handed over by another thread (a caller's request)
+  // goes out without waking the loop. `fn` returns whether it did its work; false from lend()
+  // means it did not run (the loop is awake, busy, disconnected or stopping; or the connection
+  // is TLS, whose writes may block) or declined: the caller hands the work over the usual way
+  // (an outbox and wake()). The loop is woken when it must act on what `fn` did: output the
+  // socket did not take, a failed write, a deadline sooner than it planned to wake, a wake-up
+  // `fn` asked for.
+  template <class F>
+  bool lend(F&& fn) EXCLUDES(turn_) {
+    // Only a sleeping loop is worth it: an awake one takes its outboxes itself, soon.
+    if (in_io_thread() || !sleeping_.load(std::memory_order_seq_cst)) return false;
+    if (!turn_.try_lock()) return false;
+    io_thread.assert_held();
+    bool done = false;
+    if (link_.channel && link_.channel->writes_without_blocking() &&
+        !stop_requested_.load(std::memory_order_acquire)) {
+      const std::thread::id loop_thread = io_thread_id_.exchange(std::this_thread::get_id());
+      done = fn(*link_.channel);
+      io_thread_id_.store(loop_thread);
+      after_lent_turn();
+    }
+    turn_.unlock();
+    return done;
+  }
+
   // ---- any thread ----
   bool in_io_thread() const { return std::this_thread::get_id() == io_thread_id_.load(); }
   bool connected() const { return connected_.load(std::memory_order_acquire); }
@@ -133,10 +161,10 @@ class IoLoop final : private amqp::Channel::Events {
     std::string blocked_reason;
   };
 
-  void run(std::promise<Status>& started);
+  void run(std::promise<Status>& started) EXCLUDES(turn_);
   Status open_first() REQUIRES(io_thread);
   void serve_turn() REQUIRES(io_thread);
-  void poll_once() REQUIRES(io_thread);
+  void poll_once() REQUIRES(io_thread, turn_);
   void heard() REQUIRES(io_thread);  // the broker sent something
   void up(std::unique_ptr<amqp::Channel> channel, std::size_t endpoint) REQUIRES(io_thread);
   void lose(Status why) REQUIRES(io_thread);
@@ -144,6 +172,8 @@ class IoLoop final : private amqp::Channel::Events {
   void begin_connect() REQUIRES(io_thread);
   void finish_connect() REQUIRES(io_thread);
   void close_politely() REQUIRES(io_thread);
+  void after_lent_turn() REQUIRES(io_thread);
+  void drop_pending() REQUIRES(io_thread);
   void on_delivery(amqp::Delivery&& d) override;
   void on_return(amqp::Returned&& r) override;
   void on_consumer_cancelled(const std::string& tag) override;
@@ -162,6 +192,9 @@ class IoLoop final : private amqp::Channel::Events {
   // wake_fd_ (both sequentially consistent: a waker that misses sleeping_ is seen by the loop).
   std::atomic<std::uint64_t> wakes_{0};
   std::atomic<bool> sleeping_{false};
+  // The loop's turn: its thread holds this except while it sleeps in poll(), when lend() may
+  // take it. Whoever holds it holds io_thread.
+  Mutex turn_;
   std::thread thread_;
   std::atomic<std::thread::id> io_thread_id_{};
   std::atomic<bool> stop_requested_{false};
@@ -173,6 +206,8 @@ class IoLoop final : private amqp::Channel::Events {
   Link link_ GUARDED_BY(io_thread);
   bool self_woken_ GUARDED_BY(io_thread) = false;
   std::uint64_t wakes_seen_ GUARDED_BY(io_thread) = 0;
+  // When the sleeping loop's poll() times out (max: no timeout).
+  Clock::time_point sleep_until_ GUARDED_BY(io_thread) = Clock::time_point::max();
   // Whether the socket may have data: poll() said so, or the loop took a turn without polling.
   // A turn that knows it has none reads nothing (poll is level-triggered: nothing is missed).
   bool maybe_readable_ GUARDED_BY(io_thread) = true;

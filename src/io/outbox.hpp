@@ -34,6 +34,23 @@ class Outbox {
   }
   bool push(T&& item) { return push(item); }
 
+  // A push that wakes nobody, for a producer that may do the loop's part itself (IoLoop::lend).
+  // `first`: it made the outbox non-empty, so it owes the loop a wake() unless it took the
+  // outbox itself; `joined`: the producer of the first item owes it.
+  enum class Pushed { closed, joined, first };
+  Pushed push_quietly(T& item) {
+    MutexLock lock(mutex_);
+    if (closed_) return Pushed::closed;
+    const bool was_empty = items_.empty();
+    items_.push_back(std::move(item));
+    return was_empty ? Pushed::first : Pushed::joined;
+  }
+  // The wake-up a push_quietly() owed (none once closed).
+  void wake() {
+    MutexLock lock(mutex_);
+    if (!closed_) wake_();
+  }
+
   // Moves everything handed over so far to the end of `into` (empty: a swap, no copy).
   void take(std::vector<T>& into) {
     MutexLock lock(mutex_);

@@ -148,6 +148,30 @@ TEST_F(QueueTest, NoReplyBeforeTheDeadlineIsATimeoutAndTheBrokerDropsTheRequest)
   EXPECT_TRUE(eventually([&] { return raw.depth(queue) == 0; }));
 }
 
+TEST_F(QueueTest, ACallMadeWhileTheClientIdlesIsSentAndStillTimesOutOnTime) {
+  // A caller whose client has nothing in flight sends its request itself, while the I/O thread
+  // sleeps; that thread must still wake for the call's deadline, also when it would otherwise
+  // sleep until the next heartbeat tick (15 s here) or, without heartbeats, for ever.
+  testbroker::Raw raw;
+  raw.declare(queue);  // a queue nobody consumes
+  for (std::chrono::seconds heartbeat : {60s, 0s}) {
+    ClientOptions o;
+    o.connection = testbroker::options();
+    o.connection.heartbeat = heartbeat;
+    auto c = Client::connect(o);
+    ASSERT_TRUE(c) << c.status().to_string();
+    std::this_thread::sleep_for(200ms);  // the loop has gone to sleep
+    CallOptions call = timeout(300ms);
+    call.wait_for_ready = true;  // sent anyway, for a server that never comes
+    const auto start = std::chrono::steady_clock::now();
+    Reply r = (*c)->try_call(queue, "anyone?", call);
+    const auto waited = std::chrono::steady_clock::now() - start;
+    EXPECT_EQ(r.status.code(), StatusCode::deadline_exceeded) << r.status.to_string();
+    EXPECT_LT(waited, 10s) << "heartbeat " << heartbeat.count() << " s";  // never the tick's 15 s
+    EXPECT_TRUE(eventually([&] { return raw.depth(queue) == 0; }));  // it was sent, and expired
+  }
+}
+
 TEST_F(QueueTest, RequestsCarryExpirationAndAnAbsoluteDeadline) {
   testbroker::Raw raw;
   raw.declare(queue);
