@@ -7,6 +7,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -64,6 +65,7 @@ void round_trips(int n, int core, double& wall_us, double& cpu_us) {
     ready.notify_one();
     pollfd p{efd, POLLIN, 0};
     while (::poll(&p, 1, -1) != 1) {
+      if (errno != EINTR) throw std::system_error(errno, std::generic_category(), "poll");
     }
     std::uint64_t value;
     [[maybe_unused]] ssize_t r = ::read(efd, &value, sizeof value);

@@ -136,7 +136,11 @@ class Orchestrator {
     json long_result = memory_run();
     stop_servers();
     std::cerr << "bench: thread hand-off ... " << std::flush;
-    handoff_ = measure_handoff(20000);
+    try {
+      handoff_ = measure_handoff(20000);
+    } catch (const std::exception& e) {
+      findings_.push_back(std::string("thread hand-off: ") + e.what());
+    }
     std::cerr << fmt(handoff_.any_core_cpu_us, 1) << " µs CPU per round trip\n";
     const std::string report = render(pika, long_result);
     std::cout << report;
@@ -816,13 +820,16 @@ class Orchestrator {
         report << " " << fmt(s["rss_kb"].get<long>() / 1024.0, 1);
       report << "\n";
     }
-    report << "\nThread hand-off on this machine (what a server's worker pool pays per batch of "
-              "requests, I/O thread to worker and back, that an inline server does not; at 1 call "
-              "in flight a batch is one call): a round trip between two threads (a condition "
-              "variable there, an eventfd through poll() back) takes "
-           << fmt(handoff_.any_core_wall_us, 1) << " µs and " << fmt(handoff_.any_core_cpu_us, 1)
-           << " µs of CPU when the threads run on any core, " << fmt(handoff_.same_core_wall_us, 1)
-           << " µs and " << fmt(handoff_.same_core_cpu_us, 1) << " µs when both share one.\n";
+    if (handoff_.any_core_wall_us > 0) {
+      report
+          << "\nThread hand-off on this machine (what a server's worker pool pays per batch of "
+             "requests, I/O thread to worker and back, that an inline server does not; at 1 call "
+             "in flight a batch is one call): a round trip between two threads (a condition "
+             "variable there, an eventfd through poll() back) takes "
+          << fmt(handoff_.any_core_wall_us, 1) << " µs and " << fmt(handoff_.any_core_cpu_us, 1)
+          << " µs of CPU when the threads run on any core, " << fmt(handoff_.same_core_wall_us, 1)
+          << " µs and " << fmt(handoff_.same_core_cpu_us, 1) << " µs when both share one.\n";
+    }
     for (const auto& f : findings_) report << "\nerror during the run: " << f << "\n";
     return report.str();
   }

@@ -4,7 +4,9 @@
 #include <atomic>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "client/call_table.hpp"
@@ -59,6 +61,9 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     loop_.stop();                   // on_closing cancelled what was in flight, if connected
     loop_.io_thread.assert_held();  // the loop is joined: its state is this thread's now
     retries_.close();  // before the rest: no attempt may start another one from here on
+    for (auto& ended : std::exchange(ended_, {})) {  // ended on a lent turn, after its last one
+      ended.call->complete(std::move(ended.reply), options_.logger);
+    }
     // The loop is joined: what it left is ours. Held calls (disconnected or blocked) never saw
     // on_closing; calls submitted after its last turn are still in the outbox.
     for (auto& call : table_.take_all()) {
@@ -173,10 +178,14 @@ class Client::Impl final : public detail::IoLoop::Hooks,
       case Pushed::first:
         break;
     }
-    std::vector<Completion> done;
-    if (!send_lent(done)) calls_out_.wake();
-    // Last: a callback may destroy the client.
-    for (auto& d : done) d.call->complete(std::move(d.reply), options_.logger);
+    PendingCall* const mine = call.get();  // moved into the outbox: only compared below
+    std::optional<Completion> done;
+    if (!send_lent(mine, done)) calls_out_.wake();
+    if (done) {
+      // Last, with a logger of its own: the callback may destroy the client.
+      const Logger logger = options_.logger;
+      done->call->complete(std::move(done->reply), logger);
+    }
   }
 
   void submit_gather(std::unique_ptr<detail::GatherCall> gather) {
@@ -361,29 +370,38 @@ class Client::Impl final : public detail::IoLoop::Hooks,
   }
 
   // Calls submitted while the I/O thread sleeps: sent right here, on the submitting thread, in
-  // the loop's lent turn, sparing the loop a wake-up. Calls that end at once (a one-way call
-  // sent, a publish that failed) are left in `done` for the caller to complete once the turn
-  // is over, as a callback may block or destroy the client. False: the loop sends them (it is
-  // awake or busy, or cannot send now).
-  bool send_lent(std::vector<Completion>& done) {
+  // the loop's lent turn, sparing the loop a wake-up. If the submitter's own call (`mine`) ends
+  // at once (a one-way call sent, a publish that failed), it is left in `done` for the
+  // submitter to complete once the turn is over; other calls that end there (another thread's,
+  // an attempt of a retry policy) are completed by the loop (ended_). False: the loop sends
+  // them (it is awake or busy, or cannot send now).
+  bool send_lent(const PendingCall* mine, std::optional<Completion>& done) {
     return loop_.lend([&](amqp::Channel& channel) {
       loop_.io_thread.assert_held();  // lent: this thread holds the loop's turn
       // Only with nothing else in flight: a lone caller's request leaves at once, while the
       // loop batches the requests of busy clients (one send a turn) more cheaply.
       if (!table_.empty() || !link_.replies_lost.ok() || !loop_.can_publish()) return false;
-      deferred_ = &done;
-      send_calls(&channel, true);
-      deferred_ = nullptr;
+      lent_ = Lent{mine, &done};
+      try {
+        send_calls(&channel, true);
+      } catch (...) {
+        lent_.reset();
+        throw;
+      }
+      lent_.reset();
       return true;
     });
   }
 
-  // Ends a call now, or on a lent turn once the turn is over (send_lent).
+  // Ends a call: now, or, on a lent turn, once the turn is over (send_lent).
   void end_call(std::unique_ptr<PendingCall> call, Reply reply) REQUIRES(loop_.io_thread) {
-    if (deferred_ != nullptr) {
-      deferred_->push_back({std::move(call), std::move(reply)});
-    } else {
+    if (!lent_) {
       call->complete(std::move(reply), options_.logger);
+    } else if (call.get() == lent_->mine) {
+      lent_->done->emplace(Completion{std::move(call), std::move(reply)});
+    } else {
+      ended_.push_back({std::move(call), std::move(reply)});
+      loop_.wake();  // on_wake completes it, on the I/O thread
     }
   }
 
@@ -424,6 +442,9 @@ class Client::Impl final : public detail::IoLoop::Hooks,
 
   void on_wake(amqp::Channel* channel) override {
     loop_.io_thread.assert_held();
+    for (auto& ended : std::exchange(ended_, {})) {
+      ended.call->complete(std::move(ended.reply), options_.logger);
+    }
     cancels_out_.take(cancel_batch_);
     const bool can_send = channel != nullptr && link_.replies_lost.ok() && loop_.can_publish();
     send_calls(channel, can_send);
@@ -1071,7 +1092,13 @@ class Client::Impl final : public detail::IoLoop::Hooks,
   detail::CallTable table_ GUARDED_BY(loop_.io_thread);
   std::vector<std::unique_ptr<PendingCall>> batch_ GUARDED_BY(loop_.io_thread);
   std::size_t batch_pos_ GUARDED_BY(loop_.io_thread) = 0;  // batch_[0, pos) are taken care of
-  std::vector<Completion>* deferred_ GUARDED_BY(loop_.io_thread) = nullptr;  // on a lent turn
+  // A lent turn's submitter: its own call, and where that call goes if it ends there.
+  struct Lent {
+    const PendingCall* mine;
+    std::optional<Completion>* done;
+  };
+  std::optional<Lent> lent_ GUARDED_BY(loop_.io_thread);
+  std::vector<Completion> ended_ GUARDED_BY(loop_.io_thread);  // on a lent turn, for on_wake
   static constexpr std::size_t kSendsPerTurn = 1024;
   std::vector<std::string> cancel_batch_ GUARDED_BY(loop_.io_thread);
   detail::ServerWatch watch_ GUARDED_BY(loop_.io_thread);

@@ -303,21 +303,22 @@ void IoLoop::serve_turn() {
 void IoLoop::poll_once() {
   int timeout_ms = -1;
   auto now = Clock::now();
-  auto consider = [&](Clock::duration d) {
-    auto ms = std::chrono::ceil<std::chrono::milliseconds>(d).count();
+  Clock::time_point planned = Clock::time_point::max();
+  auto consider = [&](Clock::time_point at) {
+    planned = std::min(planned, at);
+    auto ms = std::chrono::ceil<std::chrono::milliseconds>(at - now).count();
     if (ms < 0) ms = 0;
     // A deadline weeks away (30 days is allowed) does not fit poll's int: wake within one.
     ms = std::min<decltype(ms)>(ms, std::numeric_limits<int>::max());
     if (timeout_ms < 0 || ms < timeout_ms) timeout_ms = static_cast<int>(ms);
   };
-  if (auto deadline = hooks_.next_deadline()) consider(*deadline - now);
+  if (auto deadline = hooks_.next_deadline()) consider(*deadline);
   if (link_.channel) {
-    if (auto tick = link_.channel->heartbeat_tick()) consider(*tick);
+    if (auto tick = link_.channel->heartbeat_tick()) consider(now + *tick);
   } else if (next_attempt_ && !connecting_.valid()) {
-    consider(*next_attempt_ - now);
+    consider(*next_attempt_);
   }
-  sleep_until_ =
-      timeout_ms < 0 ? Clock::time_point::max() : now + std::chrono::milliseconds(timeout_ms);
+  sleep_until_ = planned;  // exact, not rounded: a lent turn compares deadlines with it
   pollfd fds[2];
   fds[0] = {wake_fd_, POLLIN, 0};
   int nfds = 1;
@@ -338,10 +339,11 @@ void IoLoop::poll_once() {
   // Asleep, the loop lends its turn (lend()): other threads may write to the connection.
   turn_.unlock();
   int rc = ::poll(fds, nfds, timeout_ms);
+  const int poll_errno = errno;
   sleeping_.store(false, std::memory_order_relaxed);
   turn_.lock();
-  if (rc < 0 && errno != EINTR) {
-    lose(Status{StatusCode::internal, std::string("poll failed: ") + std::strerror(errno)});
+  if (rc < 0 && poll_errno != EINTR) {
+    lose(Status{StatusCode::internal, std::string("poll failed: ") + std::strerror(poll_errno)});
   }
   maybe_readable_ = rc > 0 && nfds == 2 && (fds[1].revents & (POLLIN | POLLHUP | POLLERR));
   if (maybe_readable_) {

@@ -129,7 +129,16 @@ class IoLoop final : private amqp::Channel::Events {
     if (link_.channel && link_.channel->writes_without_blocking() &&
         !stop_requested_.load(std::memory_order_acquire)) {
       const std::thread::id loop_thread = io_thread_id_.exchange(std::this_thread::get_id());
-      done = fn(*link_.channel);
+      try {
+        done = fn(*link_.channel);
+      } catch (...) {
+        // What fn did is the loop's to finish; the turn goes back to it either way.
+        io_thread_id_.store(loop_thread);
+        self_woken_ = true;
+        after_lent_turn();
+        turn_.unlock();
+        throw;
+      }
       io_thread_id_.store(loop_thread);
       after_lent_turn();
     }
