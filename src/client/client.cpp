@@ -370,9 +370,9 @@ class Client::Impl final : public detail::IoLoop::Hooks,
   }
 
   // Calls submitted while the I/O thread sleeps: sent right here, on the submitting thread, in
-  // the loop's lent turn, sparing the loop a wake-up. If the submitter's own call (`mine`) ends
-  // at once (a one-way call sent, a publish that failed), it is left in `done` for the
-  // submitter to complete once the turn is over; other calls that end there (another thread's,
+  // the loop's lent turn, without waiting for the loop to wake. If the submitter's own call
+  // (`mine`) ends at once (a one-way call sent, a publish that failed), it is left in `done` for
+  // the submitter to complete once the turn is over; other calls that end there (another thread's,
   // an attempt of a retry policy) are completed by the loop (ended_). False: the loop sends
   // them (it is awake or busy, or cannot send now).
   bool send_lent(const PendingCall* mine, std::optional<Completion>& done) {

@@ -111,14 +111,12 @@ class IoLoop final : private amqp::Channel::Events {
 
   // ---- any thread but the loop's ----
   // While the loop sleeps, runs `fn(channel)` on the calling thread in the loop's place (its
-  // turn is the loop's to lend: the thread holds it, and is the I/O thread meanwhile), then
-  // writes what `fn` queued, so that work handed over by another thread (a caller's request)
-  // goes out without waking the loop. `fn` returns whether it did its work; false from lend()
-  // means it did not run (the loop is awake, busy, disconnected or stopping; or the connection
-  // is TLS, whose writes may block) or declined: the caller hands the work over the usual way
-  // (an outbox and wake()). The loop is woken when it must act on what `fn` did: output the
-  // socket did not take, a failed write, a deadline sooner than it planned to wake, a wake-up
-  // `fn` asked for.
+  // turn is the loop's to lend: the thread holds it, and is the I/O thread meanwhile), writes
+  // what `fn` queued, and wakes the loop to take a turn after it: work handed over by another
+  // thread (a caller's request) goes out at once instead of after the loop's wake-up. `fn`
+  // returns whether it did its work; false from lend() means it did not run (the loop is awake,
+  // busy, disconnected or stopping; or the connection is TLS, whose writes may block) or
+  // declined: the caller hands the work over the usual way (an outbox and wake()).
   template <class F>
   bool lend(F&& fn) EXCLUDES(turn_) {
     // Only a sleeping loop is worth it: an awake one takes its outboxes itself, soon.
@@ -134,7 +132,6 @@ class IoLoop final : private amqp::Channel::Events {
       } catch (...) {
         // What fn did is the loop's to finish; the turn goes back to it either way.
         io_thread_id_.store(loop_thread);
-        self_woken_ = true;
         after_lent_turn();
         turn_.unlock();
         throw;
@@ -215,8 +212,6 @@ class IoLoop final : private amqp::Channel::Events {
   Link link_ GUARDED_BY(io_thread);
   bool self_woken_ GUARDED_BY(io_thread) = false;
   std::uint64_t wakes_seen_ GUARDED_BY(io_thread) = 0;
-  // When the sleeping loop's poll() times out (max: no timeout).
-  Clock::time_point sleep_until_ GUARDED_BY(io_thread) = Clock::time_point::max();
   // Whether the socket may have data: poll() said so, or the loop took a turn without polling.
   // A turn that knows it has none reads nothing (poll is level-triggered: nothing is missed).
   bool maybe_readable_ GUARDED_BY(io_thread) = true;

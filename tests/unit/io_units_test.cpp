@@ -75,6 +75,32 @@ TEST(Outbox, WakesOnlyWhenItGoesFromEmptyToNonEmpty) {
   EXPECT_EQ(batch, (std::vector<int>{1, 2, 3})) << "take appends to what the caller still holds";
 }
 
+TEST(Outbox, AQuietPushTellsWhoOwesTheWakeUpAndWakesNobody) {
+  int wakes = 0;
+  detail::Outbox<std::unique_ptr<int>> box([&] { ++wakes; });
+  using Pushed = detail::Outbox<std::unique_ptr<int>>::Pushed;
+  auto one = std::make_unique<int>(1);
+  auto two = std::make_unique<int>(2);
+  EXPECT_EQ(box.push_quietly(one), Pushed::first);  // the one who made it non-empty owes it
+  EXPECT_EQ(box.push_quietly(two), Pushed::joined);
+  EXPECT_EQ(wakes, 0);
+  box.wake();  // the owed wake-up
+  EXPECT_EQ(wakes, 1);
+  std::vector<std::unique_ptr<int>> batch;
+  box.take(batch);
+  ASSERT_EQ(batch.size(), 2u);
+  EXPECT_EQ(*batch[0], 1);
+  EXPECT_EQ(*batch[1], 2);
+  auto three = std::make_unique<int>(3);
+  EXPECT_EQ(box.push_quietly(three), Pushed::first) << "empty again after the take";
+  box.close();
+  auto four = std::make_unique<int>(4);
+  EXPECT_EQ(box.push_quietly(four), Pushed::closed);
+  ASSERT_NE(four, nullptr) << "a closed outbox leaves the item with the caller";
+  box.wake();
+  EXPECT_EQ(wakes, 1) << "no wake-up once closed: the loop may be gone";
+}
+
 TEST(Outbox, AClosedOutboxRefusesAndLeavesTheItemWithTheCaller) {
   detail::Outbox<std::unique_ptr<int>> box([] {});
   box.push(std::make_unique<int>(1));
