@@ -70,6 +70,9 @@ struct Outgoing {
   std::size_t route = 0;   // requeue: the request's service (its queue)
   std::int64_t attempt = 1;
   std::string caller = {};  // requeue: the request's verified caller, for its copy
+  // A stream's item to a reply queue: the broker returns it when that queue is gone
+  // (on_return).
+  bool mandatory = false;
 };
 
 Outgoing requeue_of(Job&& job) {
@@ -462,6 +465,9 @@ void Core::run_stream(const std::shared_ptr<detail::ServerCall>& call, const Str
   stream->send = [this, call, stream_to = std::move(stream_to)](Reply&& item, std::uint64_t seq) {
     const Request& req = call->request();
     Outgoing sent{Settle::reply_only, call->delivery_tag_, call->generation_, req.reply_to, {}, {}};
+    // Not to a direct reply-to address: RabbitMQ returns a mandatory message published there
+    // even while its caller is alive (and drops one whose caller is gone).
+    sent.mandatory = !req.reply_to.starts_with(detail::wire::kDirectReplyTo);
     item.status = Status{};
     item.headers.insert_or_assign(std::string(detail::wire::kStreamHeader), "item");
     item.headers.insert_or_assign(std::string(detail::wire::kStreamSeqHeader), std::to_string(seq));
@@ -863,6 +869,18 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     link_.incoming.clear();
   }
 
+  // Only a stream's items to a reply queue are published mandatory: one comes back when that
+  // queue is gone (its caller crashed, or its connection did), and nobody else would tell the
+  // producer, which would wait for credit until the stream's deadline. (A caller on direct
+  // reply-to that vanishes is not heard of: RabbitMQ drops what is published to it.)
+  void on_return(amqp::Channel&, amqp::Returned&& r) override {
+    loop_.io_thread.assert_held();
+    if (auto stream = core_->stream(r.props.correlation_id)) {
+      stream->stop({StatusCode::cancelled,
+                    "the stream's caller is gone: its item came back (" + r.reply_text + ")"});
+    }
+  }
+
   void on_consumer_cancelled(amqp::Channel&, const std::string& tag) override {
     loop_.io_thread.assert_held();
     auto route = link_.route_of_tag.find(tag);
@@ -993,7 +1011,7 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       // Reply first, then ack: a crash in between leads to a redelivery, never a lost request.
       // A reply to a request from a previous connection still goes out (its caller may wait),
       // but that request cannot be acked: it was requeued, and its duplicate reply is dropped.
-      auto seq = channel.publish("", out.reply_to, /*mandatory=*/false, out.props, out.body);
+      auto seq = channel.publish("", out.reply_to, out.mandatory, out.props, out.body);
       if (!seq || out.settle == Settle::reply_only) return;
       if (same_connection && options_.confirm_replies) {
         link_.unconfirmed.track(*seq, out.delivery_tag);

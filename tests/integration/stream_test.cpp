@@ -290,6 +290,19 @@ TEST_F(Streams, CancellingAtOnceLeavesNoProducerRunning) {
       << "a producer went on after its stream was cancelled";
 }
 
+TEST_F(Streams, AProducerStopsWhenItsCallersReplyQueueIsGone) {
+  // A caller that vanished without a word (its reply queue went with its connection): the
+  // server hears it from its first item, which the broker cannot route and returns, and stops
+  // the producer; it would otherwise wait for credit until the stream's deadline (none here).
+  testbroker::Raw raw;
+  raw.publish(queue, "", testbroker::unique("gone-caller"), "gone-1",
+              {{"x-rpc-method", "Forever"}, {"x-rpc-stream-credit", "4"}});
+  EXPECT_TRUE(eventually([&] { return producer->returned.load(); }, 20s))
+      << "the producer still waits for a caller that is gone (" << producer->written.load()
+      << " items written)";
+  EXPECT_TRUE(eventually([&] { return server->stats().in_hand == 0; }));
+}
+
 TEST(StreamsAndGathers, CreditReachesABusyServerPastTheGathersWaitingForItsWorker) {
   // One worker, busy with a stream; gathers (acked, prefetch-bound) queue up for that worker.
   // The stream's credit must still reach the server, or neither would ever finish.
