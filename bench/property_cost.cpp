@@ -67,21 +67,31 @@ MachineCpu machine_cpu() {
   return m;
 }
 
-// The run time of a process's live threads, in ns (first field of each task's schedstat): the
-// same CPU time as process_ticks at a far finer grain (threads that ended are not counted).
-std::uint64_t pid_sched_ns(int pid) {
+// The sum of `read(file)` over a process's live threads (/proc/PID/task/TID/<name>); 0 when
+// the process is gone.
+template <class Read>
+std::uint64_t sum_over_threads(int pid, const char* name, Read read) {
   const std::string dir = "/proc/" + std::to_string(pid) + "/task";
   std::uint64_t sum = 0;
   DIR* d = opendir(dir.c_str());
   if (d == nullptr) return 0;
   while (dirent* e = readdir(d)) {
     if (e->d_name[0] == '.') continue;
-    std::ifstream f(dir + "/" + e->d_name + "/schedstat");
-    std::uint64_t ns = 0;
-    if (f >> ns) sum += ns;
+    std::ifstream f(dir + "/" + e->d_name + "/" + name);
+    sum += read(f);
   }
   closedir(d);
   return sum;
+}
+
+// The run time of a process's live threads, in ns (first field of each task's schedstat): the
+// same CPU time as process_ticks at a far finer grain (threads that ended are not counted).
+std::uint64_t pid_sched_ns(int pid) {
+  return sum_over_threads(pid, "schedstat", [](std::istream& f) {
+    std::uint64_t ns = 0;
+    f >> ns;
+    return ns;
+  });
 }
 
 // Read and write system calls of a process (/proc/PID/io syscr, syscw): how many socket reads
@@ -99,13 +109,8 @@ std::pair<std::uint64_t, std::uint64_t> pid_syscalls(int pid) {
 
 // Context switches of a process's live threads (voluntary + involuntary): its wake-ups.
 std::uint64_t pid_switches(int pid) {
-  const std::string dir = "/proc/" + std::to_string(pid) + "/task";
-  std::uint64_t sum = 0;
-  DIR* d = opendir(dir.c_str());
-  if (d == nullptr) return 0;
-  while (dirent* e = readdir(d)) {
-    if (e->d_name[0] == '.') continue;
-    std::ifstream f(dir + "/" + e->d_name + "/status");
+  return sum_over_threads(pid, "status", [](std::istream& f) {
+    std::uint64_t sum = 0;
     std::string line;
     while (std::getline(f, line)) {
       if (line.rfind("voluntary_ctxt_switches:", 0) == 0 ||
@@ -113,9 +118,8 @@ std::uint64_t pid_switches(int pid) {
         sum += std::strtoull(line.c_str() + line.find(':') + 1, nullptr, 10);
       }
     }
-  }
-  closedir(d);
-  return sum;
+    return sum;
+  });
 }
 
 std::uint64_t clock_ns(clockid_t id) {
@@ -212,6 +216,9 @@ Measure measure(const Snapshot& a, const Snapshot& b) {
 using Broker = amqprpc::ConnectionOptions;
 using bench::raw_close;
 using bench::raw_connect;
+using bench::raw_consume;
+using bench::raw_next_delivery;
+using Next = bench::Next;
 
 // A random W3C traceparent, "00-<32 hex>-<16 hex>-01" (55 bytes), as amqp-rpc writes one.
 void fill_traceparent(char (&out)[56], std::mt19937_64& rng) {
@@ -259,25 +266,18 @@ std::string echo_serve(const Broker& broker, const ServeOptions& o, int prefetch
   ttl.key = amqp_cstring_bytes("x-message-ttl");
   ttl.value.kind = AMQP_FIELD_KIND_I32;
   ttl.value.value.i32 = o.queue_ttl_ms;
-  amqp_table_t args = o.queue_ttl_ms > 0 ? amqp_table_t{1, &ttl} : amqp_empty_table;
-  amqp_queue_declare(conn, 1, amqp_cstring_bytes(o.queue.c_str()), 0, 0, 0, 0, args);
-  amqp_basic_consume(conn, 1, amqp_cstring_bytes(o.queue.c_str()), amqp_empty_bytes, 0, 0, 0,
-                     amqp_empty_table);
-  if (amqp_get_rpc_reply(conn).reply_type != AMQP_RESPONSE_NORMAL) {
+  const amqp_table_t args{1, &ttl};
+  if (!raw_consume(conn, o.queue, o.queue_ttl_ms > 0 ? &args : nullptr)) {
     raw_close(conn);
     return "consume failed on " + o.queue;
   }
   std::mt19937_64 rng(42);
   char traceparent[56];
   while (!stop.load(std::memory_order_relaxed)) {
-    amqp_maybe_release_buffers(conn);
     amqp_envelope_t env;
-    timeval tv{0, 100'000};
-    amqp_rpc_reply_t r = amqp_consume_message(conn, &env, &tv, 0);
-    if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && r.library_error == AMQP_STATUS_TIMEOUT) {
-      continue;
-    }
-    if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+    const Next next = raw_next_delivery(conn, env);
+    if (next == Next::idle) continue;
+    if (next == Next::failed) {
       error = "consume error on " + o.queue;
       break;
     }

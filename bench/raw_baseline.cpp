@@ -44,28 +44,40 @@ void raw_close(amqp_connection_state_t conn) {
   amqp_destroy_connection(conn);
 }
 
+bool raw_consume(amqp_connection_state_t conn, const std::string& queue, const amqp_table_t* args) {
+  amqp_queue_declare(conn, 1, amqp_cstring_bytes(queue.c_str()), 0, 0, 0, 0,
+                     args != nullptr ? *args : amqp_empty_table);
+  amqp_basic_consume(conn, 1, amqp_cstring_bytes(queue.c_str()), amqp_empty_bytes, 0, 0, 0,
+                     amqp_empty_table);
+  return amqp_get_rpc_reply(conn).reply_type == AMQP_RESPONSE_NORMAL;
+}
+
+Next raw_next_delivery(amqp_connection_state_t conn, amqp_envelope_t& env) {
+  amqp_maybe_release_buffers(conn);
+  timeval tv{0, 100'000};
+  amqp_rpc_reply_t r = amqp_consume_message(conn, &env, &tv, 0);
+  if (r.reply_type == AMQP_RESPONSE_NORMAL) return Next::delivery;
+  if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && r.library_error == AMQP_STATUS_TIMEOUT) {
+    return Next::idle;
+  }
+  return Next::failed;
+}
+
 std::string raw_serve(const amqprpc::ConnectionOptions& broker, const std::string& queue,
                       int prefetch, const std::atomic<bool>& stop) {
   std::string error;
   amqp_connection_state_t conn = raw_connect(broker, error);
   if (conn == nullptr) return error;
   amqp_basic_qos(conn, 1, 0, static_cast<std::uint16_t>(prefetch), 0);
-  amqp_queue_declare(conn, 1, amqp_cstring_bytes(queue.c_str()), 0, 0, 0, 0, amqp_empty_table);
-  amqp_basic_consume(conn, 1, amqp_cstring_bytes(queue.c_str()), amqp_empty_bytes, 0, 0, 0,
-                     amqp_empty_table);
-  if (amqp_get_rpc_reply(conn).reply_type != AMQP_RESPONSE_NORMAL) {
+  if (!raw_consume(conn, queue)) {
     raw_close(conn);
     return "raw: consume failed";
   }
   while (!stop.load(std::memory_order_relaxed)) {
-    amqp_maybe_release_buffers(conn);
     amqp_envelope_t env;
-    timeval tv{0, 100'000};
-    amqp_rpc_reply_t r = amqp_consume_message(conn, &env, &tv, 0);
-    if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && r.library_error == AMQP_STATUS_TIMEOUT) {
-      continue;
-    }
-    if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+    const Next next = raw_next_delivery(conn, env);
+    if (next == Next::idle) continue;
+    if (next == Next::failed) {
       error = "raw: consume error";
       break;
     }

@@ -11,6 +11,8 @@
 #include "amqprpc/options.hpp"
 
 struct amqp_connection_state_t_;  // rabbitmq-c's
+struct amqp_envelope_t_;
+struct amqp_table_t_;
 
 namespace bench {
 
@@ -18,6 +20,19 @@ namespace bench {
 amqp_connection_state_t_* raw_connect(const amqprpc::ConnectionOptions& broker, std::string& error);
 // Closes channel 1 and the connection, and frees it.
 void raw_close(amqp_connection_state_t_* conn);
+
+// Declares `queue` (with `args`, if given) and consumes it on channel 1, acks manual. False:
+// the broker refused, and the connection is unusable.
+bool raw_consume(amqp_connection_state_t_* conn, const std::string& queue,
+                 const amqp_table_t_* args = nullptr);
+// The next delivery of an echo server's consumer: it waits 100 ms at most, so that its loop
+// checks a stop flag that often.
+enum class Next {
+  delivery,  // in `env`: the caller destroys it
+  idle,      // none came
+  failed,    // the connection broke
+};
+Next raw_next_delivery(amqp_connection_state_t_* conn, amqp_envelope_t_& env);
 
 // Serves echo on `queue` until `stop` is set (checked every 100 ms). Returns an error or "".
 std::string raw_serve(const amqprpc::ConnectionOptions& broker, const std::string& queue,
