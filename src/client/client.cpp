@@ -61,9 +61,7 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     loop_.stop();                   // on_closing cancelled what was in flight, if connected
     loop_.io_thread.assert_held();  // the loop is joined: its state is this thread's now
     retries_.close();  // before the rest: no attempt may start another one from here on
-    for (auto& ended : std::exchange(ended_, {})) {  // ended on a lent turn, after its last one
-      ended.call->complete(std::move(ended.reply), options_.logger);
-    }
+    complete_ended();  // ended on the loop's last lent turn
     // The loop is joined: what it left is ours. Held calls (disconnected or blocked) never saw
     // on_closing; calls submitted after its last turn are still in the outbox.
     for (auto& call : table_.take_all()) {
@@ -393,6 +391,13 @@ class Client::Impl final : public detail::IoLoop::Hooks,
     });
   }
 
+  // The calls of other threads that ended on a lent turn (end_call), completed on this one.
+  void complete_ended() REQUIRES(loop_.io_thread) {
+    for (auto& ended : std::exchange(ended_, {})) {
+      ended.call->complete(std::move(ended.reply), options_.logger);
+    }
+  }
+
   // Ends a call: now, or, on a lent turn, once the turn is over (send_lent).
   void end_call(std::unique_ptr<PendingCall> call, Reply reply) REQUIRES(loop_.io_thread) {
     if (!lent_) {
@@ -442,9 +447,7 @@ class Client::Impl final : public detail::IoLoop::Hooks,
 
   void on_wake(amqp::Channel* channel) override {
     loop_.io_thread.assert_held();
-    for (auto& ended : std::exchange(ended_, {})) {
-      ended.call->complete(std::move(ended.reply), options_.logger);
-    }
+    complete_ended();
     cancels_out_.take(cancel_batch_);
     const bool can_send = channel != nullptr && link_.replies_lost.ok() && loop_.can_publish();
     send_calls(channel, can_send);

@@ -364,9 +364,9 @@ void IoLoop::after_lent_turn() {
   // what the turn left (unsent output, a failed write, new deadlines), and the request has left
   // without waiting for it. Measured on a 2-vCPU VM, skipping this wake-up gained little over
   // not lending at all, while with it a lone caller's p50 dropped by a sixth
-  // (docs/WORKER_POOL.md).
-  wakes_.fetch_add(1, std::memory_order_seq_cst);
-  if (sleeping_.load(std::memory_order_seq_cst)) signal_eventfd(wake_fd_);
+  // (docs/WORKER_POOL.md). lend() has given the I/O thread's identity back by now, so this is
+  // another thread's wake().
+  wake();
 }
 
 void IoLoop::drop_pending() {

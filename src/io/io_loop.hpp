@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <exception>
 #include <future>
 #include <memory>
 #include <optional>
@@ -124,22 +125,20 @@ class IoLoop final : private amqp::Channel::Events {
     if (!turn_.try_lock()) return false;
     io_thread.assert_held();
     bool done = false;
+    std::exception_ptr failed;
     if (link_.channel && link_.channel->writes_without_blocking() &&
         !stop_requested_.load(std::memory_order_acquire)) {
       const std::thread::id loop_thread = io_thread_id_.exchange(std::this_thread::get_id());
       try {
         done = fn(*link_.channel);
       } catch (...) {
-        // What fn did is the loop's to finish; the turn goes back to it either way.
-        io_thread_id_.store(loop_thread);
-        after_lent_turn();
-        turn_.unlock();
-        throw;
+        failed = std::current_exception();  // the turn goes back to the loop first
       }
       io_thread_id_.store(loop_thread);
       after_lent_turn();
     }
     turn_.unlock();
+    if (failed) std::rethrow_exception(failed);
     return done;
   }
 
