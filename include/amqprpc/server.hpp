@@ -73,6 +73,10 @@ class Server {
     std::uint64_t reserved = 0;       // describe and health requests answered by the framework
     std::uint64_t gathers = 0;        // requests that came through the instance queue (gathers)
     std::uint64_t stream_items = 0;   // items written by streaming methods
+    // Checks that the caller of a stream waiting for credit is still there, and streams
+    // stopped because it was not (its reply queue or direct reply-to address was gone).
+    std::uint64_t stream_probes = 0;
+    std::uint64_t streams_orphaned = 0;
     std::uint64_t reconnects = 0;
     // Now: requests given to handlers and not answered yet (asynchronous ones included).
     std::uint64_t in_hand = 0;

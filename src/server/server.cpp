@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <exception>
 #include <future>
 #include <mutex>
@@ -148,6 +149,18 @@ struct Core : std::enable_shared_from_this<Core> {
     auto it = streams.find(correlation_id);
     return it == streams.end() ? nullptr : it->second.lock();
   }
+  // The streams whose writer has waited for credit since `before` or longer, by correlation id.
+  std::vector<std::pair<std::string, std::shared_ptr<detail::ServerStream>>> stalled_streams(
+      std::chrono::steady_clock::time_point before) {
+    std::vector<std::pair<std::string, std::shared_ptr<detail::ServerStream>>> stalled;
+    detail::MutexLock lock(streams_mutex);
+    for (const auto& [id, weak] : streams) {
+      auto s = weak.lock();
+      if (!s) continue;
+      if (auto since = s->waiting_since(); since && *since <= before) stalled.emplace_back(id, s);
+    }
+    return stalled;
+  }
   // The connection went: its streams' items can no longer be numbered for their callers (the
   // broker hands the requests to a server again), so their producers stop.
   void stop_streams() {
@@ -236,6 +249,8 @@ struct Core : std::enable_shared_from_this<Core> {
   detail::Mutex control_queues_mutex;
   std::vector<std::string> control_queues GUARDED_BY(control_queues_mutex);  // by route
   std::atomic<std::uint64_t> stream_items{0};
+  std::atomic<std::uint64_t> live_streams{0};  // streams whose handler runs now
+  std::atomic<std::uint64_t> stream_probes{0}, streams_orphaned{0};
 };
 
 }  // namespace
@@ -457,8 +472,8 @@ void Core::run_stream(const std::shared_ptr<detail::ServerCall>& call, const Str
   }
   const auto max_credit = detail::wire::kMaxStreamCredit;
   auto stream = std::make_shared<detail::ServerStream>(
-      request.caller, static_cast<std::uint32_t>(std::min<std::int64_t>(*credit, max_credit)),
-      max_credit);
+      request.caller, request.reply_to,
+      static_cast<std::uint32_t>(std::min<std::int64_t>(*credit, max_credit)), max_credit);
   stream->stop_token = call->context_->stop.get_token();
   // An item: a reply to the caller, numbered, naming the queue its credit goes to. It is not
   // acked (the request is, with the end of the stream).
@@ -481,6 +496,7 @@ void Core::run_stream(const std::shared_ptr<detail::ServerCall>& call, const Str
     detail::MutexLock lock(streams_mutex);
     streams[request.correlation_id] = stream;
   }
+  live_streams.fetch_add(1, std::memory_order_relaxed);
   call->streaming_ = true;
   struct Unregister {
     Core& core;
@@ -492,6 +508,7 @@ void Core::run_stream(const std::shared_ptr<detail::ServerCall>& call, const Str
       detail::MutexLock lock(core.streams_mutex);
       auto it = core.streams.find(id);
       if (it != core.streams.end() && it->second.lock().get() == mine) core.streams.erase(it);
+      core.live_streams.fetch_sub(1, std::memory_order_relaxed);
     }
   } unregister{*this, request.correlation_id, stream.get()};
   StreamWriter writer(stream);
@@ -706,6 +723,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     s.reserved = reserved_.load(std::memory_order_relaxed);
     s.gathers = gathers_.load(std::memory_order_relaxed);
     s.stream_items = core_->stream_items.load(std::memory_order_relaxed);
+    s.stream_probes = core_->stream_probes.load(std::memory_order_relaxed);
+    s.streams_orphaned = core_->streams_orphaned.load(std::memory_order_relaxed);
     s.reconnects = loop_.reconnects();
     s.in_hand = core_->in_hand.size();
     s.errors = core_->errors.snapshot();
@@ -766,6 +785,10 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       for (auto& out : batch_) settle(*channel, out);
     }
     batch_.clear();
+    if (next_stream_probe_ && detail::Clock::now() >= *next_stream_probe_) {
+      next_stream_probe_.reset();  // next_deadline() sets the next one while streams run
+      if (channel != nullptr) probe_stalled_callers(*channel);
+    }
     if (cancel_requested_.load(std::memory_order_acquire) && !cancel_sent_) {
       cancel_sent_ = true;
       if (channel != nullptr) {
@@ -871,13 +894,46 @@ class Server::Impl final : public detail::IoLoop::Hooks {
 
   // Only a stream's items to a reply queue are published mandatory: one comes back when that
   // queue is gone (its caller crashed, or its connection did), and nobody else would tell the
-  // producer, which would wait for credit until the stream's deadline. (A caller on direct
-  // reply-to that vanishes is not heard of: RabbitMQ drops what is published to it.)
+  // producer, which would wait for credit until the stream's deadline. (Not one on direct
+  // reply-to: RabbitMQ drops what is published to it; probe_stalled_callers finds that one.)
   void on_return(amqp::Channel&, amqp::Returned&& r) override {
     loop_.io_thread.assert_held();
-    if (auto stream = core_->stream(r.props.correlation_id)) {
-      stream->stop({StatusCode::cancelled,
-                    "the stream's caller is gone: its item came back (" + r.reply_text + ")"});
+    orphaned(r.props.correlation_id, "its item came back (" + r.reply_text + ")");
+  }
+
+  // A caller that vanished on direct reply-to is heard of neither way: its items are dropped,
+  // and it sends no more credit. So the writer of a stream that has waited for credit for
+  // kStalledStream has its caller checked, and again each kStalledStream while it waits: a
+  // passive declaration of the stream's reply address on the side channel. RabbitMQ answers
+  // it for a direct reply-to address whose channel is alive, and refuses it (404) once that
+  // channel is gone; likewise for a reply queue. Anything else (another connection's
+  // exclusive queue: 405) leaves the stream alone.
+  void probe_stalled_callers(amqp::Channel& channel) REQUIRES(loop_.io_thread) {
+    for (auto& [id, stream] : core_->stalled_streams(detail::Clock::now() - kStalledStream)) {
+      if (std::find(link_.stream_probes.begin(), link_.stream_probes.end(), id) !=
+          link_.stream_probes.end()) {
+        continue;  // asked already, not answered yet
+      }
+      if (!channel.probe({amqp::Probe::Kind::queue, stream->reply_to()}).ok()) return;
+      link_.stream_probes.push_back(id);
+      core_->stream_probes.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+
+  void on_probe(amqp::Channel&, amqp::ProbeResult&& result) override {
+    loop_.io_thread.assert_held();
+    if (link_.stream_probes.empty()) return;
+    const std::string id = std::move(link_.stream_probes.front());
+    link_.stream_probes.pop_front();
+    if (result.status.code() != StatusCode::not_found) return;  // there, or the broker won't say
+    orphaned(id, "its reply address '" + result.probe.name + "' no longer exists");
+  }
+
+  // The caller of stream `id` is gone: its producer stops.
+  void orphaned(const std::string& id, const std::string& how) REQUIRES(loop_.io_thread) {
+    auto stream = core_->stream(id);
+    if (stream && stream->stop({StatusCode::cancelled, "the stream's caller is gone: " + how})) {
+      core_->streams_orphaned.fetch_add(1, std::memory_order_relaxed);
     }
   }
 
@@ -923,10 +979,14 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     }
   }
 
-  // The earliest deadline of a request in hand: its context is cancelled then.
+  // The earliest deadline of a request in hand: its context is cancelled then. While streams
+  // run, their callers' next check too (probe_stalled_callers).
   std::optional<detail::Clock::time_point> next_deadline() override {
     loop_.io_thread.assert_held();
-    return core_->in_hand.next_deadline();
+    auto next = core_->in_hand.next_deadline();
+    if (core_->live_streams.load(std::memory_order_relaxed) == 0) return next;
+    if (!next_stream_probe_) next_stream_probe_ = detail::Clock::now() + kStalledStream;
+    return next && *next < *next_stream_probe_ ? next : next_stream_probe_;
   }
 
   void on_timer(detail::Clock::time_point now) override {
@@ -962,6 +1022,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     std::set<std::string> cancels_pending;  // consumers cancelled, the broker's answer awaited
     // Gather consumers the broker cancelled, joined again after the read (see rejoin_gathers).
     std::vector<Consumer> rejoin;
+    // The streams whose callers were probed (Channel::probe), by correlation id, in order.
+    std::deque<std::string> stream_probes;
   };
 
   amqp::QueueSpec queue_spec(const std::string& name) const {
@@ -1402,6 +1464,9 @@ class Server::Impl final : public detail::IoLoop::Hooks {
 
   // I/O thread only.
   Link link_ GUARDED_BY(loop_.io_thread);
+  // When probe_stalled_callers runs next (nullopt: when next_deadline() sees a stream).
+  std::optional<detail::Clock::time_point> next_stream_probe_ GUARDED_BY(loop_.io_thread);
+  static constexpr auto kStalledStream = std::chrono::seconds(1);
   std::vector<Outgoing> batch_ GUARDED_BY(loop_.io_thread);
   bool cancel_sent_ GUARDED_BY(loop_.io_thread) = false;
   bool cancel_signalled_ GUARDED_BY(loop_.io_thread) = false;

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -23,8 +24,12 @@ namespace amqprpc::detail {
 
 class ServerStream {
  public:
-  ServerStream(std::string caller, std::uint32_t credit, std::uint32_t max_credit)
-      : caller_(std::move(caller)), credit_(credit), max_credit_(max_credit) {}
+  ServerStream(std::string caller, std::string reply_to, std::uint32_t credit,
+               std::uint32_t max_credit)
+      : caller_(std::move(caller)),
+        reply_to_(std::move(reply_to)),
+        credit_(credit),
+        max_credit_(max_credit) {}
 
   // The writer: waits for credit (or the stop), takes one and numbers the item. nullopt: stop.
   std::optional<std::uint64_t> take(const std::stop_token& context) {
@@ -35,7 +40,9 @@ class ServerStream {
       changed_.notify_all();
     });
     std::unique_lock lock(mutex_);
+    if (credit_ == 0) waiting_since_ = std::chrono::steady_clock::now();
     changed_.wait(lock, [&] { return credit_ > 0 || stopped_ || context.stop_requested(); });
+    waiting_since_.reset();
     if (stopped_ || context.stop_requested()) {
       cut_ = true;
       return std::nullopt;
@@ -54,11 +61,14 @@ class ServerStream {
   }
 
   // Stops the stream: `why` is what its caller is told, whatever the handler returns then.
-  void stop(Status why) {
+  // False: it was stopped already (and keeps the first reason).
+  bool stop(Status why) {
     std::lock_guard lock(mutex_);
-    if (!stopped_) why_ = std::move(why);
+    if (stopped_) return false;
+    why_ = std::move(why);
     stopped_ = true;
     changed_.notify_all();
+    return true;
   }
 
   // Why the writer was told to stop, when it was: the status that ends the stream instead of
@@ -74,9 +84,17 @@ class ServerStream {
     std::lock_guard lock(mutex_);
     return written_;
   }
+  // Since when the writer has been waiting for credit (nullopt: it is not). A writer that has
+  // waited long may be waiting for a caller that is gone without a word: the server checks.
+  std::optional<std::chrono::steady_clock::time_point> waiting_since() const {
+    std::lock_guard lock(mutex_);
+    return waiting_since_;
+  }
   // The verified caller of the request: only it may grant credit or cancel (empty: anyone who
   // knows the correlation id, a random UUID).
   const std::string& caller() const { return caller_; }
+  // Where the items go: the caller's reply queue (or its direct reply-to address).
+  const std::string& reply_to() const { return reply_to_; }
 
   // Set by the server before the handler runs: how to send an item (false: it cannot be), and
   // the request's context, which stops the stream at its deadline or when the server stops.
@@ -85,6 +103,7 @@ class ServerStream {
 
  private:
   const std::string caller_;
+  const std::string reply_to_;
   mutable std::mutex mutex_;
   std::condition_variable changed_;
   std::uint32_t credit_;
@@ -92,6 +111,7 @@ class ServerStream {
   std::uint64_t written_ = 0;
   bool stopped_ = false;
   bool cut_ = false;  // a write was refused
+  std::optional<std::chrono::steady_clock::time_point> waiting_since_;
   Status why_;
 };
 

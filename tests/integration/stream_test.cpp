@@ -300,6 +300,30 @@ TEST_F(Streams, AProducerStopsWhenItsCallersReplyQueueIsGone) {
   EXPECT_TRUE(eventually([&] { return producer->returned.load(); }, 20s))
       << "the producer still waits for a caller that is gone (" << producer->written.load()
       << " items written)";
+  EXPECT_EQ(server->stats().streams_orphaned, 1u);
+  EXPECT_TRUE(eventually([&] { return server->stats().in_hand == 0; }));
+}
+
+TEST_F(Streams, AProducerStopsWhenItsDirectReplyToCallerIsGone) {
+  // A caller on direct reply-to that vanishes is heard of neither way: the broker drops its
+  // items (none comes back) and it sends no more credit. So the server checks on the caller of
+  // a stream whose writer waits for credit: while it is there the stream goes on; once it is
+  // gone, the producer stops instead of waiting until the stream's deadline (none here).
+  auto caller = std::make_unique<testbroker::Raw>();
+  caller->consume("amq.rabbitmq.reply-to");
+  caller->publish(queue, "", "amq.rabbitmq.reply-to", testbroker::unique("drt-caller"),
+                  {{"x-rpc-method", "Forever"}, {"x-rpc-stream-credit", "2"}});
+  // Its two items written, the writer waits. The second check is sent only once the first was
+  // answered, and that answer (the caller is there) left the stream alone.
+  ASSERT_TRUE(eventually([&] { return server->stats().stream_probes >= 2; }, 30s))
+      << "probes: " << server->stats().stream_probes;
+  EXPECT_FALSE(producer->returned.load()) << "the stream of a caller still there was stopped";
+  EXPECT_EQ(producer->written.load(), 2u);
+  EXPECT_EQ(server->stats().streams_orphaned, 0u);
+  caller.reset();  // gone without a word
+  EXPECT_TRUE(eventually([&] { return producer->returned.load(); }, 20s))
+      << "the producer still waits for a caller that is gone";
+  EXPECT_EQ(server->stats().streams_orphaned, 1u);
   EXPECT_TRUE(eventually([&] { return server->stats().in_hand == 0; }));
 }
 
