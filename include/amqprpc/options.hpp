@@ -215,8 +215,11 @@ struct ServerOptions {
   // Publisher confirms for replies: a request is acked only once the broker confirmed its reply.
   bool confirm_replies = false;
   std::uint16_t prefetch = 16;  // unacked requests this server holds at once
-  // Handler threads. 0 runs handlers on the connection's I/O thread: the least latency, for
-  // handlers that never block (a slow one would stall this server's connection).
+  // Handler slots and threads: at most this many handlers run at once, on `workers` threads
+  // and on the connection's I/O thread, which runs a request itself when a slot is free (no
+  // thread hand-off: docs/WORKER_POOL.md); while a handler there runs longer than 5 ms, a
+  // worker takes over the connection. 0 runs handlers on the I/O thread alone: for handlers
+  // that never block (a slow one would stall this server's connection; no streams).
   std::size_t workers = 1;
   // Larger requests get a resource_exhausted error reply instead of reaching the handler.
   std::size_t max_request_size = 4u * 1024 * 1024;

@@ -68,14 +68,68 @@ void IoLoop::wake() {
 void IoLoop::stop() {
   stop_requested_.store(true, std::memory_order_release);
   wake();
-  if (thread_.joinable()) {
-    if (in_io_thread()) {
-      log(logger_, LogLevel::error, "IoLoop::stop called from its own thread; not joining");
+  if (!thread_.joinable()) return;
+  if (in_io_thread() || on_own_thread()) {
+    log(logger_, LogLevel::error, "IoLoop::stop called from its own thread; not joining");
+    thread_.detach();
+    return;
+  }
+  {
+    std::unique_lock away(away_->mutex);
+    if (away_->away) {
+      // Its own thread runs work that did not end in the time the owner gave it: it is left
+      // there (it touches nothing of this loop when it returns), and the loop closes from here.
+      away_->abandoned = true;
+      away.unlock();
       thread_.detach();
+      own_thread_id_.store({});
+      end_rescue();
+      MutexLock lead(lead_);
+      MutexLock turn(turn_);
+      io_thread.assert_held();
+      io_thread_id_.store(std::this_thread::get_id());
+      close_politely();
+      io_thread_id_.store({});
       return;
     }
-    thread_.join();
   }
+  thread_.join();
+}
+
+void IoLoop::end_rescue() {
+  rescue_ended_.store(true, std::memory_order_seq_cst);
+  wake();
+}
+
+void IoLoop::rescue() {
+  if (rescue_ended_.load(std::memory_order_seq_cst) ||
+      stop_requested_.load(std::memory_order_acquire)) {
+    return;
+  }
+  if (!lead_.try_lock()) return;  // the loop's own thread runs it
+  {
+    std::lock_guard away(away_->mutex);
+    if (!away_->away) {
+      lead_.unlock();
+      return;
+    }
+  }
+  turn_.lock();
+  io_thread.assert_held();
+  io_thread_id_.store(std::this_thread::get_id());
+  for (;;) {
+    wakes_seen_ = wakes_.load(std::memory_order_seq_cst);
+    // Its own thread's wake-up (back_) or end_rescue()'s: loaded after wakes_seen_, like stop.
+    if (stop_requested_.load(std::memory_order_seq_cst) || back_.load(std::memory_order_seq_cst) ||
+        rescue_ended_.load(std::memory_order_seq_cst)) {
+      break;
+    }
+    if (!turn_then_may_sleep()) continue;
+    poll_once();
+  }
+  io_thread_id_.store({});
+  turn_.unlock();
+  lead_.unlock();
 }
 
 bool IoLoop::can_publish() const {
@@ -238,34 +292,80 @@ Status IoLoop::open_first() {
 }
 
 void IoLoop::run(std::promise<Status>& started) {
-  MutexLock turn(turn_);  // let go only while poll_once sleeps
+  // Not scoped locks: a thread that stop() left behind in run_work() returns from here without
+  // touching this object again.
+  own_thread_id_.store(std::this_thread::get_id());
+  lead_.lock();
+  turn_.lock();  // let go only while poll_once sleeps
   io_thread.assert_held();
   io_thread_id_.store(std::this_thread::get_id());
-  {
-    Status st = open_first();
-    started.set_value(st);
-    if (!st.ok()) return;
-  }
-  for (;;) {
-    // Noted before the stop flag and the outboxes are looked at: a wake-up after this (stop()'s
-    // too) makes poll_once take another turn rather than sleep.
-    wakes_seen_ = wakes_.load(std::memory_order_seq_cst);
-    if (stop_requested_.load(std::memory_order_seq_cst)) break;
-    serve_turn();
-    // What the turn published and acked leaves now, in one write.
-    if (link_.channel) {
-      if (Status st = link_.channel->flush(); !st.ok()) lose(st);
+  Status opened = open_first();
+  started.set_value(opened);
+  if (opened.ok()) {
+    for (;;) {
+      // Noted before the stop flag and the outboxes are looked at: a wake-up after this
+      // (stop()'s too) makes poll_once take another turn rather than sleep.
+      wakes_seen_ = wakes_.load(std::memory_order_seq_cst);
+      if (stop_requested_.load(std::memory_order_seq_cst)) break;
+      if (!turn_then_may_sleep()) continue;
+      if (auto work = hooks_.take_work()) {
+        if (!run_work(work)) return;  // left behind: this object may be gone
+        take_back();
+        continue;
+      }
+      poll_once();
     }
-    maybe_readable_ = true;  // unless poll() says otherwise below
-    if (self_woken_) {
-      self_woken_ = false;
-      continue;
-    }
-    if (link_.channel && link_.channel->has_buffered()) continue;
-    poll_once();
+    close_politely();
   }
-  close_politely();
   io_thread_id_.store({});
+  own_thread_id_.store({});
+  turn_.unlock();
+  lead_.unlock();
+}
+
+bool IoLoop::turn_then_may_sleep() {
+  serve_turn();
+  // What the turn published and acked leaves now, in one write.
+  if (link_.channel) {
+    if (Status st = link_.channel->flush(); !st.ok()) lose(st);
+  }
+  maybe_readable_ = true;  // unless poll() says otherwise
+  if (self_woken_) {
+    self_woken_ = false;
+    return false;
+  }
+  return !(link_.channel && link_.channel->has_buffered());
+}
+
+bool IoLoop::run_work(std::function<void()>& work) {
+  const std::shared_ptr<Away> away = away_;  // outlives this object if need be
+  {
+    std::lock_guard guard(away->mutex);
+    away->away = true;
+  }
+  io_thread_id_.store({});
+  turn_.unlock();
+  lead_.unlock();
+  work();
+  {
+    std::lock_guard guard(away->mutex);
+    if (away->abandoned) return false;
+    away->away = false;
+  }
+  return true;
+}
+
+void IoLoop::take_back() {
+  if (!lead_.try_lock()) {
+    // A rescue()r runs the loop: it hands it back at its next turn.
+    back_.store(true, std::memory_order_seq_cst);
+    wake();
+    lead_.lock();
+    back_.store(false, std::memory_order_seq_cst);
+  }
+  turn_.lock();
+  io_thread.assert_held();
+  io_thread_id_.store(std::this_thread::get_id());
 }
 
 void IoLoop::serve_turn() {

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <exception>
+#include <functional>
 #include <future>
 #include <memory>
 #include <optional>
@@ -70,6 +71,11 @@ class IoLoop final : private amqp::Channel::Events {
     virtual void on_closing(amqp::Channel&) {}
     // After on_closing: whether to keep reading (bounded) before closing, e.g. for confirms.
     virtual bool closing_needs_more() { return false; }
+    // Between turns, before the loop sleeps, on the loop's own thread: work to run right here
+    // (a server's handler), with the loop left to a stand-in meanwhile (rescue()). Empty:
+    // none. What it returns must touch neither the hooks nor the loop: if it never returns,
+    // both may be destroyed under it (stop()).
+    virtual std::function<void()> take_work() { return {}; }
 
    protected:
     ~Hooks() = default;
@@ -89,8 +95,18 @@ class IoLoop final : private amqp::Channel::Events {
   // takes the outbox. Only a loop that sleeps (or is about to) costs the waker a syscall.
   void wake();
   // Closes politely (on_closing, then channel and connection) and joins. Idempotent; not from
-  // the I/O thread itself.
+  // the I/O thread itself. The loop's own thread, when it is running work from take_work()
+  // (which the owner has given its time to end by now), is left behind, and the loop is
+  // closed from the calling thread.
   void stop();
+
+  // ---- any thread but the loop's own ----
+  // Runs the loop on the calling thread while its own thread runs work from take_work(), and
+  // returns when that thread is back for it (or the loop stops, or end_rescue() is called).
+  // Returns at once when the loop's own thread is not away.
+  void rescue();
+  // Makes a rescue() under way return soon, and later ones at once.
+  void end_rescue();
 
   // ---- I/O thread ----
   // The role of the loop's thread: the hooks run with it, and owners guard their I/O-thread
@@ -143,7 +159,10 @@ class IoLoop final : private amqp::Channel::Events {
   }
 
   // ---- any thread ----
+  // Whether the calling thread runs the loop now (holds io_thread).
   bool in_io_thread() const { return std::this_thread::get_id() == io_thread_id_.load(); }
+  // Whether the calling thread is the loop's own (started by start()), running it or not.
+  bool on_own_thread() const { return std::this_thread::get_id() == own_thread_id_.load(); }
   bool connected() const { return connected_.load(std::memory_order_acquire); }
   bool reconnecting() const { return reconnect_.enabled && !connected(); }
   // Why the loop lost its connection, once it has.
@@ -166,7 +185,15 @@ class IoLoop final : private amqp::Channel::Events {
     std::string blocked_reason;
   };
 
-  void run(std::promise<Status>& started) EXCLUDES(turn_);
+  void run(std::promise<Status>& started) EXCLUDES(turn_, lead_);
+  // One turn and the flush after it; false when another turn is due at once (a wake-up from
+  // this thread, or frames already read).
+  bool turn_then_may_sleep() REQUIRES(io_thread);
+  // Runs `work` (from take_work) with the loop let go. False: the loop was stopped meanwhile
+  // and left this thread behind: `this` may be gone. True: take_back() next.
+  bool run_work(std::function<void()>& work) REQUIRES(io_thread) RELEASE(turn_, lead_);
+  // The loop's own thread takes the loop back from a rescue()r, if one runs it.
+  void take_back() ACQUIRE(lead_, turn_);
   Status open_first() REQUIRES(io_thread);
   void serve_turn() REQUIRES(io_thread);
   void poll_once() REQUIRES(io_thread, turn_);
@@ -200,7 +227,21 @@ class IoLoop final : private amqp::Channel::Events {
   // The loop's turn: its thread holds this except while it sleeps in poll(), when lend() may
   // take it. Whoever holds it holds io_thread.
   Mutex turn_;
+  // Held by the thread that runs the loop: its own thread, or a rescue()r while that thread
+  // runs work from take_work(). Unlike turn_ it is kept across poll().
+  Mutex lead_;
+  // Whether the loop's own thread is away running work, and whether stop() has left it
+  // behind there. Shared with that thread, which may outlive the loop.
+  struct Away {
+    std::mutex mutex;
+    bool away = false;
+    bool abandoned = false;
+  };
+  const std::shared_ptr<Away> away_ = std::make_shared<Away>();
+  std::atomic<bool> back_{false};          // the own thread is back and waits for lead_
+  std::atomic<bool> rescue_ended_{false};  // end_rescue() was called
   std::thread thread_;
+  std::atomic<std::thread::id> own_thread_id_{};
   std::atomic<std::thread::id> io_thread_id_{};
   std::atomic<bool> stop_requested_{false};
   std::atomic<bool> connected_{false};

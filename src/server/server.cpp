@@ -623,8 +623,11 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     }
     if (options_.workers > 0) {
       try {
+        // A request is run by the I/O thread that read it when a slot is free (take_work); a
+        // worker stands in for that thread while the handler runs long.
         pool_ = std::make_unique<detail::WorkerPool<Job>>(
-            options_.workers, [core = core_](Job& j) { core->handle(j); });
+            options_.workers, [core = core_](Job& j) { core->handle(j); },
+            [this] { loop_.rescue(); }, [this] { loop_.end_rescue(); });
       } catch (const std::system_error& e) {
         return {StatusCode::resource_exhausted, "cannot start " + std::to_string(options_.workers) +
                                                     " worker threads: " + e.what()};
@@ -633,7 +636,9 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     return loop_.start();
   }
 
-  bool in_own_thread() const { return loop_.in_io_thread() || (pool_ && pool_->is_worker()); }
+  bool in_own_thread() const {
+    return loop_.in_io_thread() || loop_.on_own_thread() || (pool_ && pool_->is_worker());
+  }
 
   const std::string& instance() const { return options_.instance; }
 
@@ -884,12 +889,23 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     loop_.io_thread.assert_held();
     if (!link_.rejoin.empty()) rejoin_gathers(channel);
     if (link_.incoming.empty()) return;
-    if (!pool_->submit_all(link_.incoming)) {
+    // The loop's own thread runs one of them itself when this turn ends (take_work), unless a
+    // worker stands in for it now.
+    if (!pool_->submit_all(link_.incoming, /*one_is_mine=*/loop_.on_own_thread())) {
       // Stopping: these were never started, so they go back to the broker at once.
       // Through the outbox, like every publish: it waits while the connection may not publish.
       for (auto& job : link_.incoming) core_->out.push(core_->not_started(std::move(job)));
     }
     link_.incoming.clear();
+  }
+
+  // A request to run on the I/O thread, between its turns: the oldest waiting one, when a
+  // worker slot is free. It costs no thread wake-up; the worker standing by takes over the
+  // loop while it runs long.
+  std::function<void()> take_work() override {
+    loop_.io_thread.assert_held();
+    if (!pool_ || !loop_.on_own_thread()) return {};
+    return pool_->take_here();
   }
 
   // Only a stream's items to a reply queue are published mandatory: one comes back when that

@@ -1,19 +1,37 @@
-// The I/O layer's pure pieces: backoff, the outbox, the confirm tracker.
+// The I/O layer's pure pieces: backoff, the outbox, the confirm tracker, the worker pool.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
+#include <condition_variable>
+#include <functional>
 #include <limits>
+#include <mutex>
+#include <set>
 #include <thread>
+#include <vector>
 
 #include "io/backoff.hpp"
 #include "io/confirm_tracker.hpp"
 #include "io/outbox.hpp"
+#include "io/worker_pool.hpp"
 #include "server/in_hand.hpp"
 
 using namespace amqprpc;
 using namespace std::chrono_literals;
 using detail::backoff_delay;
 using detail::backoff_grow;
+
+namespace {
+bool testing_eventually(const std::function<bool()>& what) {
+  const auto end = std::chrono::steady_clock::now() + 30s;
+  while (std::chrono::steady_clock::now() < end) {
+    if (what()) return true;
+    std::this_thread::sleep_for(1ms);
+  }
+  return what();
+}
+}  // namespace
 
 TEST(Backoff, GrowsByTheMultiplierUpToTheMaximum) {
   ReconnectOptions r;
@@ -176,4 +194,113 @@ TEST(InHand, CancelsAtTheDeadlineAndWakesTheLoopForAnEarlierOne) {
   EXPECT_EQ(in_hand.size(), 4u);
   for (auto h : {late, early, none, middle}) in_hand.remove(h);
   EXPECT_TRUE(in_hand.wait_empty(amqprpc::detail::InHand::Clock::now()));
+}
+
+namespace {
+
+// A job that waits until it is let go, and what the pool's threads did with such jobs.
+struct Jobs {
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::set<int> open;     // jobs let go
+  std::vector<int> done;  // in the order they ended
+  std::vector<std::thread::id> ran_on;
+  int running = 0, most_at_once = 0;
+
+  void run(int job) {
+    std::unique_lock lock(mutex);
+    most_at_once = std::max(most_at_once, ++running);
+    changed.notify_all();
+    changed.wait_for(lock, 30s, [&] { return open.count(job) != 0; });
+    --running;
+    done.push_back(job);
+    ran_on.push_back(std::this_thread::get_id());
+    changed.notify_all();
+  }
+  void let_go(int job) {
+    std::lock_guard lock(mutex);
+    open.insert(job);
+    changed.notify_all();
+  }
+  bool wait_for(const std::function<bool()>& what) {
+    std::unique_lock lock(mutex);
+    return changed.wait_for(lock, 30s, what);
+  }
+};
+
+}  // namespace
+
+TEST(WorkerPool, AJobRunHereHoldsASlotAndTheJobsQueuedBehindItRunThereToo) {
+  Jobs jobs;
+  detail::WorkerPool<int> pool(1, [&](int& j) { jobs.run(j); });
+  std::vector<int> first{1};
+  ASSERT_TRUE(pool.submit_all(first));
+  ASSERT_TRUE(jobs.wait_for([&] { return jobs.running == 1; }));  // on the worker
+  std::vector<int> more{2, 3};
+  ASSERT_TRUE(pool.submit_all(more, /*one_is_mine=*/true));
+  EXPECT_FALSE(pool.take_here()) << "the one slot is the worker's";
+  jobs.let_go(1);
+  jobs.let_go(2);
+  jobs.let_go(3);
+  ASSERT_TRUE(jobs.wait_for([&] { return jobs.done.size() == 3; }));
+  EXPECT_EQ(jobs.most_at_once, 1);
+
+  // Now the slot is free: this thread takes the next job, and the one queued behind it.
+  std::vector<int> pair{4, 5};
+  jobs.let_go(4);
+  jobs.let_go(5);
+  ASSERT_TRUE(pool.submit_all(pair, /*one_is_mine=*/true));
+  auto here = pool.take_here();
+  if (here) here();  // (the worker may have been awake, and taken some first)
+  ASSERT_TRUE(jobs.wait_for([&] { return jobs.done.size() == 5; }));
+  EXPECT_EQ(jobs.most_at_once, 1);
+  EXPECT_EQ(jobs.done, (std::vector<int>{1, 2, 3, 4, 5}));
+  pool.stop();
+}
+
+TEST(WorkerPool, AWorkerStandsInWhileAJobRunHereTakesLongAndHandsBackWhenItEnds) {
+  Jobs jobs;
+  std::atomic<int> rescues{0};
+  std::atomic<bool> rescuing{false}, ended{false};
+  std::atomic<bool> here_done{false};
+  detail::WorkerPool<int> pool(
+      1, [&](int& j) { jobs.run(j); },
+      [&] {
+        // Stands in until the job run here ends (the owner's thread is back), or the stop.
+        rescues.fetch_add(1);
+        rescuing = true;
+        while (!here_done.load() && !ended.load()) std::this_thread::sleep_for(1ms);
+        rescuing = false;
+      },
+      [&] { ended = true; });
+  std::vector<int> one{1};
+  ASSERT_TRUE(pool.submit_all(one, /*one_is_mine=*/true));
+  auto here = pool.take_here();
+  ASSERT_TRUE(here);
+  std::thread owner([&] {
+    here();
+    here_done = true;
+  });
+  EXPECT_TRUE(testing_eventually([&] { return rescuing.load(); }))
+      << "no worker stood in for a job that runs long on the owner's thread";
+  jobs.let_go(1);
+  owner.join();
+  EXPECT_TRUE(testing_eventually([&] { return !rescuing.load(); }));
+  EXPECT_EQ(rescues.load(), 1);
+  EXPECT_FALSE(ended.load());
+
+  // A job here that outlives the stop's grace: it is left behind, and the stand-in ends.
+  std::vector<int> two{2};
+  ASSERT_TRUE(pool.submit_all(two, /*one_is_mine=*/true));
+  here = pool.take_here();
+  ASSERT_TRUE(here);
+  here_done = false;
+  std::thread stuck([&] { here(); });
+  ASSERT_TRUE(testing_eventually([&] { return rescuing.load(); }));
+  auto stopped = pool.stop(std::chrono::steady_clock::now() + 50ms);
+  EXPECT_EQ(stopped.left_behind, 1u);
+  EXPECT_TRUE(ended.load());
+  EXPECT_FALSE(rescuing.load()) << "stop returned while a worker still stood in";
+  jobs.let_go(2);
+  stuck.join();
 }
