@@ -82,27 +82,33 @@ class WorkerPool {
       if (s.stopping) return false;
       for (auto& j : jobs) s.jobs.push_back(std::move(j));
       wake = std::min(jobs.size(), s.slots - std::min(s.slots, s.running));
-      if (one_is_mine && wake > 0) --wake;
-      poke_standby = wake > 0 && s.standby;
+      if (one_is_mine && !s.reserved && wake > 0) {  // one per take_here: turns may read twice
+        --wake;
+        s.reserved = true;
+      }
+      // The standby waits on its timer, not on work_ready: poked when the others are too few.
+      poke_standby = wake > s.waiting && s.standby;
     }
     if (wake == 1) {
       state_->work_ready.notify_one();
     } else if (wake > 1) {
       state_->work_ready.notify_all();
     }
-    if (poke_standby) state_->poke();  // it waits on its timer, not on work_ready
+    if (poke_standby) state_->poke();
     return true;
   }
 
   // For the owner's thread: the oldest waiting job, with a slot, to run here, now (empty: none
   // waits, no slot is free, or stopping). Calling what it returns runs the job, then those
-  // queued behind it (up to kRunHere in all: the jobs of one read, as an inline server would),
-  // and frees the slot; it touches nothing of the pool but the state its threads share.
+  // queued behind it (up to kRunHere in all, and for kRescueAfter / 2 at most: the jobs of one
+  // read, as an inline server would), and frees the slot; it touches nothing of the pool but
+  // the state its threads share.
   std::function<void()> take_here() {
     std::shared_ptr<Job> job;
     {
       std::lock_guard lock(state_->mutex);
       State& s = *state_;
+      s.reserved = false;
       if (s.stopping || s.jobs.empty() || s.running >= s.slots) return {};
       job = std::make_shared<Job>(std::move(s.jobs.front()));
       s.jobs.pop_front();
@@ -113,10 +119,13 @@ class WorkerPool {
       for (std::size_t ran = 1;; ++ran) {
         s->work(*job);
         std::lock_guard lock(s->mutex);
-        if (ran < kRunHere && !s->stopping && !s->jobs.empty()) {
+        // The standby times the whole run (here_since), not each job: a run of short jobs that
+        // keeps the owner's thread away too long gets a stand-in too. So the run ends well
+        // before that.
+        if (ran < kRunHere && !s->stopping && !s->jobs.empty() &&
+            std::chrono::steady_clock::now() - *s->here_since < kRescueAfter / 2) {
           *job = std::move(s->jobs.front());
           s->jobs.pop_front();
-          s->started_here();
           continue;
         }
         s->here_since.reset();
@@ -198,9 +207,9 @@ class WorkerPool {
       if (wake_fd >= 0) ::close(wake_fd);
     }
 
-    // A job starts on the owner's thread (under `mutex`). The standby sleeps on a timer, which
-    // this arms kRescueAfter ahead unless it is armed already: then the standby, when it goes
-    // off, finds this job younger than that and arms it again for when it is not. Never
+    // The owner's thread goes off to run jobs (under `mutex`). The standby sleeps on a timer,
+    // which this arms kRescueAfter ahead unless it is armed already: then the standby, when it
+    // goes off, finds this run younger than that and arms it again for when it is not. Never
     // disarmed, and armed by the owner's thread only when it had gone off: setting a timer
     // costs a few microseconds on a VM (the hardware timer is reprogrammed), so while jobs
     // keep coming the owner's thread sets none, and the standby wakes once a kRescueAfter.
@@ -243,11 +252,13 @@ class WorkerPool {
     std::size_t running = 0;  // jobs running, on workers or on the owner's thread
     bool stopping = false;    // no more jobs
     bool finished = false;    // and no more stand-ins: the threads end
-    // Since when the owner's thread runs its current job (take_here).
+    // Since when the owner's thread runs jobs (take_here), for the standby to time.
     std::optional<std::chrono::steady_clock::time_point> here_since;
-    bool armed = false;     // the standby's timer is set
-    bool standby = false;   // a worker keeps watch over the owner's thread's jobs
-    bool rescuing = false;  // a worker runs `rescue`
+    bool reserved = false;    // a job submitted is left for take_here, no worker woken for it
+    std::size_t waiting = 0;  // workers waiting on work_ready
+    bool armed = false;       // the standby's timer is set
+    bool standby = false;     // a worker keeps watch over the owner's thread's jobs
+    bool rescuing = false;    // a worker runs `rescue`
   };
 
   static void loop(State& s) {
@@ -258,14 +269,18 @@ class WorkerPool {
         Job job = std::move(s.jobs.front());
         s.jobs.pop_front();
         ++s.running;
+        // Whoever stood by (woken for this job) no longer does: another idle worker takes over.
+        if (s.rescue && !s.standby && !s.rescuing && s.waiting > 0) s.work_ready.notify_one();
         lock.unlock();
         s.work(job);
         lock.lock();
         if (--s.running == 0) s.idle.notify_all();
         continue;
       }
-      if (!s.rescue || s.standby) {
+      if (!s.rescue || s.standby || s.rescuing) {
+        ++s.waiting;
         s.work_ready.wait(lock);
+        --s.waiting;
         continue;
       }
       const auto now = std::chrono::steady_clock::now();
@@ -277,11 +292,17 @@ class WorkerPool {
         s.rescuing = false;
         s.rescue_over.notify_all();
         // Not at once again for the same job: the owner's thread may just be coming back.
-        if (s.here_since) s.work_ready.wait_until(lock, now + kRescueAfter);
+        if (s.here_since) {
+          ++s.waiting;
+          s.work_ready.wait_until(lock, now + kRescueAfter);
+          --s.waiting;
+        }
         continue;
       }
       // A job here, not yet old enough: wake when it would be.
-      if (s.here_since && !s.armed) s.arm(*s.here_since + kRescueAfter - now);
+      if (s.here_since && !s.armed && now - *s.here_since < kRescueAfter) {
+        s.arm(*s.here_since + kRescueAfter - now);
+      }
       s.standby = true;
       lock.unlock();
       const bool went_off = s.stand_by();
