@@ -683,7 +683,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       }
       // 2b. Asynchronous handlers (and synchronous ones left behind) answer in their own time,
       //     until the grace ends; then their contexts are cancelled, and those that answer
-      //     promptly still have their replies sent.
+      //     promptly still have their replies sent. (When the handler left behind is on the
+      //     I/O thread, no worker stands in for it any more: those replies wait for step 3.)
       if (!core_->in_hand.wait_empty(grace_end)) {
         detail::log(options_.logger, LogLevel::warning,
                     std::to_string(core_->in_hand.size()) +
