@@ -822,10 +822,11 @@ class Orchestrator {
     }
     if (handoff_.any_core_wall_us > 0) {
       report
-          << "\nThread hand-off on this machine (what a server's worker pool pays per batch of "
-             "requests, I/O thread to worker and back, that an inline server does not; at 1 call "
-             "in flight a batch is one call): a round trip between two threads (a condition "
-             "variable there, an eventfd through poll() back) takes "
+          << "\nThread hand-off on this machine (what a server that hands each batch of requests "
+             "from its I/O thread to a worker and back pays, and amqp-rpc's server no longer does "
+             "while a handler slot is free: docs/WORKER_POOL.md; at 1 call in flight a batch is "
+             "one call): a round trip between two threads (a condition variable there, an "
+             "eventfd through poll() back) takes "
           << fmt(handoff_.any_core_wall_us, 1) << " µs and " << fmt(handoff_.any_core_cpu_us, 1)
           << " µs of CPU when the threads run on any core, " << fmt(handoff_.same_core_wall_us, 1)
           << " µs and " << fmt(handoff_.same_core_cpu_us, 1) << " µs when both share one.\n";
