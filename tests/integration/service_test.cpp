@@ -332,6 +332,41 @@ TEST_F(ServiceTest, HealthIsAnsweredEvenWhileEveryWorkerIsBusyAndFollowsSetServi
   EXPECT_EQ(blocked.get().body, "done");
 }
 
+TEST_F(ServiceTest, WhileAHandlerBlocksTheOtherSlotServesAndTheConnectionIsTendedTo) {
+  // Two slots. The first request runs on the I/O thread (nothing else is running); it blocks.
+  // A worker takes over the connection meanwhile: the second request is read and served in
+  // the other slot, and the framework still answers health checks.
+  Gate gate;
+  Service s(queue);
+  s.method("Block", gate.handler());
+  s.method("Echo", [](const Request& r) { return Reply::ok(r.body); });
+  auto server = serve(std::move(s), server_options(/*workers=*/2));
+  auto c = client();
+  CallOptions block;
+  block.method = "Block";
+  auto blocked = c->async_call(queue, "", block);
+  ASSERT_TRUE(eventually([&] { return gate.entered.load(); }));
+
+  CallOptions echo;
+  echo.method = "Echo";
+  for (int i = 0; i < 3; ++i) {
+    Reply r = c->try_call(queue, "echo " + std::to_string(i), echo);
+    ASSERT_TRUE(r.status.ok()) << r.status.to_string();
+    EXPECT_EQ(r.body, "echo " + std::to_string(i));
+  }
+  CallOptions health;
+  health.method = "amqprpc.health";
+  Reply serving = c->try_call(queue, "", health);
+  ASSERT_TRUE(serving.status.ok()) << serving.status.to_string();
+  EXPECT_EQ(json::parse(serving.body)["status"], "serving");
+  EXPECT_FALSE(gate.left.load());
+
+  gate.open();
+  EXPECT_EQ(blocked.get().body, "done");
+  EXPECT_EQ(server->stats().replied_ok, 4u);  // the health check is counted as reserved
+  EXPECT_EQ(server->stats().reserved, 1u);
+}
+
 TEST_F(ServiceTest, HealthSaysNotServingOnceAGracefulStopHasBegun) {
   // Handlers inline (workers = 0): while one runs, the I/O thread reads nothing, so a health
   // request the broker has already delivered waits in the socket until the stop has begun.
