@@ -77,6 +77,8 @@ class Channel {
   std::uint64_t frames_read() const { return frames_read_; }
   // Frames already read from the socket and not yet handed out: poll() would not see them.
   bool has_buffered() const;
+  // Whether the last read() took all the socket had then (false when unknown: TLS).
+  bool read_it_all() const { return transport_ && transport_->emptied(); }
   // Frames encoded and not yet written (plain TCP: publishes, acks and other methods wait for
   // flush(), so that a turn of the I/O loop writes them with one send).
   bool wants_write() const { return transport_ && transport_->wants_write(); }

@@ -263,6 +263,7 @@ Result<bool> Transport::next(amqp_frame_t& frame) {
       // A short read took all there was: asking again would only fail. A full one may have
       // left more: the loop comes back without polling (may_have_more).
       more_ = static_cast<std::size_t>(n) == room;
+      emptied_ = !more_;
       drained_ = true;
       continue;
     }

@@ -65,9 +65,14 @@ class Transport {
   // After a batch of frames has been handled: their decoded parts are freed.
   void release();
   // A new read() turn: the socket may be read again (see next()), if it may have data.
-  void begin_turn(bool socket_ready) { drained_ = !socket_ready; }
+  void begin_turn(bool socket_ready) {
+    drained_ = !socket_ready;
+    emptied_ = false;
+  }
   // Whether the socket may have more than was read this turn (the buffer filled up).
   bool may_have_more() const { return more_; }
+  // Whether this turn read all the socket had (a read that did not fill the buffer).
+  bool emptied() const { return emptied_; }
   // Before rabbitmq-c uses the socket itself (a synchronous call, close): writes what waits
   // (within `bound`) and gives rabbitmq-c the start of a frame that has not fully arrived.
   // Whole frames still unread are dropped with `discard_input` (closing), else they make it
@@ -99,6 +104,7 @@ class Transport {
   std::size_t in_begin_ = 0, in_end_ = 0;  // received bytes not yet decoded
   bool drained_ = false;                   // the socket had no more this turn
   bool more_ = false;                      // the last recv() filled the buffer
+  bool emptied_ = false;                   // a recv() this turn did not fill it
   std::unique_ptr<amqp_pool_t_> pool_;     // decoded methods and properties of this batch
 };
 

@@ -329,7 +329,10 @@ bool IoLoop::turn_then_may_sleep() {
   if (link_.channel) {
     if (Status st = link_.channel->flush(); !st.ok()) lose(st);
   }
-  maybe_readable_ = true;  // unless poll() says otherwise
+  // A turn that read all the socket had a moment ago does not read again in the turn right
+  // after it (a wake-up from this thread, say: its recv() would almost always find nothing);
+  // poll() says whether anything came since. The turn after that one reads in any case.
+  maybe_readable_ = !(link_.channel && link_.channel->read_it_all());
   if (self_woken_) {
     self_woken_ = false;
     return false;
