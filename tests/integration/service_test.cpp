@@ -92,6 +92,14 @@ struct Gate {
     };
   }
   void open() { opener.set_value(); }
+  // Calls `method` (this gate's handler) and returns once the handler has entered.
+  std::future<Reply> enter(Client& c, const std::string& queue, const std::string& method) {
+    CallOptions o;
+    o.method = method;
+    auto call = c.async_call(queue, "", o);
+    EXPECT_TRUE(eventually([&] { return entered.load(); })) << "the handler never started";
+    return call;
+  }
 
   std::promise<void> opener;
   std::shared_future<void> opened = opener.get_future().share();
@@ -313,10 +321,7 @@ TEST_F(ServiceTest, HealthIsAnsweredEvenWhileEveryWorkerIsBusyAndFollowsSetServi
   s.method("Block", gate.handler());
   auto server = serve(std::move(s), server_options(/*workers=*/1));
   auto c = client();
-  CallOptions block;
-  block.method = "Block";
-  auto blocked = c->async_call(queue, "", block);
-  ASSERT_TRUE(eventually([&] { return gate.entered.load(); }));
+  auto blocked = gate.enter(*c, queue, "Block");
 
   CallOptions health;
   health.method = "amqprpc.health";
@@ -342,10 +347,7 @@ TEST_F(ServiceTest, WhileAHandlerBlocksTheOtherSlotServesAndTheConnectionIsTende
   s.method("Echo", [](const Request& r) { return Reply::ok(r.body); });
   auto server = serve(std::move(s), server_options(/*workers=*/2));
   auto c = client();
-  CallOptions block;
-  block.method = "Block";
-  auto blocked = c->async_call(queue, "", block);
-  ASSERT_TRUE(eventually([&] { return gate.entered.load(); }));
+  auto blocked = gate.enter(*c, queue, "Block");
 
   CallOptions echo;
   echo.method = "Echo";
@@ -375,10 +377,7 @@ TEST_F(ServiceTest, HealthSaysNotServingOnceAGracefulStopHasBegun) {
   s.method("Block", gate.handler());
   auto server = serve(std::move(s), server_options(/*workers=*/0));
   auto c = client();
-  CallOptions block;
-  block.method = "Block";
-  auto blocked = c->async_call(queue, "", block);
-  ASSERT_TRUE(eventually([&] { return gate.entered.load(); }));
+  auto blocked = gate.enter(*c, queue, "Block");
   CallOptions health;
   health.method = "amqprpc.health";
   auto probe = c->async_call(queue, "", health);
