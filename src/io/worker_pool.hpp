@@ -100,8 +100,8 @@ class WorkerPool {
 
   // For the owner's thread: the oldest waiting job, with a slot, to run here, now (empty: none
   // waits, no slot is free, or stopping). Calling what it returns runs the job, then those
-  // queued behind it (up to kRunHere in all, and for kRescueAfter / 2 at most: the jobs of one
-  // read, as an inline server would), and frees the slot; it touches nothing of the pool but
+  // queued behind it (up to kRunHere in all, and for kRescueAfter / 2 = 2 ms at most: the jobs of
+  // one read, as an inline server would), and frees the slot; it touches nothing of the pool but
   // the state its threads share.
   std::function<void()> take_here() {
     std::shared_ptr<Job> job;
