@@ -234,8 +234,9 @@ class WorkerPool {
       pollfd fds[2] = {{timer_fd, POLLIN, 0}, {wake_fd, POLLIN, 0}};
       if (::poll(fds, 2, -1) <= 0) return false;
       std::uint64_t n;
-      if (fds[1].revents & POLLIN) [[maybe_unused]]
-        ssize_t r = ::read(wake_fd, &n, sizeof n);
+      if (fds[1].revents & POLLIN) {
+        [[maybe_unused]] ssize_t r = ::read(wake_fd, &n, sizeof n);
+      }
       return (fds[0].revents & POLLIN) && ::read(timer_fd, &n, sizeof n) == sizeof n;
     }
 
@@ -284,7 +285,7 @@ class WorkerPool {
         continue;
       }
       const auto now = std::chrono::steady_clock::now();
-      if (s.here_since && now - *s.here_since >= kRescueAfter && !s.rescuing) {
+      if (s.here_since && now - *s.here_since >= kRescueAfter) {  // (nobody rescues: above)
         s.rescuing = true;
         lock.unlock();
         s.rescue();  // returns once the owner's thread is back (or on stop)
@@ -299,10 +300,8 @@ class WorkerPool {
         }
         continue;
       }
-      // A job here, not yet old enough: wake when it would be.
-      if (s.here_since && !s.armed && now - *s.here_since < kRescueAfter) {
-        s.arm(*s.here_since + kRescueAfter - now);
-      }
+      // A job here, not yet old enough (else the rescue above): wake when it would be.
+      if (s.here_since && !s.armed) s.arm(*s.here_since + kRescueAfter - now);
       s.standby = true;
       lock.unlock();
       const bool went_off = s.stand_by();

@@ -904,8 +904,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
   // worker slot is free. It costs no thread wake-up; the worker standing by takes over the
   // loop while it runs long.
   std::function<void()> take_work() override {
-    loop_.io_thread.assert_held();
-    if (!pool_ || !loop_.on_own_thread()) return {};
+    loop_.io_thread.assert_held();  // and on the loop's own thread: IoLoop::run asks
+    if (!pool_) return {};
     return pool_->take_here();
   }
 
