@@ -1,20 +1,38 @@
 #include "amqprpc/metrics.hpp"
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 
 namespace amqprpc {
 
+namespace {
+
+// Bucket i holds latencies up to ceil(2^(i/2)) us: computed once, looked up on every call (two
+// calls to pow() a recording cost more than the rest of it).
+const std::array<std::uint64_t, LatencyHistogram::kBuckets>& upper_bounds() {
+  static const auto bounds = [] {
+    std::array<std::uint64_t, LatencyHistogram::kBuckets> b{};
+    for (int i = 0; i < LatencyHistogram::kBuckets; ++i) {
+      b[static_cast<std::size_t>(i)] =
+          static_cast<std::uint64_t>(std::ceil(std::pow(2.0, i / 2.0)));
+    }
+    return b;
+  }();
+  return bounds;
+}
+
+}  // namespace
+
 int LatencyHistogram::bucket_of(std::uint64_t us) {
-  if (us <= 1) return 0;
-  // Smallest i with 2^(i/2) >= us.
-  int i = static_cast<int>(std::ceil(2.0 * std::log2(static_cast<double>(us))));
-  while (i > 0 && upper_bound_us(i - 1) >= us) --i;
-  while (i < kBuckets - 1 && upper_bound_us(i) < us) ++i;
-  return i < kBuckets ? i : kBuckets - 1;
+  // The first bucket whose bound is at least `us`; the last one takes everything above.
+  const auto& bounds = upper_bounds();
+  const auto it = std::lower_bound(bounds.begin(), bounds.end() - 1, us);
+  return static_cast<int>(it - bounds.begin());
 }
 
 std::uint64_t LatencyHistogram::upper_bound_us(int bucket) {
-  return static_cast<std::uint64_t>(std::ceil(std::pow(2.0, bucket / 2.0)));
+  return upper_bounds()[static_cast<std::size_t>(bucket)];
 }
 
 std::uint64_t LatencyHistogram::count() const {
