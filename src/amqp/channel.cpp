@@ -649,8 +649,8 @@ Status Channel::dispatch(const amqp_frame_t& frame, Events& events) {
         return {};  // acks of things we did not ask for, etc.: nothing to do
     }
   }
-  if (auto message = assembler_.add(frame)) {
-    if (auto* d = std::get_if<Delivery>(&*message)) {
+  if (Incoming* message = assembler_.add(frame)) {
+    if (auto* d = std::get_if<Delivery>(message)) {
       events.on_delivery(std::move(*d));
     } else {
       events.on_return(std::get<Returned>(std::move(*message)));

@@ -14,6 +14,11 @@ constexpr std::uint64_t kReserveAtMost = std::uint64_t{1} << 20;
 
 Properties properties_from(const amqp_basic_properties_t& p, bool keep_wire_headers) {
   Properties out;
+  read_properties(p, keep_wire_headers, out);
+  return out;
+}
+
+void read_properties(const amqp_basic_properties_t& p, bool keep_wire_headers, Properties& out) {
   if (p._flags & AMQP_BASIC_CONTENT_TYPE_FLAG) out.content_type = to_string(p.content_type);
   if (p._flags & AMQP_BASIC_CORRELATION_ID_FLAG) out.correlation_id = to_string(p.correlation_id);
   if (p._flags & AMQP_BASIC_REPLY_TO_FLAG) out.reply_to = to_string(p.reply_to);
@@ -26,30 +31,23 @@ Properties properties_from(const amqp_basic_properties_t& p, bool keep_wire_head
     out.headers = headers_from_table(p.headers);
     if (keep_wire_headers) out.wire_headers = encode_table(p.headers);
   }
-  return out;
 }
 
-void FrameAssembler::begin(Incoming message) {
-  partial_ = std::move(message);
-  body_size_ = 0;
-  have_header_ = false;
-}
-
-std::optional<Incoming> FrameAssembler::add(const amqp_frame_t& frame) {
-  if (!partial_) return std::nullopt;
+Incoming* FrameAssembler::add(const amqp_frame_t& frame) {
+  if (!partial_ || done_) return nullptr;
   auto [props, body] = std::visit(
       [](auto& m) { return std::pair<Properties*, std::string*>(&m.props, &m.body); }, *partial_);
   if (frame.frame_type == AMQP_FRAME_HEADER) {
     if (frame.payload.properties.class_id != AMQP_BASIC_CLASS) {
       // Not basic content (decoded as another class's properties): no message of ours.
       partial_.reset();
-      return std::nullopt;
+      return nullptr;
     }
+    if (have_header_) *props = Properties{};  // a second header: it replaces the first
     have_header_ = true;
     body_size_ = frame.payload.properties.body_size;
-    *props = properties_from(
-        *static_cast<const amqp_basic_properties_t*>(frame.payload.properties.decoded),
-        keep_wire_headers_);
+    read_properties(*static_cast<const amqp_basic_properties_t*>(frame.payload.properties.decoded),
+                    keep_wire_headers_, *props);
     // The size is the peer's word: reserve no more than a frame-sized start on it (a body that
     // really is large grows as its frames arrive).
     body->reserve(static_cast<std::size_t>(std::min<std::uint64_t>(body_size_, kReserveAtMost)));
@@ -57,12 +55,11 @@ std::optional<Incoming> FrameAssembler::add(const amqp_frame_t& frame) {
     body->append(static_cast<const char*>(frame.payload.body_fragment.bytes),
                  frame.payload.body_fragment.len);
   } else {
-    return std::nullopt;
+    return nullptr;
   }
-  if (!have_header_ || body->size() < body_size_) return std::nullopt;
-  std::optional<Incoming> done = std::move(partial_);
-  partial_.reset();
-  return done;
+  if (!have_header_ || body->size() < body_size_) return nullptr;
+  done_ = true;
+  return &*partial_;
 }
 
 }  // namespace amqprpc::detail::amqp

@@ -5,6 +5,9 @@
 
 #include <cstdint>
 #include <optional>
+#include <type_traits>
+#include <utility>
+#include <variant>
 
 #include "amqp/message.hpp"
 
@@ -17,21 +20,33 @@ class FrameAssembler {
  public:
   // Whether messages keep their header table as it arrived (Properties::wire_headers).
   void keep_wire_headers(bool keep) { keep_wire_headers_ = keep; }
-  // The method frame that starts a message. Drops a message still being assembled.
-  void begin(Incoming message);
-  // A content (header or body) frame; the finished message once its last byte arrived. Stray
-  // content frames (no message begun, or a body before its header) are ignored.
-  std::optional<Incoming> add(const amqp_frame_t_& frame);
+  // The method frame that starts a message (a Delivery or a Returned), moved in once. Drops a
+  // message still being assembled.
+  template <class Message>
+  void begin(Message&& message) {
+    partial_.emplace(std::in_place_type<std::decay_t<Message>>, std::forward<Message>(message));
+    body_size_ = 0;
+    have_header_ = false;
+    done_ = false;
+  }
+  // A content (header or body) frame; the finished message once its last byte arrived, or
+  // null. The message is the assembler's until the next call: the caller moves it out (a
+  // message is only moved where it goes, never on its way). Stray content frames (no message
+  // begun, or a body before its header) are ignored.
+  Incoming* add(const amqp_frame_t_& frame);
 
  private:
   std::optional<Incoming> partial_;
   std::uint64_t body_size_ = 0;
   bool have_header_ = false;
+  bool done_ = false;  // partial_ was handed out whole: nothing is being assembled
   bool keep_wire_headers_ = false;
 };
 
 // The properties rabbitmq-c decoded, as our values; with `keep_wire_headers`, the header table
 // in its AMQP encoding too.
 Properties properties_from(const amqp_basic_properties_t_& p, bool keep_wire_headers = false);
+// The same, into `out` (empty): a message's properties are read where they stay.
+void read_properties(const amqp_basic_properties_t_& p, bool keep_wire_headers, Properties& out);
 
 }  // namespace amqprpc::detail::amqp

@@ -12,6 +12,7 @@
 #include <deque>
 #include <exception>
 #include <future>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <set>
@@ -43,7 +44,9 @@ namespace {
 
 // A request on its way to a handler.
 struct Job {
-  amqp::Delivery delivery;
+  // On the heap: a job is moved from the read to the pool's queue to the thread that runs it,
+  // and a Delivery (ten strings and a map) costs more to move than to allocate once.
+  std::unique_ptr<amqp::Delivery> delivery;
   std::size_t route = 0;         // which service
   std::uint64_t generation = 0;  // the connection it came on: tags die with their connection
   std::int64_t attempt = 1;      // which delivery of the request this is
@@ -78,11 +81,11 @@ struct Outgoing {
 
 Outgoing requeue_of(Job&& job) {
   return Outgoing{Settle::requeue,
-                  job.delivery.delivery_tag,
+                  job.delivery->delivery_tag,
                   job.generation,
                   {},
-                  std::move(job.delivery.props),
-                  std::move(job.delivery.body),
+                  std::move(job.delivery->props),
+                  std::move(job.delivery->body),
                   job.route,
                   job.attempt,
                   std::move(job.caller)};
@@ -316,7 +319,7 @@ class ServerCall {
 namespace {
 
 void Core::handle(Job& job) {
-  amqp::Delivery& d = job.delivery;
+  amqp::Delivery& d = *job.delivery;
   // Both clocks read side by side: the caller's deadline (epoch ms) becomes a steady time.
   const std::int64_t now_ms = detail::wire::epoch_ms();
   const auto now = std::chrono::steady_clock::now();
@@ -436,7 +439,7 @@ void Core::finish(detail::ServerCall& call, Reply&& reply) {
 
 Outgoing Core::not_started(Job&& job) {
   if (!job.gather) return requeue_of(std::move(job));
-  amqp::Delivery& d = job.delivery;
+  amqp::Delivery& d = *job.delivery;
   Outgoing out{Settle::ack, d.delivery_tag, job.generation, {}, {}, {}};
   if (detail::wire::expired(d.props.headers, detail::wire::epoch_ms())) {
     expired.fetch_add(1, std::memory_order_relaxed);
@@ -877,8 +880,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       answer_reserved(channel, d, service, m->second);
       return;
     }
-    Job job{std::move(d), service, generation_.load(std::memory_order_relaxed), t.attempt,
-            t.caller};
+    Job job{std::make_unique<amqp::Delivery>(std::move(d)), service,
+            generation_.load(std::memory_order_relaxed), t.attempt, t.caller};
     if (pool_) {
       link_.incoming.push_back(std::move(job));  // handed to the pool in one go after the read
     } else {
@@ -1370,8 +1373,12 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       reply_error_now(channel, d, core_->stopping_reply().status, /*ack=*/true, /*gather=*/true);
       return;
     }
-    Job job{std::move(d),        consumer.service, generation_.load(std::memory_order_relaxed), 1,
-            std::move(t.caller), /*gather=*/true};
+    Job job{std::make_unique<amqp::Delivery>(std::move(d)),
+            consumer.service,
+            generation_.load(std::memory_order_relaxed),
+            1,
+            std::move(t.caller),
+            /*gather=*/true};
     if (pool_) {
       link_.incoming.push_back(std::move(job));
     } else {

@@ -36,16 +36,16 @@ TEST(FrameAssembler, ADeliveryIsCompleteWithItsLastBodyFrame) {
   amqp_basic_properties_t props{};
   props._flags = AMQP_BASIC_CORRELATION_ID_FLAG;
   props.correlation_id = amqp_cstring_bytes("corr");
-  EXPECT_FALSE(a.add(header_frame(props, 10)).has_value());
-  EXPECT_FALSE(a.add(body_frame("hello")).has_value());
+  EXPECT_EQ(a.add(header_frame(props, 10)), nullptr);
+  EXPECT_EQ(a.add(body_frame("hello")), nullptr);
   auto done = a.add(body_frame("world"));
-  ASSERT_TRUE(done.has_value());
-  auto* delivery = std::get_if<Delivery>(&*done);
+  ASSERT_NE(done, nullptr);
+  auto* delivery = std::get_if<Delivery>(done);
   ASSERT_NE(delivery, nullptr);
   EXPECT_EQ(delivery->delivery_tag, 7u);
   EXPECT_EQ(delivery->props.correlation_id, "corr");
   EXPECT_EQ(delivery->body, "helloworld");
-  EXPECT_FALSE(a.add(body_frame("stray")).has_value()) << "nothing begun: ignored";
+  EXPECT_EQ(a.add(body_frame("stray")), nullptr) << "nothing begun: ignored";
 }
 
 TEST(FrameAssembler, AnEmptyBodyIsCompleteWithItsHeader) {
@@ -55,19 +55,19 @@ TEST(FrameAssembler, AnEmptyBodyIsCompleteWithItsHeader) {
   a.begin(std::move(r));
   amqp_basic_properties_t props{};
   auto done = a.add(header_frame(props, 0));
-  ASSERT_TRUE(done.has_value());
-  ASSERT_NE(std::get_if<Returned>(&*done), nullptr);
+  ASSERT_NE(done, nullptr);
+  ASSERT_NE(std::get_if<Returned>(done), nullptr);
   EXPECT_EQ(std::get<Returned>(*done).reply_code, 312);
 }
 
 TEST(FrameAssembler, ABodyBeforeItsHeaderIsIgnored) {
   FrameAssembler a;
   a.begin(Delivery{});
-  EXPECT_FALSE(a.add(body_frame("early")).has_value());
+  EXPECT_EQ(a.add(body_frame("early")), nullptr);
   amqp_basic_properties_t props{};
-  EXPECT_FALSE(a.add(header_frame(props, 3)).has_value());
+  EXPECT_EQ(a.add(header_frame(props, 3)), nullptr);
   auto done = a.add(body_frame("abc"));
-  ASSERT_TRUE(done.has_value());
+  ASSERT_NE(done, nullptr);
   EXPECT_EQ(std::get<Delivery>(*done).body, "abc");
 }
 
@@ -78,16 +78,16 @@ TEST(FrameAssembler, AHeaderOfAnotherClassEndsTheMessage) {
   amqp_basic_properties_t props{};
   amqp_frame_t exchange_header = header_frame(props, 0);
   exchange_header.payload.properties.class_id = 40;
-  EXPECT_FALSE(a.add(exchange_header).has_value());
-  EXPECT_FALSE(a.add(header_frame(props, 0)).has_value()) << "nothing begun any more";
+  EXPECT_EQ(a.add(exchange_header), nullptr);
+  EXPECT_EQ(a.add(header_frame(props, 0)), nullptr) << "nothing begun any more";
 }
 
 TEST(FrameAssembler, AHugeAnnouncedBodySizeIsNotAllocatedUpFront) {
   FrameAssembler a;
   a.begin(Delivery{});
   amqp_basic_properties_t props{};
-  EXPECT_FALSE(a.add(header_frame(props, std::uint64_t{1} << 62)).has_value());
-  EXPECT_FALSE(a.add(body_frame("only this came")).has_value()) << "incomplete, and no crash";
+  EXPECT_EQ(a.add(header_frame(props, std::uint64_t{1} << 62)), nullptr);
+  EXPECT_EQ(a.add(body_frame("only this came")), nullptr) << "incomplete, and no crash";
 }
 
 TEST(FrameAssembler, PropertiesAndHeadersBecomeOurValues) {
@@ -109,4 +109,25 @@ TEST(FrameAssembler, PropertiesAndHeadersBecomeOurValues) {
   EXPECT_EQ(out.priority, 3);
   EXPECT_EQ(out.reply_to, "q");
   EXPECT_TRUE(out.correlation_id.empty());
+}
+
+TEST(FrameAssembler, ASecondHeaderReplacesTheFirstsPropertiesAndAFinishedMessageTakesNoMore) {
+  FrameAssembler a;
+  a.begin(Delivery{});
+  amqp_basic_properties_t first{};
+  first._flags = AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_REPLY_TO_FLAG;
+  first.correlation_id = amqp_cstring_bytes("one");
+  first.reply_to = amqp_cstring_bytes("q1");
+  EXPECT_EQ(a.add(header_frame(first, 2)), nullptr);
+  amqp_basic_properties_t second{};
+  second._flags = AMQP_BASIC_CORRELATION_ID_FLAG;
+  second.correlation_id = amqp_cstring_bytes("two");
+  EXPECT_EQ(a.add(header_frame(second, 2)), nullptr);
+  auto done = a.add(body_frame("ok"));
+  ASSERT_NE(done, nullptr);
+  const Delivery& d = std::get<Delivery>(*done);
+  EXPECT_EQ(d.props.correlation_id, "two");
+  EXPECT_EQ(d.props.reply_to, "") << "nothing of the first header is left";
+  EXPECT_EQ(a.add(header_frame(second, 0)), nullptr) << "finished: a new message must begin";
+  EXPECT_EQ(a.add(body_frame("more")), nullptr);
 }
