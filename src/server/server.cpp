@@ -266,13 +266,13 @@ namespace detail {
 // by the server while it runs the handler); the last owner answers a request nobody answered.
 class ServerCall {
  public:
-  ServerCall(std::shared_ptr<Core> core, Request request, std::shared_ptr<ContextState> context,
-             std::uint64_t delivery_tag, std::uint64_t generation, bool gather,
-             std::chrono::steady_clock::time_point started)
+  // The request is decoded from its delivery right into the call (never moved on); Core::handle
+  // completes it (caller, context) before the call is shared.
+  ServerCall(std::shared_ptr<Core> core, amqp::Delivery&& delivery, const std::string& queue,
+             std::uint64_t generation, bool gather, std::chrono::steady_clock::time_point started)
       : core_(std::move(core)),
-        request_(std::move(request)),
-        context_(std::move(context)),
-        delivery_tag_(delivery_tag),
+        delivery_tag_(delivery.delivery_tag),
+        request_(wire::decode_request(std::move(delivery), queue)),
         generation_(generation),
         gather_(gather),
         started_(started) {}
@@ -300,9 +300,9 @@ class ServerCall {
 
   // Core's to read and fill in (the handle() that made this call, then finish()).
   std::shared_ptr<Core> core_;  // until answered
-  const Request request_;
-  const std::shared_ptr<ContextState> context_;
   const std::uint64_t delivery_tag_;
+  Request request_;                        // set up by handle() before the call is shared
+  std::shared_ptr<ContextState> context_;  // likewise
   const std::uint64_t generation_;
   const bool gather_;  // through the instance queue: the reply names this instance
   const std::chrono::steady_clock::time_point started_;
@@ -331,14 +331,13 @@ void Core::handle(Job& job) {
     return;
   }
   const Service& service = services[job.route];
-  const std::uint64_t tag = d.delivery_tag;
-  Request req = detail::wire::decode_request(std::move(d), service.queue());
+  auto call = std::make_shared<detail::ServerCall>(
+      shared_from_this(), std::move(d), service.queue(), job.generation, job.gather, now);
+  Request& req = call->request_;
   req.caller = job.caller;
-  auto context = context_of(req, std::move(job.caller), now_ms, now);
-  req.context = Context(context);
-  auto call = std::make_shared<detail::ServerCall>(shared_from_this(), std::move(req), context, tag,
-                                                   job.generation, job.gather, now);
-  call->in_hand_ = in_hand.add(context->deadline, context->stop);
+  call->context_ = context_of(req, std::move(job.caller), now_ms, now);
+  req.context = Context(call->context_);
+  call->in_hand_ = in_hand.add(call->context_->deadline, call->context_->stop);
   const Request& request = call->request();
 
   if (!interceptors.empty()) {
