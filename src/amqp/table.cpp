@@ -109,29 +109,30 @@ std::string encode_table(const amqp_table_t& table) {
 }
 
 TableView::TableView(const Headers& headers, std::string_view encoded_base) {
+  amqp_table_t base{};
   if (!encoded_base.empty()) {
     init_amqp_pool(&pool_, 4096);
     pool_used_ = true;
-    amqp_table_t base{};
     std::size_t offset = 0;
     amqp_bytes_t bytes{encoded_base.size(), const_cast<char*>(encoded_base.data())};
-    if (amqp_decode_table(bytes, &pool_, &base, &offset) == AMQP_STATUS_OK) {
-      entries_.reserve(static_cast<std::size_t>(base.num_entries) + headers.size());
-      for (int i = 0; i < base.num_entries; ++i) {
-        if (headers.count(to_string(base.entries[i].key)) == 0) entries_.push_back(base.entries[i]);
-      }
-    }
+    if (amqp_decode_table(bytes, &pool_, &base, &offset) != AMQP_STATUS_OK) base = {};
   }
-  entries_.reserve(entries_.size() + headers.size());
+  const std::size_t most = static_cast<std::size_t>(base.num_entries) + headers.size();
+  if (most > kInPlace) {
+    on_heap_.resize(most);
+    entries_ = on_heap_.data();
+  }
+  for (int i = 0; i < base.num_entries; ++i) {
+    if (headers.count(to_string(base.entries[i].key)) == 0) add(base.entries[i]);
+  }
   for (const auto& [key, value] : headers) {
     amqp_table_entry_t e;
     e.key = as_bytes(key);
     e.value.kind = AMQP_FIELD_KIND_UTF8;
     e.value.value.bytes = as_bytes(value);
-    entries_.push_back(e);
+    add(e);
   }
-  table_.num_entries = static_cast<int>(entries_.size());
-  table_.entries = entries_.data();
+  table_.entries = entries_;
 }
 
 TableView::~TableView() {

@@ -4,6 +4,7 @@
 
 #include <amqp.h>
 
+#include <array>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -36,7 +37,13 @@ class TableView {
   const amqp_table_t& table() const { return table_; }
 
  private:
-  std::vector<amqp_table_entry_t> entries_;
+  void add(const amqp_table_entry_t& e) { entries_[table_.num_entries++] = e; }
+
+  // A request's or reply's few headers fit in place: no allocation on every message.
+  static constexpr std::size_t kInPlace = 8;
+  std::array<amqp_table_entry_t, kInPlace> in_place_;
+  std::vector<amqp_table_entry_t> on_heap_;  // for more than kInPlace
+  amqp_table_entry_t* entries_ = in_place_.data();
   amqp_table_t table_{};
   amqp_pool_t pool_{};  // the decoded base table's memory
   bool pool_used_ = false;

@@ -3,7 +3,12 @@
 #include <amqp.h>
 #include <gtest/gtest.h>
 
+#include <string>
+
+#include "amqp/table.hpp"
+
 using namespace amqprpc::detail::amqp;
+using amqprpc::Headers;
 
 namespace {
 
@@ -130,4 +135,36 @@ TEST(FrameAssembler, ASecondHeaderReplacesTheFirstsPropertiesAndAFinishedMessage
   EXPECT_EQ(d.props.reply_to, "") << "nothing of the first header is left";
   EXPECT_EQ(a.add(header_frame(second, 0)), nullptr) << "finished: a new message must begin";
   EXPECT_EQ(a.add(body_frame("more")), nullptr);
+}
+
+namespace {
+
+Headers numbered(int n, const std::string& prefix) {
+  Headers h;
+  for (int i = 0; i < n; ++i) h["k" + std::to_string(i)] = prefix + std::to_string(i);
+  return h;
+}
+
+}  // namespace
+
+TEST(TableView, FewOrManyHeadersBecomeATableOfTextFieldsAllOfThem) {
+  for (int n : {0, 1, 8, 9, 40}) {
+    const Headers h = numbered(n, "v");
+    TableView view(h);
+    EXPECT_EQ(view.table().num_entries, n);
+    EXPECT_EQ(headers_from_table(view.table()), h) << n << " headers";
+  }
+}
+
+TEST(TableView, OverAnEncodedBaseOurHeadersReplaceItsFieldsOfTheSameNameAndKeepTheRest) {
+  // The base: 10 fields (k0..k9 = "b0".."b9"), as a message's header table arrived.
+  const Headers base = numbered(10, "b");
+  TableView base_view(base);
+  const std::string encoded = encode_table(base_view.table());
+  Headers ours{{"k3", "new3"}, {"k7", "new7"}, {"extra", "x"}};
+  TableView view(ours, encoded);
+  Headers expected = base;
+  for (const auto& [k, v] : ours) expected[k] = v;
+  EXPECT_EQ(view.table().num_entries, 11);
+  EXPECT_EQ(headers_from_table(view.table()), expected);
 }
