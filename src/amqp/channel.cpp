@@ -399,8 +399,11 @@ Result<std::string> Channel::declare_queue(const QueueSpec& q) {
 
 Result<std::string> Channel::consume(const std::string& queue, bool no_ack, bool exclusive) {
   if (Status st = hand_back(); !st.ok()) return st;
+  // Our own tag, short enough to stay in a std::string's own buffer: every delivery carries it,
+  // and the broker's (amq.ctag-<22 characters>) cost an allocation each. Tags are per channel.
+  const std::string tag = "c" + std::to_string(++consumers_);
   amqp_basic_consume_ok_t* ok =
-      amqp_basic_consume(conn_, kChannel, as_bytes(queue), amqp_empty_bytes, 0, no_ack ? 1 : 0,
+      amqp_basic_consume(conn_, kChannel, as_bytes(queue), as_bytes(tag), 0, no_ack ? 1 : 0,
                          exclusive ? 1 : 0, amqp_empty_table);
   if (Status st = check_rpc("consume from '" + queue + "'"); !st.ok()) return st;
   return to_string(ok->consumer_tag);

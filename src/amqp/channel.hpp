@@ -165,6 +165,7 @@ class Channel {
   bool dead_ = false;  // the connection
   std::uint64_t frames_read_ = 0;
   std::uint64_t publish_seq_ = 0;
+  std::uint64_t consumers_ = 0;  // consumer tags given: c1, c2, ...
   std::size_t max_message_size_ = 0;
   std::string channel_error_;  // why the broker closed our channel, once it has
   FrameAssembler assembler_;
