@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <variant>
@@ -46,7 +47,12 @@ class FrameAssembler {
 // The properties rabbitmq-c decoded, as our values; with `keep_wire_headers`, the header table
 // in its AMQP encoding too.
 Properties properties_from(const amqp_basic_properties_t_& p, bool keep_wire_headers = false);
-// The same, into `out` (empty): a message's properties are read where they stay.
-void read_properties(const amqp_basic_properties_t_& p, bool keep_wire_headers, Properties& out);
+// The same, into `out` (empty): a message's properties are read where they stay. `raw`: the
+// property list as it arrived (the header frame's), which the wire headers are copied from.
+void read_properties(const amqp_basic_properties_t_& p, bool keep_wire_headers, Properties& out,
+                     std::string_view raw = {});
+// The header table in a basic header frame's raw property list, with its length prefix, as
+// amqp_decode_table reads it; empty when there is none or the list is cut short.
+std::string_view header_table_in(std::string_view raw);
 
 }  // namespace amqprpc::detail::amqp

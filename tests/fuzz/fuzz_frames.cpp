@@ -76,7 +76,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   {
     Transport transport(fds[0], kFrameMax);
     FrameAssembler assembler;
-    assembler.keep_wire_headers(true);  // the server's way: the header table re-encoded too
+    assembler.keep_wire_headers(true);  // the server's way: the header table kept as it came
     for (int turns = 0; turns < 100000; ++turns) {
       transport.begin_turn(true);
       amqp_frame_t frame;

@@ -168,3 +168,72 @@ TEST(TableView, OverAnEncodedBaseOurHeadersReplaceItsFieldsOfTheSameNameAndKeepT
   EXPECT_EQ(view.table().num_entries, 11);
   EXPECT_EQ(headers_from_table(view.table()), expected);
 }
+
+namespace {
+
+// A basic header's property list as rabbitmq-c encodes it for the wire.
+std::string encoded_properties(amqp_basic_properties_t& props) {
+  std::string out(4096, '\0');
+  const int n =
+      amqp_encode_properties(AMQP_BASIC_CLASS, &props, amqp_bytes_t{out.size(), out.data()});
+  EXPECT_GT(n, 0);
+  out.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+  return out;
+}
+
+}  // namespace
+
+TEST(HeaderTableIn, FindsTheTableAfterTheShortStringsBeforeItAndNothingInACutList) {
+  amqp_table_entry_t entries[2];
+  entries[0].key = amqp_cstring_bytes("x-rpc-deadline");
+  entries[0].value.kind = AMQP_FIELD_KIND_UTF8;
+  entries[0].value.value.bytes = amqp_cstring_bytes("1234567890123");
+  entries[1].key = amqp_cstring_bytes("n");
+  entries[1].value.kind = AMQP_FIELD_KIND_I32;
+  entries[1].value.value.i32 = 7;
+  amqp_basic_properties_t p{};
+  p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_CONTENT_ENCODING_FLAG |
+             AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG;
+  p.content_type = amqp_cstring_bytes("application/json");
+  p.content_encoding = amqp_cstring_bytes("gzip");
+  p.headers = {2, entries};
+  p.correlation_id = amqp_cstring_bytes("abc");
+  const std::string raw = encoded_properties(p);
+  const std::string table = encode_table(p.headers);
+  ASSERT_FALSE(table.empty());
+  EXPECT_EQ(header_table_in(raw), table);
+  // Cut anywhere before the table's end: nothing, never a read past the end.
+  const std::size_t table_end = raw.find(table) + table.size();
+  for (std::size_t cut = 0; cut < table_end; ++cut) {
+    EXPECT_TRUE(header_table_in(std::string_view(raw).substr(0, cut)).empty()) << cut;
+  }
+
+  p._flags &= ~AMQP_BASIC_HEADERS_FLAG;
+  EXPECT_TRUE(header_table_in(encoded_properties(p)).empty()) << "no headers flag";
+  p._flags = AMQP_BASIC_HEADERS_FLAG;
+  EXPECT_EQ(header_table_in(encoded_properties(p)), table) << "the table first";
+}
+
+TEST(FrameAssembler, KeepingWireHeadersKeepsTheTableAsItArrived) {
+  amqp_table_entry_t entry;
+  entry.key = amqp_cstring_bytes("big");
+  entry.value.kind = AMQP_FIELD_KIND_I64;
+  entry.value.value.i64 = -(std::int64_t{1} << 40);
+  amqp_basic_properties_t p{};
+  p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_HEADERS_FLAG;
+  p.content_type = amqp_cstring_bytes("text/plain");
+  p.headers = {1, &entry};
+  std::string raw = encoded_properties(p);
+  for (bool with_raw : {true, false}) {
+    FrameAssembler a;
+    a.keep_wire_headers(true);
+    a.begin(Delivery{});
+    amqp_frame_t header = header_frame(p, 0);
+    if (with_raw) header.payload.properties.raw = amqp_bytes_t{raw.size(), raw.data()};
+    auto done = a.add(header);
+    ASSERT_NE(done, nullptr);
+    const Properties& props = std::get<Delivery>(*done).props;
+    EXPECT_EQ(props.wire_headers, encode_table(p.headers)) << "with the raw list: " << with_raw;
+    EXPECT_EQ(props.headers.at("big"), std::to_string(-(std::int64_t{1} << 40)));
+  }
+}
