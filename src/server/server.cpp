@@ -54,6 +54,7 @@ struct Job {
   // Came through this server's instance queue (a gather): its reply names the instance, and it
   // is never handed to another server (see Core::not_started).
   bool gather = false;
+  std::optional<std::int64_t> deadline_ms = {};  // the request's x-rpc-deadline, read by triage
 };
 
 // What a request's end asks of the I/O thread.
@@ -213,11 +214,12 @@ struct Core : std::enable_shared_from_this<Core> {
   // The context of a request: the caller's deadline on this machine's clock, its trace (a
   // server span of the caller's trace, or a new trace), the verified caller.
   // `now_ms` and `now`: the time on both clocks, read once per request.
-  std::shared_ptr<detail::ContextState> context_of(const Request& req, std::string caller,
-                                                   std::int64_t now_ms,
+  std::shared_ptr<detail::ContextState> context_of(const Request& req,
+                                                   std::optional<std::int64_t> deadline_ms,
+                                                   std::string caller, std::int64_t now_ms,
                                                    std::chrono::steady_clock::time_point now) {
     auto state = std::make_shared<detail::ContextState>();
-    if (auto deadline_ms = detail::wire::int_header(req.headers, detail::wire::kDeadlineHeader)) {
+    if (deadline_ms) {
       // Clamped like a client's timeouts: a far-off (or forged) deadline must not overflow.
       const auto left = std::min<std::int64_t>(*deadline_ms - now_ms, kMaxDeadlineMs);
       state->deadline = now + std::chrono::milliseconds(left);
@@ -323,7 +325,7 @@ void Core::handle(Job& job) {
   // Both clocks read side by side: the caller's deadline (epoch ms) becomes a steady time.
   const std::int64_t now_ms = detail::wire::epoch_ms();
   const auto now = std::chrono::steady_clock::now();
-  if (detail::wire::expired(d.props.headers, now_ms)) {
+  if (job.deadline_ms && *job.deadline_ms < now_ms) {
     // The caller has given up while this waited for a worker: computing the answer would
     // only waste it.
     expired.fetch_add(1, std::memory_order_relaxed);
@@ -335,7 +337,7 @@ void Core::handle(Job& job) {
       shared_from_this(), std::move(d), service.queue(), job.generation, job.gather, now);
   Request& req = call->request_;
   req.caller = job.caller;
-  call->context_ = context_of(req, std::move(job.caller), now_ms, now);
+  call->context_ = context_of(req, job.deadline_ms, std::move(job.caller), now_ms, now);
   req.context = Context(call->context_);
   call->in_hand_ = in_hand.add(call->context_->deadline, call->context_->stop);
   const Request& request = call->request();
@@ -879,8 +881,13 @@ class Server::Impl final : public detail::IoLoop::Hooks {
       answer_reserved(channel, d, service, m->second);
       return;
     }
-    Job job{std::make_unique<amqp::Delivery>(std::move(d)), service,
-            generation_.load(std::memory_order_relaxed), t.attempt, t.caller};
+    Job job{std::make_unique<amqp::Delivery>(std::move(d)),
+            service,
+            generation_.load(std::memory_order_relaxed),
+            t.attempt,
+            t.caller,
+            /*gather=*/false,
+            t.deadline_ms};
     if (pool_) {
       link_.incoming.push_back(std::move(job));  // handed to the pool in one go after the read
     } else {
@@ -1377,7 +1384,8 @@ class Server::Impl final : public detail::IoLoop::Hooks {
             generation_.load(std::memory_order_relaxed),
             1,
             std::move(t.caller),
-            /*gather=*/true};
+            /*gather=*/true,
+            t.deadline_ms};
     if (pool_) {
       link_.incoming.push_back(std::move(job));
     } else {

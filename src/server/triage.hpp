@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,7 @@ struct Triage {
   Verdict verdict = Verdict::serve;
   std::int64_t attempt = 1;  // which delivery of the request this is (1 = the first)
   std::string caller = {};   // the verified caller (wire::caller_of); empty: unknown
+  std::optional<std::int64_t> deadline_ms = {};  // its x-rpc-deadline (ms since the epoch)
 };
 
 Triage triage(const amqp::Delivery& delivery, const TriagePolicy& policy, std::int64_t now_ms);

@@ -52,10 +52,15 @@ TEST(Triage, APassedDeadlineIsExpiredAndAFutureOneIsServed) {
   amqp::Delivery d = request();
   d.props.headers["x-rpc-deadline"] = std::to_string(kNow - 1);
   EXPECT_EQ(triage(d, classic(), kNow).verdict, Verdict::expired);
+  EXPECT_EQ(triage(d, classic(), kNow).deadline_ms, kNow - 1);
   d.props.headers["x-rpc-deadline"] = std::to_string(kNow + 1000);
   EXPECT_EQ(triage(d, classic(), kNow).verdict, Verdict::serve);
+  EXPECT_EQ(triage(d, classic(), kNow).deadline_ms, kNow + 1000) << "handed on with the request";
   d.props.headers["x-rpc-deadline"] = "not a number";
   EXPECT_EQ(triage(d, classic(), kNow).verdict, Verdict::serve);
+  EXPECT_EQ(triage(d, classic(), kNow).deadline_ms, std::nullopt);
+  d.props.headers.erase("x-rpc-deadline");
+  EXPECT_EQ(triage(d, classic(), kNow).deadline_ms, std::nullopt);
 }
 
 TEST(Triage, ABodyOverTheLimitIsOversized) {
