@@ -168,6 +168,17 @@ void put_trace(Headers& headers, const TraceContext& trace) {
   }
 }
 
+TraceContext new_span(std::optional<TraceContext>&& parent, UuidGenerator& ids) {
+  TraceContext span;
+  if (parent) {
+    span = std::move(*parent);
+  } else {
+    span.trace_id = ids.trace_id();
+  }
+  span.span_id = ids.span_id();
+  return span;
+}
+
 TraceContext new_span(const TraceContext* parent, UuidGenerator& ids) {
   TraceContext span;
   if (parent != nullptr) {

@@ -153,6 +153,9 @@ void put_trace(Headers& headers, const TraceContext& trace);
 // A new span: a child of `parent` (its trace id, sampled flag and tracestate) with a span id of
 // its own, or, without a parent, the root span of a new trace.
 TraceContext new_span(const TraceContext* parent, UuidGenerator& ids);
+// The same from a parent given up (its strings are moved, not copied). Its span id is the
+// caller's to keep first, if wanted.
+TraceContext new_span(std::optional<TraceContext>&& parent, UuidGenerator& ids);
 
 // ---- replies ----
 

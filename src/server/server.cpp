@@ -224,12 +224,12 @@ struct Core : std::enable_shared_from_this<Core> {
       const auto left = std::min<std::int64_t>(*deadline_ms - now_ms, kMaxDeadlineMs);
       state->deadline = now + std::chrono::milliseconds(left);
     }
-    const std::optional<TraceContext> parent = detail::wire::trace_of(req.headers);
+    std::optional<TraceContext> parent = detail::wire::trace_of(req.headers);
+    if (parent) state->parent_span_id = std::exchange(parent->span_id, {});
     {
       detail::MutexLock lock(ids_mutex);
-      state->trace = detail::wire::new_span(parent ? &*parent : nullptr, ids);
+      state->trace = detail::wire::new_span(std::move(parent), ids);
     }
-    if (parent) state->parent_span_id = parent->span_id;
     state->caller = std::move(caller);
     return state;
   }

@@ -204,3 +204,29 @@ TEST(WireNames, AnInstanceQueueIsNamedAfterItsServiceAndFitsToo) {
   EXPECT_EQ(name.size(), 255u);
   EXPECT_TRUE(name.ends_with(".instance.0123456789abcdef")) << name;
 }
+
+TEST(Wire, ANewSpanOfAParentKeepsItsTraceFlagsAndStateAndTakesASpanIdOfItsOwn) {
+  amqprpc::detail::UuidGenerator ids;
+  amqprpc::TraceContext parent;
+  parent.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+  parent.span_id = "00f067aa0ba902b7";
+  parent.sampled = false;
+  parent.tracestate = "congo=t61rcWkgMzE";
+  const amqprpc::TraceContext copied = amqprpc::detail::wire::new_span(&parent, ids);
+  const amqprpc::TraceContext moved =
+      amqprpc::detail::wire::new_span(std::optional<amqprpc::TraceContext>(parent), ids);
+  for (const auto& span : {copied, moved}) {
+    EXPECT_EQ(span.trace_id, parent.trace_id);
+    EXPECT_EQ(span.sampled, parent.sampled);
+    EXPECT_EQ(span.tracestate, parent.tracestate);
+    EXPECT_NE(span.span_id, parent.span_id);
+    EXPECT_TRUE(span.valid());
+  }
+  EXPECT_NE(copied.span_id, moved.span_id);
+
+  const amqprpc::TraceContext root = amqprpc::detail::wire::new_span(std::nullopt, ids);
+  EXPECT_TRUE(root.valid());
+  EXPECT_NE(root.trace_id, parent.trace_id) << "no parent: a new trace";
+  EXPECT_TRUE(root.sampled);
+  EXPECT_TRUE(root.tracestate.empty());
+}
