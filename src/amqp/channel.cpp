@@ -658,6 +658,7 @@ Status Channel::dispatch(const amqp_frame_t& frame, Events& events) {
     } else {
       events.on_return(std::get<Returned>(std::move(*message)));
     }
+    assembler_.release();
   }
   return {};
 }

@@ -28,7 +28,9 @@ std::string_view header_table_in(std::string_view raw) {
   const std::size_t n = raw.size();
   if (n < 2) return {};
   const unsigned flags = (unsigned{p[0]} << 8) | p[1];
-  if ((flags & AMQP_BASIC_HEADERS_FLAG) == 0) return {};
+  // Bit 0 says another flags word follows; basic's properties never need one, so a list that
+  // has one is not read here (its table is re-encoded from what rabbitmq-c decoded instead).
+  if ((flags & 1) != 0 || (flags & AMQP_BASIC_HEADERS_FLAG) == 0) return {};
   std::size_t at = 2;
   for (unsigned flag : {AMQP_BASIC_CONTENT_TYPE_FLAG, AMQP_BASIC_CONTENT_ENCODING_FLAG}) {
     if ((flags & flag) == 0) continue;

@@ -35,6 +35,12 @@ class FrameAssembler {
   // message is only moved where it goes, never on its way). Stray content frames (no message
   // begun, or a body before its header) are ignored.
   Incoming* add(const amqp_frame_t_& frame);
+  // Drops a finished message (what its receiver left of it): its memory is not kept until the
+  // next message begins.
+  void release() {
+    partial_.reset();
+    done_ = false;
+  }
 
  private:
   std::optional<Incoming> partial_;

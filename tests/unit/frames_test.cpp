@@ -208,13 +208,19 @@ TEST(HeaderTableIn, FindsTheTableAfterTheShortStringsBeforeItAndNothingInACutLis
     EXPECT_TRUE(header_table_in(std::string_view(raw).substr(0, cut)).empty()) << cut;
   }
 
+  // Bit 0: another flags word follows (never for basic): not read, whatever comes after.
+  std::string continued = raw;
+  continued[1] = static_cast<char>(continued[1] | 1);
+  continued.insert(2, std::string(2, '\0'));
+  EXPECT_TRUE(header_table_in(continued).empty());
+
   p._flags &= ~AMQP_BASIC_HEADERS_FLAG;
   EXPECT_TRUE(header_table_in(encoded_properties(p)).empty()) << "no headers flag";
   p._flags = AMQP_BASIC_HEADERS_FLAG;
   EXPECT_EQ(header_table_in(encoded_properties(p)), table) << "the table first";
 }
 
-TEST(FrameAssembler, KeepingWireHeadersKeepsTheTableAsItArrived) {
+TEST(FrameAssembler, KeepingWireHeadersKeepsTheTableAsItArrivedInTheFrame) {
   amqp_table_entry_t entry;
   entry.key = amqp_cstring_bytes("big");
   entry.value.kind = AMQP_FIELD_KIND_I64;
@@ -223,7 +229,13 @@ TEST(FrameAssembler, KeepingWireHeadersKeepsTheTableAsItArrived) {
   p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_HEADERS_FLAG;
   p.content_type = amqp_cstring_bytes("text/plain");
   p.headers = {1, &entry};
-  std::string raw = encoded_properties(p);
+  // The frame's raw list carries another table than the decoded one: which of the two is kept
+  // tells where the wire headers came from.
+  amqp_table_entry_t other_entry = entry;
+  other_entry.key = amqp_cstring_bytes("other");
+  amqp_basic_properties_t other = p;
+  other.headers = {1, &other_entry};
+  std::string raw = encoded_properties(other);
   for (bool with_raw : {true, false}) {
     FrameAssembler a;
     a.keep_wire_headers(true);
@@ -233,7 +245,10 @@ TEST(FrameAssembler, KeepingWireHeadersKeepsTheTableAsItArrived) {
     auto done = a.add(header);
     ASSERT_NE(done, nullptr);
     const Properties& props = std::get<Delivery>(*done).props;
-    EXPECT_EQ(props.wire_headers, encode_table(p.headers)) << "with the raw list: " << with_raw;
+    EXPECT_EQ(props.wire_headers, encode_table(with_raw ? other.headers : p.headers))
+        << "with the raw list: " << with_raw;
     EXPECT_EQ(props.headers.at("big"), std::to_string(-(std::int64_t{1} << 40)));
+    a.release();
+    EXPECT_EQ(a.add(body_frame("x")), nullptr) << "released: nothing is being assembled";
   }
 }
