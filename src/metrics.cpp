@@ -32,6 +32,9 @@ int LatencyHistogram::bucket_of(std::uint64_t us) {
 }
 
 std::uint64_t LatencyHistogram::upper_bound_us(int bucket) {
+  if (bucket < 0 || bucket >= kBuckets) {
+    return static_cast<std::uint64_t>(std::ceil(std::pow(2.0, bucket / 2.0)));
+  }
   return upper_bounds()[static_cast<std::size_t>(bucket)];
 }
 

@@ -18,6 +18,13 @@ TEST(LatencyHistogram, BucketsGrowBySquareRootOfTwoAndCoverEveryValue) {
     }
   }
   EXPECT_EQ(LatencyHistogram::bucket_of(~0ull >> 1), LatencyHistogram::kBuckets - 1);
+  // Bounds are ceil(2^(b/2)) us, inside the table and out of it.
+  EXPECT_EQ(LatencyHistogram::upper_bound_us(0), 1u);
+  EXPECT_EQ(LatencyHistogram::upper_bound_us(1), 2u);
+  EXPECT_EQ(LatencyHistogram::upper_bound_us(20), 1024u);
+  EXPECT_EQ(LatencyHistogram::upper_bound_us(21), 1449u);
+  EXPECT_EQ(LatencyHistogram::upper_bound_us(-2), 1u);
+  EXPECT_EQ(LatencyHistogram::upper_bound_us(LatencyHistogram::kBuckets), 1ull << 31);  // 62: 2^31
 }
 
 TEST(LatencyHistogram, PercentilesAreBucketBoundsCappedAtTheMaximum) {
