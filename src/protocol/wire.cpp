@@ -139,9 +139,12 @@ amqp::Properties encode_request(const CallOptions& options, std::string correlat
   return props;
 }
 
-Request decode_request(amqp::Delivery&& d, const std::string& queue) {
+Request decode_request(amqp::Delivery&& d, const std::string& queue, std::string caller,
+                       Context context) {
   Request req;
   req.queue = queue;
+  req.caller = std::move(caller);
+  req.context = std::move(context);
   req.body = std::move(d.body);
   req.content_type = std::move(d.props.content_type);
   req.correlation_id = std::move(d.props.correlation_id);

@@ -140,8 +140,10 @@ amqp::Properties encode_request(const CallOptions& options, std::string correlat
 // Whether a request is a one-way call.
 bool is_oneway(const Headers& headers);
 
-// What a handler sees of a request that arrived on `queue` (moved out of the delivery).
-Request decode_request(amqp::Delivery&& delivery, const std::string& queue);
+// What a handler sees of a request that arrived on `queue` (moved out of the delivery), from
+// the verified `caller`, in `context`.
+Request decode_request(amqp::Delivery&& delivery, const std::string& queue, std::string caller = {},
+                       Context context = {});
 
 // ---- trace context (requests and replies) ----
 

@@ -214,7 +214,7 @@ struct Core : std::enable_shared_from_this<Core> {
   // The context of a request: the caller's deadline on this machine's clock, its trace (a
   // server span of the caller's trace, or a new trace), the verified caller.
   // `now_ms` and `now`: the time on both clocks, read once per request.
-  std::shared_ptr<detail::ContextState> context_of(const Request& req,
+  std::shared_ptr<detail::ContextState> context_of(const Headers& headers,
                                                    std::optional<std::int64_t> deadline_ms,
                                                    std::string caller, std::int64_t now_ms,
                                                    std::chrono::steady_clock::time_point now) {
@@ -224,7 +224,7 @@ struct Core : std::enable_shared_from_this<Core> {
       const auto left = std::min<std::int64_t>(*deadline_ms - now_ms, kMaxDeadlineMs);
       state->deadline = now + std::chrono::milliseconds(left);
     }
-    std::optional<TraceContext> parent = detail::wire::trace_of(req.headers);
+    std::optional<TraceContext> parent = detail::wire::trace_of(headers);
     if (parent) state->parent_span_id = std::exchange(parent->span_id, {});
     {
       detail::MutexLock lock(ids_mutex);
@@ -268,13 +268,15 @@ namespace detail {
 // by the server while it runs the handler); the last owner answers a request nobody answered.
 class ServerCall {
  public:
-  // The request is decoded from its delivery right into the call (never moved on); Core::handle
-  // completes it (caller, context) before the call is shared.
+  // The request is decoded from its delivery right into the call (never moved on).
   ServerCall(std::shared_ptr<Core> core, amqp::Delivery&& delivery, const std::string& queue,
-             std::uint64_t generation, bool gather, std::chrono::steady_clock::time_point started)
+             std::string caller, std::shared_ptr<ContextState> context, std::uint64_t generation,
+             bool gather, std::chrono::steady_clock::time_point started)
       : core_(std::move(core)),
         delivery_tag_(delivery.delivery_tag),
-        request_(wire::decode_request(std::move(delivery), queue)),
+        request_(
+            wire::decode_request(std::move(delivery), queue, std::move(caller), Context(context))),
+        context_(std::move(context)),
         generation_(generation),
         gather_(gather),
         started_(started) {}
@@ -303,8 +305,8 @@ class ServerCall {
   // Core's to read and fill in (the handle() that made this call, then finish()).
   std::shared_ptr<Core> core_;  // until answered
   const std::uint64_t delivery_tag_;
-  Request request_;                        // set up by handle() before the call is shared
-  std::shared_ptr<ContextState> context_;  // likewise
+  const Request request_;
+  const std::shared_ptr<ContextState> context_;
   const std::uint64_t generation_;
   const bool gather_;  // through the instance queue: the reply names this instance
   const std::chrono::steady_clock::time_point started_;
@@ -333,13 +335,11 @@ void Core::handle(Job& job) {
     return;
   }
   const Service& service = services[job.route];
-  auto call = std::make_shared<detail::ServerCall>(
-      shared_from_this(), std::move(d), service.queue(), job.generation, job.gather, now);
-  Request& req = call->request_;
-  req.caller = job.caller;
-  call->context_ = context_of(req, job.deadline_ms, std::move(job.caller), now_ms, now);
-  req.context = Context(call->context_);
-  call->in_hand_ = in_hand.add(call->context_->deadline, call->context_->stop);
+  auto context = context_of(d.props.headers, job.deadline_ms, job.caller, now_ms, now);
+  auto call = std::make_shared<detail::ServerCall>(shared_from_this(), std::move(d),
+                                                   service.queue(), std::move(job.caller), context,
+                                                   job.generation, job.gather, now);
+  call->in_hand_ = in_hand.add(context->deadline, context->stop);
   const Request& request = call->request();
 
   if (!interceptors.empty()) {
