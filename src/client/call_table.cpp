@@ -39,9 +39,10 @@ void PendingCall::complete(Reply reply, const Logger& logger) {
     p->set_value(std::move(reply));
     return;
   }
-  auto& fn = std::get<std::function<void(Reply)>>(done);
-  if (!fn) return;
-  if (auto threw = thrown_by([&] { fn(std::move(reply)); }, "a call's completion callback threw")) {
+  auto* fn = std::get_if<std::function<void(Reply)>>(&done);
+  if (fn == nullptr || !*fn) return;
+  if (auto threw =
+          thrown_by([&] { (*fn)(std::move(reply)); }, "a call's completion callback threw")) {
     log(logger, LogLevel::error, *threw);
   }
 }

@@ -57,7 +57,9 @@ struct PendingCall : ClientCall {
   Clock::time_point deadline;
   Clock::time_point submitted;
   std::string correlation_id;
-  std::variant<std::promise<Reply>, std::function<void(Reply)>> done;
+  // How the caller hears of the end: a future's promise, a callback, or nothing (monostate: no
+  // promise is made, and dropped unsatisfied, for the calls that complete through a callback).
+  std::variant<std::monostate, std::promise<Reply>, std::function<void(Reply)>> done;
   // Registered with options.cancel; unregistered when the call is destroyed.
   std::optional<std::stop_callback<CancelRequest>> on_cancel;
   std::size_t heap_index = DeadlineHeap<PendingCall>::npos;

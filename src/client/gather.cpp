@@ -20,10 +20,10 @@ void GatherCall::finish(Status status, const Logger& logger) {
     p->set_value(std::move(result));
     return;
   }
-  auto& fn = std::get<std::function<void(GatherResult)>>(done);
-  if (!fn) return;
+  auto* fn = std::get_if<std::function<void(GatherResult)>>(&done);
+  if (fn == nullptr || !*fn) return;
   if (auto threw =
-          thrown_by([&] { fn(std::move(result)); }, "a gather's completion callback threw")) {
+          thrown_by([&] { (*fn)(std::move(result)); }, "a gather's completion callback threw")) {
     log(logger, LogLevel::error, *threw);
   }
 }

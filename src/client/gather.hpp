@@ -36,7 +36,8 @@ struct GatherCall {
   Clock::time_point submitted;
   Clock::time_point deadline;
   std::chrono::milliseconds timeout{};
-  std::variant<std::promise<GatherResult>, std::function<void(GatherResult)>> done;
+  // As PendingCall::done: a promise only for the calls that return a future.
+  std::variant<std::monostate, std::promise<GatherResult>, std::function<void(GatherResult)>> done;
   // Registered with options.cancel; unregistered when the gather is destroyed.
   std::optional<std::stop_callback<std::function<void()>>> on_cancel;
 

@@ -140,4 +140,10 @@ TEST(PendingCall, CompletesAFutureOrACallbackAndSwallowsCallbackExceptions) {
   EXPECT_NO_THROW(throwing.complete(Reply::ok("x"), logger));
   ASSERT_EQ(logged.size(), 1u);
   EXPECT_NE(logged[0].find("boom"), std::string::npos);
+
+  // A call made with neither (an attempt's or a stream's own end) has no promise to break.
+  PendingCall neither;
+  EXPECT_TRUE(std::holds_alternative<std::monostate>(neither.done));
+  EXPECT_NO_THROW(neither.complete(Reply::ok("y"), logger));
+  EXPECT_EQ(logged.size(), 1u) << "nothing to tell, nothing logged";
 }
