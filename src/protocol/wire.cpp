@@ -40,8 +40,11 @@ std::string caller_of(const amqp::Properties& props, bool from_server) {
 }
 
 bool expired(const Headers& headers, std::int64_t now_ms) {
-  auto deadline = int_header(headers, kDeadlineHeader);
-  return deadline && *deadline < now_ms;
+  return expired(int_header(headers, kDeadlineHeader), now_ms);
+}
+
+bool expired(std::optional<std::int64_t> deadline_ms, std::int64_t now_ms) {
+  return deadline_ms && *deadline_ms < now_ms;
 }
 
 Status validate_outgoing(const amqp::Properties& p, std::size_t body_size, const Limits& limits,
@@ -183,14 +186,7 @@ TraceContext new_span(std::optional<TraceContext>&& parent, UuidGenerator& ids) 
 }
 
 TraceContext new_span(const TraceContext* parent, UuidGenerator& ids) {
-  TraceContext span;
-  if (parent != nullptr) {
-    span = *parent;
-  } else {
-    span.trace_id = ids.trace_id();
-  }
-  span.span_id = ids.span_id();
-  return span;
+  return new_span(parent != nullptr ? std::optional<TraceContext>(*parent) : std::nullopt, ids);
 }
 
 void encode_reply(Reply&& reply, std::string_view correlation_id, amqp::Properties& props,

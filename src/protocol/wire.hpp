@@ -86,6 +86,8 @@ std::string caller_of(const amqp::Properties& props, bool from_server);
 
 // Whether the request's caller has given up (its x-rpc-deadline is before `now_ms`).
 bool expired(const Headers& headers, std::int64_t now_ms);
+// The same for a deadline read already (int_header of kDeadlineHeader); none never passes.
+bool expired(std::optional<std::int64_t> deadline_ms, std::int64_t now_ms);
 
 // What the broker takes on a connection.
 struct Limits {

@@ -327,7 +327,7 @@ void Core::handle(Job& job) {
   // Both clocks read side by side: the caller's deadline (epoch ms) becomes a steady time.
   const std::int64_t now_ms = detail::wire::epoch_ms();
   const auto now = std::chrono::steady_clock::now();
-  if (job.deadline_ms && *job.deadline_ms < now_ms) {
+  if (detail::wire::expired(job.deadline_ms, now_ms)) {
     // The caller has given up while this waited for a worker: computing the answer would
     // only waste it.
     expired.fetch_add(1, std::memory_order_relaxed);

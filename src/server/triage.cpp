@@ -10,7 +10,7 @@ Triage triage(const amqp::Delivery& d, const TriagePolicy& policy, std::int64_t 
   if (d.props.reply_to.empty() && !wire::is_oneway(d.props.headers)) return {Verdict::reject};
   const Headers& headers = d.props.headers;
   const auto deadline_ms = wire::int_header(headers, wire::kDeadlineHeader);
-  const bool expired = deadline_ms && *deadline_ms < now_ms;
+  const bool expired = wire::expired(deadline_ms, now_ms);
   // Published by a server: its own copy (x-rpc-attempts and x-rpc-caller are the server's).
   const bool own_copy =
       !d.props.user_id.empty() && std::find(policy.server_users.begin(), policy.server_users.end(),
