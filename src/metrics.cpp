@@ -8,15 +8,18 @@ namespace amqprpc {
 
 namespace {
 
-// Bucket i holds latencies up to ceil(2^(i/2)) us: computed once, looked up on every call (two
-// calls to pow() a recording cost more than the rest of it).
+// Bucket i holds latencies up to ceil(2^(i/2)) us.
+std::uint64_t bound_of(int bucket) {
+  return static_cast<std::uint64_t>(std::ceil(std::pow(2.0, bucket / 2.0)));
+}
+
+// The buckets' bounds, computed once and looked up on every call (two calls to pow() a
+// recording cost more than the rest of it).
 const std::array<std::uint64_t, LatencyHistogram::kBuckets>& upper_bounds() {
   static const auto bounds = [] {
     std::array<std::uint64_t, LatencyHistogram::kBuckets> b{};
-    for (int i = 0; i < LatencyHistogram::kBuckets; ++i) {
-      b[static_cast<std::size_t>(i)] =
-          static_cast<std::uint64_t>(std::ceil(std::pow(2.0, i / 2.0)));
-    }
+    for (int i = 0; i < LatencyHistogram::kBuckets; ++i)
+      b[static_cast<std::size_t>(i)] = bound_of(i);
     return b;
   }();
   return bounds;
@@ -32,9 +35,7 @@ int LatencyHistogram::bucket_of(std::uint64_t us) {
 }
 
 std::uint64_t LatencyHistogram::upper_bound_us(int bucket) {
-  if (bucket < 0 || bucket >= kBuckets) {
-    return static_cast<std::uint64_t>(std::ceil(std::pow(2.0, bucket / 2.0)));
-  }
+  if (bucket < 0 || bucket >= kBuckets) return bound_of(bucket);
   return upper_bounds()[static_cast<std::size_t>(bucket)];
 }
 

@@ -442,7 +442,7 @@ Outgoing Core::not_started(Job&& job) {
   if (!job.gather) return requeue_of(std::move(job));
   amqp::Delivery& d = *job.delivery;
   Outgoing out{Settle::ack, d.delivery_tag, job.generation, {}, {}, {}};
-  if (detail::wire::expired(d.props.headers, detail::wire::epoch_ms())) {
+  if (detail::wire::expired(job.deadline_ms, detail::wire::epoch_ms())) {
     expired.fetch_add(1, std::memory_order_relaxed);
     return out;
   }
