@@ -47,7 +47,7 @@ bool connected_to_itself(int fd) {
 }
 
 void set_string(amqp_basic_properties_t& props, amqp_flags_t flag, amqp_bytes_t& field,
-                const std::string& value) {
+                std::string_view value) {
   if (value.empty()) return;
   props._flags |= flag;
   field = as_bytes(value);
@@ -312,7 +312,8 @@ Status Channel::check_rpc(std::string_view what) {
 }
 
 Result<std::uint64_t> Channel::publish(std::string_view exchange, std::string_view routing_key,
-                                       bool mandatory, const Properties& p, std::string_view body) {
+                                       bool mandatory, const PropertiesView& p,
+                                       std::string_view body) {
   amqp_basic_properties_t props{};
   set_string(props, AMQP_BASIC_CONTENT_TYPE_FLAG, props.content_type, p.content_type);
   set_string(props, AMQP_BASIC_CORRELATION_ID_FLAG, props.correlation_id, p.correlation_id);
@@ -328,7 +329,7 @@ Result<std::uint64_t> Channel::publish(std::string_view exchange, std::string_vi
     props._flags |= AMQP_BASIC_DELIVERY_MODE_FLAG;
     props.delivery_mode = p.delivery_mode;
   }
-  TableView headers(p.headers, p.wire_headers);
+  TableView headers(p);
   if (headers.table().num_entries > 0) {
     props._flags |= AMQP_BASIC_HEADERS_FLAG;
     props.headers = headers.table();

@@ -95,7 +95,7 @@ class Channel {
   // Publishes a message. Returns its publish sequence number once the channel is in confirm
   // mode (the number the broker's basic.ack/nack will name), 0 before.
   Result<std::uint64_t> publish(std::string_view exchange, std::string_view routing_key,
-                                bool mandatory, const Properties& props, std::string_view body);
+                                bool mandatory, const PropertiesView& props, std::string_view body);
   // Deliveries keep their header table as it arrived, to be re-published unchanged.
   void keep_wire_headers(bool keep) { assembler_.keep_wire_headers(keep); }
   // Puts the channel in confirm mode; from then on each publish has a sequence number.

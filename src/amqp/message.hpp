@@ -4,7 +4,9 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <variant>
 
@@ -31,6 +33,87 @@ struct Properties {
   // it carried, in its own size, whatever the text of `headers` would grow to.
   std::string wire_headers;
 };
+
+// A header given as two views (PropertiesView::added).
+struct HeaderView {
+  std::string_view key;
+  std::string_view value;
+};
+
+// Properties to publish, as views of strings kept elsewhere (a call, a Properties), so that
+// publishing copies and allocates nothing. It must not outlive what it views. Every Properties
+// publishes as its view. The headers sent are `wire_headers`' entries, then `headers`', then
+// `added`, each name once: an `added` entry replaces a `headers` entry of its name, and both
+// replace a `wire_headers` entry of theirs.
+struct PropertiesView {
+  PropertiesView() = default;
+  // Implicit: a Properties is published, validated and copied as it is.
+  PropertiesView(const Properties& p)  // NOLINT(google-explicit-constructor)
+      : content_type(p.content_type),
+        correlation_id(p.correlation_id),
+        reply_to(p.reply_to),
+        expiration(p.expiration),
+        message_id(p.message_id),
+        priority(p.priority),
+        delivery_mode(p.delivery_mode),
+        user_id(p.user_id),
+        headers(&p.headers),
+        wire_headers(p.wire_headers) {}
+
+  // Calls f(key, value) for the entries of `headers` and `added` that the message carries
+  // (the rule above), each name once.
+  template <class F>
+  void for_each_header(F&& f) const {
+    if (headers != nullptr) {
+      for (const auto& [key, value] : *headers) {
+        if (!is_added(key)) f(std::string_view(key), std::string_view(value));
+      }
+    }
+    for (const HeaderView& h : added) f(h.key, h.value);
+  }
+  // Whether `key` is the name of an entry of `headers` or `added`.
+  bool names(std::string_view key) const {
+    return is_added(key) || (headers != nullptr && headers->find(key) != headers->end());
+  }
+
+  std::string_view content_type;
+  std::string_view correlation_id;
+  std::string_view reply_to;
+  std::string_view expiration;
+  std::string_view message_id;
+  std::optional<std::uint8_t> priority;
+  std::uint8_t delivery_mode = 0;
+  std::string_view user_id;
+  const Headers* headers = nullptr;  // none when null
+  std::span<const HeaderView> added;
+  std::string_view wire_headers;
+
+ private:
+  bool is_added(std::string_view key) const {
+    for (const HeaderView& h : added) {
+      if (h.key == key) return true;
+    }
+    return false;
+  }
+};
+
+// The properties a view shows, copied (the headers as for_each_header gives them; the wire
+// headers as they are).
+inline Properties to_properties(const PropertiesView& v) {
+  Properties p;
+  p.content_type = v.content_type;
+  p.correlation_id = v.correlation_id;
+  p.reply_to = v.reply_to;
+  p.expiration = v.expiration;
+  p.message_id = v.message_id;
+  p.priority = v.priority;
+  p.delivery_mode = v.delivery_mode;
+  p.user_id = v.user_id;
+  v.for_each_header(
+      [&](std::string_view key, std::string_view value) { p.headers.emplace(key, value); });
+  p.wire_headers = v.wire_headers;
+  return p;
+}
 
 // A whole message pushed to one of our consumers.
 struct Delivery {

@@ -108,30 +108,43 @@ std::string encode_table(const amqp_table_t& table) {
   }
 }
 
-TableView::TableView(const Headers& headers, std::string_view encoded_base) {
+TableView::TableView(const Headers& headers, std::string_view encoded_base)
+    : TableView([&] {
+        PropertiesView v;
+        v.headers = &headers;
+        v.wire_headers = encoded_base;
+        return v;
+      }()) {}
+
+TableView::TableView(const PropertiesView& props) {
   amqp_table_t base{};
-  if (!encoded_base.empty()) {
+  if (!props.wire_headers.empty()) {
     init_amqp_pool(&pool_, 4096);
     pool_used_ = true;
     std::size_t offset = 0;
-    amqp_bytes_t bytes{encoded_base.size(), const_cast<char*>(encoded_base.data())};
+    amqp_bytes_t bytes{props.wire_headers.size(), const_cast<char*>(props.wire_headers.data())};
     if (amqp_decode_table(bytes, &pool_, &base, &offset) != AMQP_STATUS_OK) base = {};
   }
-  const std::size_t most = static_cast<std::size_t>(base.num_entries) + headers.size();
+  const std::size_t most = static_cast<std::size_t>(base.num_entries) +
+                           (props.headers != nullptr ? props.headers->size() : 0) +
+                           props.added.size();
   if (most > kInPlace) {
     on_heap_.resize(most);
     entries_ = on_heap_.data();
   }
   for (int i = 0; i < base.num_entries; ++i) {
-    if (headers.count(to_string(base.entries[i].key)) == 0) add(base.entries[i]);
+    const amqp_bytes_t& key = base.entries[i].key;
+    if (!props.names(std::string_view(static_cast<const char*>(key.bytes), key.len))) {
+      add(base.entries[i]);
+    }
   }
-  for (const auto& [key, value] : headers) {
+  props.for_each_header([&](std::string_view key, std::string_view value) {
     amqp_table_entry_t e;
     e.key = as_bytes(key);
     e.value.kind = AMQP_FIELD_KIND_UTF8;
     e.value.value.bytes = as_bytes(value);
     add(e);
-  }
+  });
   table_.entries = entries_;
 }
 

@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "amqp/message.hpp"
 #include "amqprpc/message.hpp"
 
 namespace amqprpc::detail::amqp {
@@ -31,6 +32,9 @@ std::string encode_table(const amqp_table_t& table);
 class TableView {
  public:
   explicit TableView(const Headers& headers, std::string_view encoded_base = {});
+  // The headers a message with these properties carries: wire_headers' entries with the
+  // others' added or replacing theirs (PropertiesView).
+  explicit TableView(const PropertiesView& props);
   ~TableView();
   TableView(const TableView&) = delete;
   TableView& operator=(const TableView&) = delete;

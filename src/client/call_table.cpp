@@ -50,8 +50,8 @@ void PendingCall::complete(Reply reply, const Logger& logger) {
 PendingCall& CallTable::accept(Ptr call) {
   PendingCall& ref = *call;
   deadlines_.push(call.get());
-  std::string key = call->correlation_id;
-  calls_.emplace(std::move(key), std::move(call));
+  const std::string_view key = call->correlation_id;
+  calls_.emplace(key, std::move(call));
   return ref;
 }
 

@@ -14,6 +14,7 @@
 #include <optional>
 #include <stop_token>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <variant>
 #include <vector>
@@ -123,7 +124,8 @@ class CallTable {
   void remember(const std::string& correlation_id);
   static constexpr std::size_t kRecent = 4096;
 
-  std::unordered_map<std::string, Ptr> calls_;
+  // Keyed by a view of the call's own correlation id, which stays put while it is here.
+  std::unordered_map<std::string_view, Ptr> calls_;
   DeadlineHeap<PendingCall> deadlines_;
   std::vector<std::string> held_;
   // Hashes of the ids (a 64-bit collision would only miscount a duplicate as late), in a ring:

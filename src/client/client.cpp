@@ -797,22 +797,25 @@ class Client::Impl final : public detail::IoLoop::Hooks,
   }
 
   Status publish(amqp::Channel& channel, PendingCall& call) REQUIRES(loop_.io_thread) {
-    amqp::Properties props = detail::wire::encode_request(
-        call.options, call.correlation_id, call.oneway ? std::string() : link_.reply_queue,
+    detail::wire::OutgoingRequest request(
+        call.options, call.correlation_id,
+        call.oneway ? std::string_view() : std::string_view(link_.reply_queue),
         std::chrono::ceil<std::chrono::milliseconds>(call.deadline - Clock::now()), call.oneway,
         call.trace);
     // The broker checks it against this connection's login: the server can trust it.
-    if (options_.send_user_id) props.user_id = loop_.user();
+    if (options_.send_user_id) request.set_user_id(loop_.user());
+    std::string window;
     if (call.stream) {
-      props.headers.insert_or_assign(std::string(detail::wire::kStreamCreditHeader),
-                                     std::to_string(call.options.stream_window));
+      window = std::to_string(call.options.stream_window);
+      request.add_header(detail::wire::kStreamCreditHeader, window);
     }
     if (Status bad = detail::wire::validate_outgoing(
-            props, call.body.size(), {channel.frame_max(), channel.max_message_size()}, "request");
+            request.props(), call.body.size(), {channel.frame_max(), channel.max_message_size()},
+            "request");
         !bad.ok()) {
       return bad;
     }
-    auto seq = channel.publish("", call.queue, /*mandatory=*/true, props, call.body);
+    auto seq = channel.publish("", call.queue, /*mandatory=*/true, request.props(), call.body);
     if (!seq) return Status{StatusCode::unavailable, seq.status().message()};
     call.sent = true;
     if (options_.confirm_requests) link_.unconfirmed.track(*seq, call.correlation_id);
@@ -1032,18 +1035,19 @@ class Client::Impl final : public detail::IoLoop::Hooks,
                             "no server instance of '" + g->queue + "' takes part in gathers now"});
     }
     if (!link_.replies_lost.ok()) return finish_gather(gathers_.take(id), link_.replies_lost);
-    amqp::Properties props = detail::wire::encode_request(
+    detail::wire::OutgoingRequest request(
         g->options, g->correlation_id, link_.reply_queue,
         std::chrono::ceil<std::chrono::milliseconds>(g->deadline - Clock::now()),
         /*oneway=*/false, g->trace);
-    if (options_.send_user_id) props.user_id = loop_.user();
+    if (options_.send_user_id) request.set_user_id(loop_.user());
     const std::string exchange_name = detail::wire::gather_exchange_for(g->queue);
     if (Status bad = detail::wire::validate_outgoing(
-            props, g->body.size(), {channel.frame_max(), channel.max_message_size()}, "gather");
+            request.props(), g->body.size(), {channel.frame_max(), channel.max_message_size()},
+            "gather");
         !bad.ok()) {
       return finish_gather(gathers_.take(id), std::move(bad));
     }
-    auto seq = channel.publish(exchange_name, "", /*mandatory=*/true, props, g->body);
+    auto seq = channel.publish(exchange_name, "", /*mandatory=*/true, request.props(), g->body);
     if (!seq) {
       return finish_gather(gathers_.take(id), {StatusCode::unavailable, seq.status().message()});
     }

@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "amqprpc/context.hpp"
+#include "protocol/wire.hpp"
 
 namespace amqprpc {
 namespace {
@@ -73,6 +74,24 @@ std::string TraceContext::traceparent() const {
   out.append("00-").append(trace_id).append("-").append(span_id).append(sampled ? "-01" : "-00");
   return out;
 }
+
+namespace detail::wire {
+
+void write_traceparent(const TraceContext& trace, std::span<char, kTraceparentSize> out) {
+  static_assert(kTraceparentSize == kVersion00Size);
+  // Written where parse reads: version 00, and of the flags only "sampled" (traceparent()).
+  out[0] = '0';
+  out[1] = '0';
+  out[kTraceIdAt - 1] = '-';
+  trace.trace_id.copy(out.data() + kTraceIdAt, kTraceIdSize);
+  out[kSpanIdAt - 1] = '-';
+  trace.span_id.copy(out.data() + kSpanIdAt, kSpanIdSize);
+  out[kFlagsAt - 1] = '-';
+  out[kFlagsAt] = '0';
+  out[kFlagsAt + 1] = trace.sampled ? '1' : '0';
+}
+
+}  // namespace detail::wire
 
 std::optional<TraceContext> TraceContext::parse(std::string_view traceparent,
                                                 std::string_view tracestate) {

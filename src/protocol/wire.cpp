@@ -1,7 +1,9 @@
 #include "protocol/wire.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cstdio>
+#include <stdexcept>
 
 namespace amqprpc::detail::wire {
 
@@ -47,7 +49,7 @@ bool expired(std::optional<std::int64_t> deadline_ms, std::int64_t now_ms) {
   return deadline_ms && *deadline_ms < now_ms;
 }
 
-Status validate_outgoing(const amqp::Properties& p, std::size_t body_size, const Limits& limits,
+Status validate_outgoing(const amqp::PropertiesView& p, std::size_t body_size, const Limits& limits,
                          std::string_view what) {
   const int frame_max = limits.frame_max;
   auto too_long = [&](std::string_view field, std::size_t size) {
@@ -60,9 +62,14 @@ Status validate_outgoing(const amqp::Properties& p, std::size_t body_size, const
   if (p.reply_to.size() > 255) return too_long("reply_to", p.reply_to.size());
   if (p.user_id.size() > 255) return too_long("user id", p.user_id.size());
   std::size_t table = p.wire_headers.size();
-  for (const auto& [key, value] : p.headers) {
-    if (key.size() > 255) return too_long("header name '" + key.substr(0, 32) + "...'", key.size());
+  std::string_view long_key;
+  p.for_each_header([&](std::string_view key, std::string_view value) {
+    if (key.size() > 255 && long_key.empty()) long_key = key;
     table += 1 + key.size() + 1 + 4 + value.size();
+  });
+  if (!long_key.empty()) {
+    return too_long("header name '" + std::string(long_key.substr(0, 32)) + "...'",
+                    long_key.size());
   }
   // The header frame also carries the other properties: keep a margin for them.
   const std::size_t room = frame_max > 2048 ? static_cast<std::size_t>(frame_max) - 2048 : 0;
@@ -120,26 +127,42 @@ bool is_oneway(const Headers& headers) {
   return it != headers.end() && (it->second == "1" || it->second == "true");
 }
 
-amqp::Properties encode_request(const CallOptions& options, std::string correlation_id,
-                                std::string reply_to, std::chrono::milliseconds time_left,
-                                bool oneway, const TraceContext& trace) {
-  amqp::Properties props;
-  props.correlation_id = std::move(correlation_id);
-  props.reply_to = std::move(reply_to);
-  props.content_type = options.content_type;
-  props.priority = options.priority;
-  props.headers = options.headers;
+OutgoingRequest::OutgoingRequest(const CallOptions& options, std::string_view correlation_id,
+                                 std::string_view reply_to, std::chrono::milliseconds time_left,
+                                 bool oneway, const TraceContext& trace) {
+  props_.correlation_id = correlation_id;
+  props_.reply_to = reply_to;
+  props_.content_type = options.content_type;
+  props_.priority = options.priority;
+  props_.headers = &options.headers;
   // The broker drops a request nobody waits for any more; servers can skip expired work.
   if (time_left.count() < 1) time_left = std::chrono::milliseconds(1);
-  props.expiration = std::to_string(time_left.count());
-  props.headers.insert_or_assign(std::string(kDeadlineHeader),
-                                 std::to_string(epoch_ms() + time_left.count()));
-  if (!options.method.empty()) {
-    props.headers.insert_or_assign(std::string(kMethodHeader), options.method);
+  auto decimal = [](std::array<char, 20>& buffer, std::int64_t v) {
+    auto end = std::to_chars(buffer.data(), buffer.data() + buffer.size(), v).ptr;
+    return std::string_view(buffer.data(), static_cast<std::size_t>(end - buffer.data()));
+  };
+  props_.expiration = decimal(expiration_, time_left.count());
+  add_header(kDeadlineHeader, decimal(deadline_, epoch_ms() + time_left.count()));
+  if (!options.method.empty()) add_header(kMethodHeader, options.method);
+  if (oneway) add_header(kOnewayHeader, "1");
+  if (trace.valid()) {
+    write_traceparent(trace, traceparent_);
+    add_header(kTraceparentHeader, std::string_view(traceparent_.data(), traceparent_.size()));
+    if (!trace.tracestate.empty()) add_header(kTracestateHeader, trace.tracestate);
   }
-  if (oneway) props.headers.insert_or_assign(std::string(kOnewayHeader), "1");
-  if (trace.valid()) put_trace(props.headers, trace);
-  return props;
+}
+
+void OutgoingRequest::add_header(std::string_view key, std::string_view value) {
+  for (std::size_t i = 0; i < count_; ++i) {
+    if (added_[i].key == key) {
+      added_[i].value = value;
+      return;
+    }
+  }
+  // The library's own few headers: more is a bug here, not a caller's error.
+  if (count_ == added_.size()) throw std::logic_error("OutgoingRequest: too many headers");
+  added_[count_++] = {key, value};
+  props_.added = std::span<const amqp::HeaderView>(added_.data(), count_);
 }
 
 Request decode_request(amqp::Delivery&& d, const std::string& queue, std::string caller,

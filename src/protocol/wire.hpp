@@ -3,9 +3,11 @@
 // the contract. Success replies are the body alone, as the seed expects; errors add headers.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -99,7 +101,7 @@ struct Limits {
 // wire (which breaks the connection or closes the channel): short strings over 255 bytes, a
 // header table too large for one frame, a body over the broker's max_message_size. `what`
 // names the message in the error.
-Status validate_outgoing(const amqp::Properties& p, std::size_t body_size, const Limits& limits,
+Status validate_outgoing(const amqp::PropertiesView& p, std::size_t body_size, const Limits& limits,
                          std::string_view what);
 
 // A name derived from a service's queue name: "<queue><suffix>", or, when that would exceed
@@ -131,13 +133,45 @@ std::string control_queue_for(std::string_view queue, std::string_view id);
 
 // ---- requests ----
 
+// The size of a version 00 traceparent, and that of `trace` (valid) written into `out`.
+inline constexpr std::size_t kTraceparentSize = 55;
+void write_traceparent(const TraceContext& trace, std::span<char, kTraceparentSize> out);
+
 // The properties of a request: the caller's options (method, headers, ...), where to reply
 // (empty for a one-way call, which is marked so), the deadline both as the message's
 // expiration (`time_left`, at least 1 ms) and as x-rpc-deadline, and the call's span as
 // traceparent (and tracestate) when `trace` is valid.
-amqp::Properties encode_request(const CallOptions& options, std::string correlation_id,
-                                std::string reply_to, std::chrono::milliseconds time_left,
-                                bool oneway = false, const TraceContext& trace = {});
+//
+// Made for one publish: it views the call's strings and writes the headers it adds into
+// buffers of its own, so that publishing a request copies and allocates nothing. It must not
+// outlive `options`, `correlation_id`, `reply_to` and `trace`, and it stays where it is made.
+class OutgoingRequest {
+ public:
+  OutgoingRequest(const CallOptions& options, std::string_view correlation_id,
+                  std::string_view reply_to, std::chrono::milliseconds time_left,
+                  bool oneway = false, const TraceContext& trace = {});
+  // Options made for the call alone would be gone before the publish.
+  OutgoingRequest(const CallOptions&& options, std::string_view, std::string_view,
+                  std::chrono::milliseconds, bool = false, const TraceContext& = {}) = delete;
+  OutgoingRequest(const OutgoingRequest&) = delete;
+  OutgoingRequest& operator=(const OutgoingRequest&) = delete;
+
+  // The publishing user (the broker checks it against the connection's login).
+  void set_user_id(std::string_view user) { props_.user_id = user; }
+  // One more header, replacing the caller's of that name; `value` must outlive this.
+  void add_header(std::string_view key, std::string_view value);
+  const amqp::PropertiesView& props() const { return props_; }
+
+ private:
+  // x-rpc-deadline, x-rpc-method, x-rpc-oneway, traceparent, tracestate, and a stream's credit.
+  static constexpr std::size_t kAdded = 6;
+  std::array<amqp::HeaderView, kAdded> added_{};
+  std::size_t count_ = 0;
+  std::array<char, 20> expiration_{};  // the decimal digits of an int64
+  std::array<char, 20> deadline_{};
+  std::array<char, kTraceparentSize> traceparent_{};
+  amqp::PropertiesView props_;
+};
 
 // Whether a request is a one-way call.
 bool is_oneway(const Headers& headers);

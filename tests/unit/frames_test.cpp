@@ -169,6 +169,29 @@ TEST(TableView, OverAnEncodedBaseOurHeadersReplaceItsFieldsOfTheSameNameAndKeepT
   EXPECT_EQ(headers_from_table(view.table()), expected);
 }
 
+TEST(TableView, AddedHeadersReplaceTheMapsAndBothReplaceTheBasesEachNameOnce) {
+  const Headers base = numbered(4, "b");  // k0..k3
+  TableView base_view(base);
+  const std::string encoded = encode_table(base_view.table());
+  PropertiesView props;
+  props.wire_headers = encoded;
+  const Headers ours{{"k1", "map1"}, {"k2", "map2"}, {"m", "map"}};
+  props.headers = &ours;
+  const HeaderView added[] = {{"k2", "added2"}, {"k3", "added3"}, {"a", "added"}};
+  props.added = added;
+  TableView view(props);
+  const Headers expected{{"k0", "b0"},     {"k1", "map1"}, {"k2", "added2"},
+                         {"k3", "added3"}, {"m", "map"},   {"a", "added"}};
+  EXPECT_EQ(view.table().num_entries, 6);
+  EXPECT_EQ(headers_from_table(view.table()), expected);
+  // A copy of the view holds the same, less the base (kept as it is, encoded).
+  Properties copy = to_properties(props);
+  EXPECT_EQ(
+      copy.headers,
+      (Headers{{"k1", "map1"}, {"k2", "added2"}, {"k3", "added3"}, {"m", "map"}, {"a", "added"}}));
+  EXPECT_EQ(copy.wire_headers, props.wire_headers);
+}
+
 namespace {
 
 // A basic header's property list as rabbitmq-c encodes it for the wire.

@@ -60,7 +60,10 @@ TEST(Wire, ARequestCarriesTheCallersOptionsAndItsDeadlineTwice) {
   o.content_type = "application/json";
   o.priority = 4;
   const std::int64_t before = wire::epoch_ms();
-  auto props = wire::encode_request(o, "corr", "reply-q", std::chrono::milliseconds(1500));
+  const std::string correlation_id = "corr";
+  const std::string reply_to = "reply-q";
+  wire::OutgoingRequest request(o, correlation_id, reply_to, std::chrono::milliseconds(1500));
+  auto props = detail::amqp::to_properties(request.props());
   EXPECT_EQ(props.correlation_id, "corr");
   EXPECT_EQ(props.reply_to, "reply-q");
   EXPECT_EQ(props.content_type, "application/json");
@@ -73,9 +76,49 @@ TEST(Wire, ARequestCarriesTheCallersOptionsAndItsDeadlineTwice) {
   EXPECT_LE(*deadline, wire::epoch_ms() + 1500);
 }
 
+TEST(Wire, ARequestsOwnHeadersWinOverTheCallersAndViewItsStringsUncopied) {
+  CallOptions o;
+  o.headers["x-rpc-deadline"] = "1";  // the caller's cannot pass for the library's
+  o.headers["tenant"] = "t1";
+  o.method = "Add";
+  const std::string correlation_id = "corr";
+  TraceContext trace;
+  trace.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+  trace.span_id = "00f067aa0ba902b7";
+  trace.tracestate = "vendor=1";
+  wire::OutgoingRequest request(o, correlation_id, "q", std::chrono::milliseconds(100), false,
+                                trace);
+  EXPECT_EQ(request.props().correlation_id.data(), correlation_id.data()) << "a view, no copy";
+  const std::string credit = "32";
+  request.add_header(wire::kStreamCreditHeader, credit);
+  request.add_header(wire::kStreamCreditHeader, "64");  // replaces, not repeats
+  request.set_user_id("guest");
+  auto props = detail::amqp::to_properties(request.props());
+  EXPECT_GT(wire::int_header(props.headers, wire::kDeadlineHeader).value_or(0), 1);
+  EXPECT_EQ(props.headers.at("tenant"), "t1");
+  EXPECT_EQ(props.headers.at("x-rpc-method"), "Add");
+  EXPECT_EQ(props.headers.at("traceparent"), trace.traceparent());
+  EXPECT_EQ(props.headers.at("tracestate"), "vendor=1");
+  EXPECT_EQ(props.headers.at("x-rpc-stream-credit"), "64");
+  EXPECT_EQ(props.user_id, "guest");
+  EXPECT_EQ(props.headers.size(), 6u);
+  // What is written is what the server reads back.
+  auto read = wire::trace_of(props.headers);
+  ASSERT_TRUE(read.has_value());
+  EXPECT_EQ(read->trace_id, trace.trace_id);
+  EXPECT_EQ(read->span_id, trace.span_id);
+  EXPECT_TRUE(read->sampled);
+  trace.sampled = false;
+  wire::OutgoingRequest unsampled(o, correlation_id, "q", std::chrono::milliseconds(100), false,
+                                  trace);
+  EXPECT_EQ(detail::amqp::to_properties(unsampled.props()).headers.at("traceparent"),
+            trace.traceparent());
+}
+
 TEST(Wire, ARequestWithNoTimeLeftStillExpiresInOneMillisecond) {
-  auto props = wire::encode_request({}, "c", "r", std::chrono::milliseconds(-20));
-  EXPECT_EQ(props.expiration, "1");
+  const CallOptions none;
+  wire::OutgoingRequest request(none, "c", "r", std::chrono::milliseconds(-20));
+  EXPECT_EQ(request.props().expiration, "1");
 }
 
 TEST(Wire, AServerSeesTheDeliveryAsARequest) {
@@ -110,7 +153,8 @@ TEST(Wire, ExpiredOnlyWhenTheDeadlineHeaderIsANumberInThePast) {
 TEST(Wire, AMethodAndAOneWayMarkTravelInHeaders) {
   CallOptions o;
   o.method = "Divide";
-  auto props = wire::encode_request(o, "c", "", std::chrono::milliseconds(100), /*oneway=*/true);
+  wire::OutgoingRequest request(o, "c", "", std::chrono::milliseconds(100), /*oneway=*/true);
+  auto props = detail::amqp::to_properties(request.props());
   EXPECT_EQ(props.headers.at("x-rpc-method"), "Divide");
   EXPECT_EQ(props.headers.at("x-rpc-oneway"), "1");
   EXPECT_TRUE(props.reply_to.empty());
@@ -120,7 +164,9 @@ TEST(Wire, AMethodAndAOneWayMarkTravelInHeaders) {
   EXPECT_EQ(req.method, "Divide");
   EXPECT_TRUE(req.oneway);
 
-  auto plain = wire::encode_request(CallOptions{}, "c", "r", std::chrono::milliseconds(100));
+  const CallOptions none;
+  wire::OutgoingRequest plain_request(none, "c", "r", std::chrono::milliseconds(100));
+  auto plain = detail::amqp::to_properties(plain_request.props());
   EXPECT_EQ(plain.headers.count("x-rpc-method"), 0u) << "no method: the seed's request";
   EXPECT_EQ(plain.headers.count("x-rpc-oneway"), 0u);
 }
