@@ -852,7 +852,10 @@ class Server::Impl final : public detail::IoLoop::Hooks {
     if (d.redelivered) redelivered_.fetch_add(1, std::memory_order_relaxed);
     if (options_.max_attempts > 0 && !policy_.quorum) {
       // Only quorum queues count deliveries; on a classic queue this header came from a client.
-      d.props.headers.erase(std::string(detail::wire::kDeliveryCountHeader));
+      if (auto it = d.props.headers.find(detail::wire::kDeliveryCountHeader);
+          it != d.props.headers.end()) {
+        d.props.headers.erase(it);
+      }
     }
     const detail::Triage t = detail::triage(d, policy_, detail::wire::epoch_ms());
     switch (t.verdict) {

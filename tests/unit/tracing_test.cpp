@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <mutex>
@@ -184,6 +185,28 @@ TEST(TraceContext, IsValidOnlyWithWellFormedNonZeroIds) {
   EXPECT_FALSE(trace(kTraceId, "0000000000000000").valid());
   EXPECT_FALSE(trace(kTraceId, "00f067aa0ba902b").valid());
   EXPECT_FALSE(trace(std::string(32, '0'), kSpanId).valid());
+}
+
+TEST(TraceContext, AnIdIsValidExactlyWhenEveryCharacterIsLowercaseHexAndOneIsNotZero) {
+  // Every byte value at every place of both ids, against the definition character by character
+  // (the check reads eight at a time).
+  auto lower_hex = [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); };
+  for (const std::string& base : {std::string(kTraceId), std::string(32, '0')}) {
+    for (std::size_t at = 0; at < base.size(); ++at) {
+      for (int b = 0; b < 256; ++b) {
+        std::string id = base;
+        id[at] = static_cast<char>(b);
+        const bool expected = std::all_of(id.begin(), id.end(), lower_hex) &&
+                              id.find_first_not_of('0') != std::string::npos;
+        ASSERT_EQ(trace(id, kSpanId).valid(), expected) << "byte " << b << " at " << at;
+        ASSERT_EQ(
+            trace(kTraceId, id.substr(at / 16 * 16, 16)).valid(),
+            std::all_of(id.begin() + at / 16 * 16, id.begin() + at / 16 * 16 + 16, lower_hex) &&
+                id.substr(at / 16 * 16, 16) != std::string(16, '0'))
+            << "span id, byte " << b << " at " << at % 16;
+      }
+    }
+  }
 }
 
 // ---- JsonLinesExporter ----
