@@ -84,8 +84,8 @@ struct PropertiesView {
   std::optional<std::uint8_t> priority;
   std::uint8_t delivery_mode = 0;
   std::string_view user_id;
-  const Headers* headers = nullptr;  // none when null
-  std::span<const HeaderView> added;
+  const Headers* headers = nullptr;   // none when null
+  std::span<const HeaderView> added;  // each name at most once
   std::string_view wire_headers;
 
  private:

@@ -57,7 +57,7 @@ struct PendingCall : ClientCall {
   std::chrono::milliseconds timeout{};
   Clock::time_point deadline;
   Clock::time_point submitted;
-  std::string correlation_id;
+  std::string correlation_id;  // fixed while in a CallTable: its key views it
   // How the caller hears of the end: a future's promise, a callback, or nothing (monostate: no
   // promise is made, and dropped unsatisfied, for the calls that complete through a callback).
   std::variant<std::monostate, std::promise<Reply>, std::function<void(Reply)>> done;

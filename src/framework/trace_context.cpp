@@ -38,7 +38,9 @@ bool is_lower_hex(std::string_view s) {
 }
 
 // Eight characters at a time: each byte's top bit says whether it is one is_lower_hex accepts.
-// A byte under 0x80 plus at most 0x50 stays under 0x100, so no sum carries into the next byte.
+// A byte under 0x80 plus at most 0x50 (and a carry) stays under 0x100, so it carries nothing
+// into the next byte. Only a byte from 0x80 up can carry, and ~x fails that byte itself: a
+// carry it makes may change its neighbour's verdict, never the word's.
 constexpr std::uint64_t kOnes = 0x0101010101010101ULL;
 constexpr std::uint64_t kTops = 0x8080808080808080ULL;
 
@@ -49,8 +51,11 @@ std::uint64_t lower_hex_tops(std::uint64_t x) {
 }
 
 // An all-zero trace or span id is how the spec spells "no id": invalid. Every request and reply
-// checks two ids. `size` is 16 or 32.
-bool is_id(std::string_view s, std::size_t size) {
+// checks two ids.
+template <std::size_t Size>
+bool is_id(std::string_view s) {
+  static_assert(Size % 8 == 0, "read eight characters at a time");
+  constexpr std::size_t size = Size;
   if (s.size() != size) return false;
   std::uint64_t hex = kTops;
   std::uint64_t nonzero = 0;
@@ -70,7 +75,7 @@ int hex_value(char c) {
 }  // namespace
 
 bool TraceContext::valid() const {
-  return is_id(trace_id, kTraceIdSize) && is_id(span_id, kSpanIdSize);
+  return is_id<kTraceIdSize>(trace_id) && is_id<kSpanIdSize>(span_id);
 }
 
 std::string TraceContext::traceparent() const {
@@ -120,7 +125,7 @@ std::optional<TraceContext> TraceContext::parse(std::string_view traceparent,
   std::string_view trace_id = traceparent.substr(kTraceIdAt, kTraceIdSize);
   std::string_view span_id = traceparent.substr(kSpanIdAt, kSpanIdSize);
   std::string_view flags = traceparent.substr(kFlagsAt, 2);
-  if (!is_id(trace_id, kTraceIdSize) || !is_id(span_id, kSpanIdSize) || !is_lower_hex(flags)) {
+  if (!is_id<kTraceIdSize>(trace_id) || !is_id<kSpanIdSize>(span_id) || !is_lower_hex(flags)) {
     return std::nullopt;
   }
   TraceContext out;

@@ -1,9 +1,9 @@
 #include "protocol/wire.hpp"
 
 #include <algorithm>
+#include <cassert>
 #include <charconv>
 #include <cstdio>
-#include <stdexcept>
 
 namespace amqprpc::detail::wire {
 
@@ -144,7 +144,7 @@ OutgoingRequest::OutgoingRequest(const CallOptions& options, std::string_view co
   props_.expiration = decimal(expiration_, time_left.count());
   add_header(kDeadlineHeader, decimal(deadline_, epoch_ms() + time_left.count()));
   if (!options.method.empty()) add_header(kMethodHeader, options.method);
-  if (oneway) add_header(kOnewayHeader, "1");
+  if (oneway) add_header(kOnewayHeader, std::string_view("1"));
   if (trace.valid()) {
     write_traceparent(trace, traceparent_);
     add_header(kTraceparentHeader, std::string_view(traceparent_.data(), traceparent_.size()));
@@ -159,8 +159,9 @@ void OutgoingRequest::add_header(std::string_view key, std::string_view value) {
       return;
     }
   }
-  // The library's own few headers: more is a bug here, not a caller's error.
-  if (count_ == added_.size()) throw std::logic_error("OutgoingRequest: too many headers");
+  // The library's own few headers, each name once: there is room for all of them.
+  assert(count_ < added_.size());
+  if (count_ == added_.size()) return;
   added_[count_++] = {key, value};
   props_.added = std::span<const amqp::HeaderView>(added_.data(), count_);
 }

@@ -158,8 +158,10 @@ class OutgoingRequest {
 
   // The publishing user (the broker checks it against the connection's login).
   void set_user_id(std::string_view user) { props_.user_id = user; }
+  void set_user_id(std::string&&) = delete;  // a string made for the call would be gone
   // One more header, replacing the caller's of that name; `value` must outlive this.
   void add_header(std::string_view key, std::string_view value);
+  void add_header(std::string_view key, std::string&& value) = delete;
   const amqp::PropertiesView& props() const { return props_; }
 
  private:

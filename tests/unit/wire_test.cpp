@@ -91,8 +91,8 @@ TEST(Wire, ARequestsOwnHeadersWinOverTheCallersAndViewItsStringsUncopied) {
   EXPECT_EQ(request.props().correlation_id.data(), correlation_id.data()) << "a view, no copy";
   const std::string credit = "32";
   request.add_header(wire::kStreamCreditHeader, credit);
-  request.add_header(wire::kStreamCreditHeader, "64");  // replaces, not repeats
-  request.set_user_id("guest");
+  request.add_header(wire::kStreamCreditHeader, std::string_view("64"));  // replaces
+  request.set_user_id(std::string_view("guest"));
   auto props = detail::amqp::to_properties(request.props());
   EXPECT_GT(wire::int_header(props.headers, wire::kDeadlineHeader).value_or(0), 1);
   EXPECT_EQ(props.headers.at("tenant"), "t1");
