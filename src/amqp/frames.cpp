@@ -14,12 +14,6 @@ namespace {
 constexpr std::uint64_t kReserveAtMost = std::uint64_t{1} << 20;
 }  // namespace
 
-Properties properties_from(const amqp_basic_properties_t& p, bool keep_wire_headers) {
-  Properties out;
-  read_properties(p, keep_wire_headers, out);
-  return out;
-}
-
 std::string_view header_table_in(std::string_view raw) {
   // A basic header's property list (AMQP 0-9-1, 4.2.6.1): 16 bits of flags, then the present
   // properties in flag order; the first three are content-type and content-encoding (short

@@ -50,11 +50,9 @@ class FrameAssembler {
   bool keep_wire_headers_ = false;
 };
 
-// The properties rabbitmq-c decoded, as our values; with `keep_wire_headers`, the header table
-// in its AMQP encoding too.
-Properties properties_from(const amqp_basic_properties_t_& p, bool keep_wire_headers = false);
-// The same, into `out` (empty): a message's properties are read where they stay. `raw`: the
-// property list as it arrived (the header frame's), which the wire headers are copied from.
+// The properties rabbitmq-c decoded, as our values, into `out` (empty): a message's properties
+// are read where they stay. With `keep_wire_headers`, the header table in its AMQP encoding
+// too, copied from `raw`, the property list as it arrived (the header frame's), when it is there.
 void read_properties(const amqp_basic_properties_t_& p, bool keep_wire_headers, Properties& out,
                      std::string_view raw = {});
 // The header table in a basic header frame's raw property list, with its length prefix, as

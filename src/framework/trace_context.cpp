@@ -1,6 +1,7 @@
 // W3C Trace Context level 1 (https://www.w3.org/TR/trace-context/), section 3.2 and 3.3: the
 // traceparent header as version 00 defines it, and how a receiver reads a later version.
-#include <array>
+#include <algorithm>
+#include <cassert>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -14,7 +15,7 @@ namespace amqprpc {
 namespace {
 
 // traceparent = version "-" trace-id "-" parent-id "-" trace-flags: 2 + 1 + 32 + 1 + 16 + 1 + 2.
-constexpr std::size_t kVersion00Size = 55;
+constexpr std::size_t kVersion00Size = detail::wire::kTraceparentSize;
 constexpr std::size_t kTraceIdAt = 3;
 constexpr std::size_t kSpanIdAt = 36;
 constexpr std::size_t kFlagsAt = 53;
@@ -55,11 +56,10 @@ std::uint64_t lower_hex_tops(std::uint64_t x) {
 template <std::size_t Size>
 bool is_id(std::string_view s) {
   static_assert(Size % 8 == 0, "read eight characters at a time");
-  constexpr std::size_t size = Size;
-  if (s.size() != size) return false;
+  if (s.size() != Size) return false;
   std::uint64_t hex = kTops;
   std::uint64_t nonzero = 0;
-  for (std::size_t i = 0; i < size; i += 8) {
+  for (std::size_t i = 0; i < Size; i += 8) {
     std::uint64_t x;
     std::memcpy(&x, s.data() + i, sizeof x);
     hex &= lower_hex_tops(x);
@@ -72,6 +72,18 @@ int hex_value(char c) {
   return c <= '9' ? c - '0' : c - 'a' + 10;
 }
 
+// The traceparent of `trace` at `out`, 7 + the ids' sizes characters (55 for a valid trace).
+// We only ever write version 00, and of the flags only "sampled": the other
+// bits are unused in level 1, and a sender must not set bits it does not understand.
+void write_traceparent_at(const TraceContext& trace, char* out) {
+  auto put = [&out](std::string_view s) { out = std::copy(s.begin(), s.end(), out); };
+  put("00-");
+  put(trace.trace_id);
+  put("-");
+  put(trace.span_id);
+  put(trace.sampled ? "-01" : "-00");
+}
+
 }  // namespace
 
 bool TraceContext::valid() const {
@@ -79,28 +91,16 @@ bool TraceContext::valid() const {
 }
 
 std::string TraceContext::traceparent() const {
-  // We only ever write version 00, and of the flags only "sampled": the other bits are unused in
-  // level 1, and a sender must not set bits it does not understand.
-  std::string out;
-  out.reserve(kVersion00Size);
-  out.append("00-").append(trace_id).append("-").append(span_id).append(sampled ? "-01" : "-00");
+  std::string out(7 + trace_id.size() + span_id.size(), '-');
+  write_traceparent_at(*this, out.data());
   return out;
 }
 
 namespace detail::wire {
 
 void write_traceparent(const TraceContext& trace, std::span<char, kTraceparentSize> out) {
-  static_assert(kTraceparentSize == kVersion00Size);
-  // Written where parse reads: version 00, and of the flags only "sampled" (traceparent()).
-  out[0] = '0';
-  out[1] = '0';
-  out[kTraceIdAt - 1] = '-';
-  trace.trace_id.copy(out.data() + kTraceIdAt, kTraceIdSize);
-  out[kSpanIdAt - 1] = '-';
-  trace.span_id.copy(out.data() + kSpanIdAt, kSpanIdSize);
-  out[kFlagsAt - 1] = '-';
-  out[kFlagsAt] = '0';
-  out[kFlagsAt + 1] = trace.sampled ? '1' : '0';
+  assert(trace.valid());  // exactly kTraceparentSize characters
+  write_traceparent_at(trace, out.data());
 }
 
 }  // namespace detail::wire

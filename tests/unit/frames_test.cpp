@@ -108,7 +108,8 @@ TEST(FrameAssembler, PropertiesAndHeadersBecomeOurValues) {
   p.headers = {2, entries};
   p.priority = 3;
   p.reply_to = amqp_cstring_bytes("q");
-  Properties out = properties_from(p);
+  Properties out;
+  read_properties(p, /*keep_wire_headers=*/false, out);
   EXPECT_EQ(out.headers.at("n"), "-5");
   EXPECT_EQ(out.headers.at("s"), "text");
   EXPECT_EQ(out.priority, 3);
