@@ -248,6 +248,8 @@ TEST_F(ServerTest, StopFinishesWorkInHandAndHandsBackWhatWasNotStarted) {
   std::vector<std::future<Reply>> calls;
   for (int i = 0; i < 10; ++i) calls.push_back(c->async_call(queue, std::to_string(i)));
   ASSERT_TRUE(eventually([&] { return a_ran >= 1; }));
+  // All ten delivered to a (prefetch 20) before it stops, not some still on their way to it.
+  ASSERT_TRUE(eventually([&] { return a->stats().received == 10; })) << a->stats().received;
   a->stop();  // one running, the rest waiting in a's pool
   EXPECT_GE(a->stats().requeued, 5u);
   auto b = start(server_options(queue), [](const Request& r) { return Reply::ok("b:" + r.body); });
