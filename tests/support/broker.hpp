@@ -76,6 +76,11 @@ inline std::string unique(const std::string& prefix) {
 
 // Polls cond every 10 ms until it holds or `limit` passes. Returns whether it held. The default
 // bound is generous: it only costs time when the outcome never comes.
+// Wait for each fact a test asserts, not only the first: a fact seen on the broker (a queue
+// bound again, a reply received) or a handler's own flag says nothing of a stat the library
+// updates on another thread a moment later (reconnects is counted after the connection's
+// set-up, streams_orphaned after the producer is woken). A stat read once after waiting for
+// something else is a race that a slow, shared CI machine loses now and then.
 inline bool eventually(const std::function<bool()>& cond,
                        std::chrono::milliseconds limit = std::chrono::milliseconds(30000)) {
   auto end = std::chrono::steady_clock::now() + limit;
